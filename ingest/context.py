@@ -1,0 +1,35 @@
+"""What a job needs to run: its identity, the settings and an API client. No Celery here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ingest.client import AcrCloudClient
+from ingest.leases import owner_id
+from ingest.settings import Settings
+
+
+class RetryLater(Exception):
+    """The job cannot go on now (waiting for an upload, a lease, or a token); try again later.
+
+    ``counts`` says whether this uses up one of the job's attempts.
+    """
+
+    def __init__(self, countdown: float, reason: str, *, counts: bool = False, held: bool = False) -> None:
+        self.countdown = countdown
+        self.reason = reason
+        self.counts = counts
+        self.held = held
+        super().__init__(reason)
+
+
+@dataclass
+class JobContext:
+    task_id: str
+    settings: Settings
+    client: AcrCloudClient
+    owner: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            self.owner = owner_id(self.task_id)

@@ -1,0 +1,140 @@
+"""The managed-file rows: lookup, the upload plan for a ref, adopting what the API returned, and
+syncing desired metadata to the bucket. Shared by the producer and the worker's handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Any
+
+from sqlmodel import Session, select
+
+from ingest.client import AcrCloudClient
+from ingest.context import JobContext, RetryLater
+from ingest.leases import claim_file, release_file
+from ingest.models import FileStatus, TrackFile, utcnow
+from ingest.schemas import BucketFile
+from ingest.validation import InputError, UploadFileJob, UploadUrlJob
+
+UploadJob = UploadUrlJob | UploadFileJob
+ACTIVE = (FileStatus.QUEUED, FileStatus.UPLOADING, FileStatus.PROCESSING, FileStatus.READY, FileStatus.ERROR)
+STATE_STATUS = {0: FileStatus.PROCESSING, 1: FileStatus.READY, -1: FileStatus.ERROR}
+STATE_ERROR_REASON = "the API could not process the audio (state -1)"
+
+
+class UploadPlan(StrEnum):
+    NEW = "new"  # no row for this ref: upload
+    REUPLOAD = "reupload"  # the ref failed, was cancelled or deleted: upload again
+    UPDATE = "update"  # same ref and source, other title/user_defined: update the metadata
+    NOOP = "noop"  # same ref, source and metadata: nothing to do
+
+
+def data_type_of(job: UploadJob) -> str:
+    return job.data_type if isinstance(job, UploadFileJob) else "audio_url"
+
+
+def source_of(job: UploadJob) -> str:
+    return job.path if isinstance(job, UploadFileJob) else job.url
+
+
+def by_ref(session: Session, bucket_id: int, ref: str) -> TrackFile | None:
+    return session.exec(select(TrackFile).where(TrackFile.bucket_id == bucket_id, TrackFile.ref == ref)).first()
+
+
+def plan_upload(existing: TrackFile | None, job: UploadJob) -> UploadPlan:
+    if existing is None:
+        return UploadPlan.NEW
+    if existing.status not in ACTIVE:
+        return UploadPlan.REUPLOAD
+    if existing.source != source_of(job) or existing.data_type != data_type_of(job):
+        raise InputError({"ref": (
+            f"{job.ref!r} is already used in bucket {job.bucket_id} for {existing.source!r}; "
+            "give this file another ref, or delete that one first")})
+    if existing.title != job.title or existing.user_defined != job.user_defined:
+        return UploadPlan.UPDATE
+    return UploadPlan.NOOP
+
+
+def prepare_upload_row(session: Session, existing: TrackFile | None, job: UploadJob) -> TrackFile:
+    """Write the row an upload will fill in (a new one, or a failed/cancelled/deleted one reset)."""
+    row = existing or TrackFile(ref=job.ref, bucket_id=job.bucket_id, data_type=data_type_of(job),
+                                title=job.title, source=source_of(job))
+    row.data_type = data_type_of(job)
+    row.source = source_of(job)
+    row.title = job.title
+    row.user_defined = dict(job.user_defined)
+    row.status = FileStatus.QUEUED
+    row.reason = None
+    row.remote_id = None
+    row.acr_id = None
+    row.remote_state = None
+    row.post_started_at = None
+    row.attempts = 0
+    row.meta_version += 1
+    row.synced_meta_version = 0
+    row.updated_at = utcnow()
+    session.add(row)
+    session.flush()
+    return row
+
+
+def apply_meta(row: TrackFile, title: str | None, user_defined: dict[str, Any] | None) -> bool:
+    """Merge new desired metadata into the row; True when something changed (a new version)."""
+    changed = False
+    if title is not None and title != row.title:
+        row.title = title
+        changed = True
+    if user_defined is not None and user_defined != row.user_defined:
+        row.user_defined = dict(user_defined)
+        changed = True
+    if changed:
+        row.meta_version += 1
+        row.updated_at = utcnow()
+    return changed
+
+
+def adopt(row: TrackFile, remote: BucketFile, *, synced_version: int) -> None:
+    """Record what the API holds for this row, at once, so no retry posts it again."""
+    row.remote_id = remote.id
+    row.acr_id = remote.acr_id
+    row.bucket_id = remote.bucket_id or row.bucket_id
+    set_remote_state(row, remote.state)
+    row.synced_meta_version = max(row.synced_meta_version, synced_version)
+
+
+def set_remote_state(row: TrackFile, state: int) -> None:
+    row.remote_state = state
+    row.status = STATE_STATUS.get(state, FileStatus.PROCESSING)
+    row.reason = STATE_ERROR_REASON if state == -1 else None
+    row.updated_at = utcnow()
+
+
+@contextmanager
+def file_lease(session: Session, row: TrackFile, ctx: JobContext) -> Iterator[None]:
+    """Hold the row's lease while changing its file in the bucket; wait (RetryLater) if another has it."""
+    assert row.id is not None
+    taken, remaining = claim_file(session, row.id, ctx.owner, ctx.settings.lease_seconds)
+    if not taken:
+        raise RetryLater(min(max(remaining, 1.0), ctx.settings.dependency_wait),
+                         f"ref {row.ref!r} is being changed by another worker")
+    try:
+        yield
+    finally:
+        release_file(session, row.id, ctx.owner)
+
+
+def sync_meta(session: Session, row: TrackFile, client: AcrCloudClient) -> bool:
+    """Send the desired title/user_defined if the bucket may hold an older version (hold the lease)."""
+    session.refresh(row)
+    version = row.meta_version
+    if row.remote_id is None or row.synced_meta_version >= version:
+        return False
+    remote = client.update_file(row.bucket_id, row.remote_id, title=row.title, user_defined=row.user_defined)
+    row.synced_meta_version = version
+    if remote.state in STATE_STATUS:
+        set_remote_state(row, remote.state)
+    row.updated_at = utcnow()
+    session.add(row)
+    session.commit()
+    return True

@@ -1,0 +1,122 @@
+"""SQLModel tables: the files we manage, the operations we were asked to do, and coordination rows.
+
+No column ever holds the access token.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class FileStatus(StrEnum):
+    """Local status of a managed file."""
+
+    QUEUED = "queued"  # row written, upload enqueued, nothing sent yet
+    UPLOADING = "uploading"  # a worker holds it; the POST may be in flight
+    PROCESSING = "processing"  # the API has it (id/acr_id known), remote state 0
+    READY = "ready"  # remote state 1
+    ERROR = "error"  # remote state -1 (the API could not process the audio), or vanished
+    FAILED = "failed"  # our upload failed permanently; kept for a human to retry
+    CANCELLED = "cancelled"  # deleted before it was ever uploaded
+    DELETED = "deleted"  # deleted from the bucket
+
+
+class OpStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"  # retry scheduled (transient error, or waiting for an upload)
+    HELD = "held"  # the API rejects our token; resumes by itself when a valid token is configured
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # a batch where some ids were unknown (see ``result``)
+    FAILED = "failed"
+
+
+class OpKind(StrEnum):
+    UPLOAD_URL = "upload_url"
+    UPLOAD_FILE = "upload_file"
+    UPDATE_META = "update_meta"
+    DELETE_BATCH = "delete_batch"
+    MOVE_BATCH = "move_batch"
+
+
+class TrackFile(SQLModel, table=True):
+    __tablename__ = "track_files"
+    __table_args__ = (UniqueConstraint("bucket_id", "ref", name="uq_track_files_bucket_ref"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ref: str = Field(index=True, max_length=255)
+    bucket_id: int = Field(index=True)
+    data_type: str = Field(max_length=32)
+    title: str
+    user_defined: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    source: str  # the URL, or the path relative to the media root
+    remote_id: int | None = Field(default=None, index=True)
+    acr_id: str | None = Field(default=None, index=True, max_length=64)
+    remote_state: int | None = None
+    status: str = Field(default=FileStatus.QUEUED, index=True, max_length=16)
+    reason: str | None = None
+    attempts: int = 0
+    # Desired metadata version vs the version the bucket is known to hold: updates send the desired
+    # state, so replays and reordering cannot apply an older title over a newer one.
+    meta_version: int = 0
+    synced_meta_version: int = 0
+    # Set (and committed) before an upload POST: a later attempt must look in the bucket first.
+    post_started_at: datetime | None = None
+    lease_owner: str | None = Field(default=None, max_length=255)
+    lease_until: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Operation(SQLModel, table=True):
+    __tablename__ = "operations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True, max_length=32)
+    args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    task_id: str | None = Field(default=None, index=True, unique=True, max_length=64)
+    file_id: int | None = Field(default=None, foreign_key="track_files.id", index=True)
+    bucket_id: int | None = Field(default=None, index=True)
+    status: str = Field(default=OpStatus.QUEUED, index=True, max_length=16)
+    error: str | None = None
+    attempts: int = 0
+    throttled: int = 0  # 429s seen (they do not use up attempts)
+    # Applied once: an update's metadata merged into the file's desired state.
+    applied: bool = False
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+    finished_at: datetime | None = None
+
+
+class AuthHold(SQLModel, table=True):
+    """Present while the API rejects our token (401/403). One row per API (name="api")."""
+
+    __tablename__ = "auth_holds"
+
+    name: str = Field(primary_key=True, max_length=32)
+    # sha256 prefix of the rejected token: tells a new token from the rejected one without storing it.
+    token_fingerprint: str = Field(max_length=16)
+    reason: str
+    since: datetime = Field(default_factory=utcnow)
+    last_probe: datetime = Field(default_factory=utcnow)
+    held_tasks: int = 0
+
+
+class Lease(SQLModel, table=True):
+    """A named lock with an expiry (e.g. one state poll at a time across workers and beats)."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    owner: str = Field(max_length=255)
+    until: datetime

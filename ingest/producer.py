@@ -1,0 +1,189 @@
+"""The producer API: validate, record the operation (and the file row), then enqueue by task name.
+
+Nothing here imports the tasks: jobs are sent by name, exactly as a producer in another language would.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from ingest.db import session_scope
+from ingest.files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upload_row
+from ingest.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
+from ingest.settings import Settings, get_settings
+from ingest.validation import (
+    validate_delete_batch,
+    validate_move_batch,
+    validate_update_meta,
+    validate_upload_file,
+    validate_upload_url,
+)
+
+log = logging.getLogger("ingest.producer")
+TASK_NAMES = {kind: f"ingest.{kind.value}" for kind in OpKind}
+
+
+class EnqueueError(RuntimeError):
+    """The job was recorded but could not be handed to the broker; ``acr-ingest retry-failed`` resends it."""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    kind: str
+    plan: str  # "new", "reupload", "update", "noop" for uploads; "sent" otherwise
+    operation_id: int | None
+    task_id: str | None
+    file_id: int | None = None
+    ref: str | None = None
+
+
+def _compact(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if v is not None and v != []}
+
+
+class Producer:
+    def __init__(self, app: Celery | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        if app is None:
+            from tasks.app import create_app
+
+            app = create_app(self.settings)
+        self.app = app
+
+    # --- uploads -----------------------------------------------------------------------------
+
+    def upload_url(self, url: str, *, title: str, bucket_id: int | str | None = None,
+                   user_defined: dict[str, Any] | str | None = None, ref: str | None = None) -> Enqueued:
+        job = validate_upload_url(_compact({"url": url, "bucket_id": bucket_id, "title": title,
+                                            "user_defined": user_defined, "ref": ref}), self.settings)
+        return self._upload(OpKind.UPLOAD_URL, job, {"url": job.url})
+
+    def upload_file(self, path: str, *, title: str, bucket_id: int | str | None = None,
+                    user_defined: dict[str, Any] | str | None = None, ref: str | None = None,
+                    data_type: str = "audio") -> Enqueued:
+        job = validate_upload_file(_compact({"path": path, "bucket_id": bucket_id, "title": title,
+                                             "user_defined": user_defined, "ref": ref,
+                                             "data_type": data_type}), self.settings)
+        return self._upload(OpKind.UPLOAD_FILE, job, {"path": job.path, "data_type": job.data_type})
+
+    def _upload(self, kind: OpKind, job: UploadJob, source: dict[str, Any]) -> Enqueued:
+        args = {**source, "bucket_id": job.bucket_id, "title": job.title,
+                "user_defined": job.user_defined, "ref": job.ref}
+        with session_scope() as s:
+            existing = by_ref(s, job.bucket_id, job.ref)
+            plan = plan_upload(existing, job)
+            if plan is UploadPlan.NOOP:
+                assert existing is not None
+                return Enqueued(kind, plan, None, None, existing.id, job.ref)
+            if plan is UploadPlan.UPDATE:
+                upd = {"bucket_id": job.bucket_id, "ref": job.ref, "title": job.title,
+                       "user_defined": job.user_defined}
+                op = self._record(s, OpKind.UPDATE_META, upd, file_id=existing.id if existing else None)
+                sent = (OpKind.UPDATE_META, upd)
+            else:
+                try:
+                    row = prepare_upload_row(s, existing, job)
+                except IntegrityError:  # another producer wrote this ref a moment ago
+                    s.rollback()
+                    return self._upload(kind, job, source)
+                op = self._record(s, kind, args, file_id=row.id)
+                sent = (kind, args)
+            result = Enqueued(kind, plan, op.id, op.task_id, op.file_id, job.ref)
+        self._send(result.operation_id, *sent, task_id=result.task_id)
+        return result
+
+    # --- metadata and batches --------------------------------------------------------------------
+
+    def update_meta(self, *, bucket_id: int | str | None = None, ref: str | None = None,
+                    file_id: int | str | None = None, acr_id: str | None = None, title: str | None = None,
+                    user_defined: dict[str, Any] | str | None = None) -> Enqueued:
+        job = validate_update_meta(_compact({"bucket_id": bucket_id, "ref": ref, "file_id": file_id,
+                                             "acr_id": acr_id, "title": title,
+                                             "user_defined": user_defined}), self.settings)
+        return self._simple(OpKind.UPDATE_META, _compact(job.model_dump()))
+
+    def delete(self, *, bucket_id: int | str | None = None, refs: list[str] | None = None,
+               ids: list[int | str] | None = None, acr_ids: list[str] | None = None) -> Enqueued:
+        job = validate_delete_batch(_compact({"bucket_id": bucket_id, "refs": refs, "ids": ids,
+                                              "acr_ids": acr_ids}), self.settings)
+        return self._simple(OpKind.DELETE_BATCH, _compact({"bucket_id": job.bucket_id,
+                                                           **job.targets.model_dump()}))
+
+    def move(self, *, target_bucket_id: int | str, bucket_id: int | str | None = None,
+             refs: list[str] | None = None, ids: list[int | str] | None = None,
+             acr_ids: list[str] | None = None) -> Enqueued:
+        job = validate_move_batch(_compact({"bucket_id": bucket_id, "target_bucket_id": target_bucket_id,
+                                            "refs": refs, "ids": ids, "acr_ids": acr_ids}), self.settings)
+        return self._simple(OpKind.MOVE_BATCH, _compact({"bucket_id": job.bucket_id,
+                                                         "target_bucket_id": job.target_bucket_id,
+                                                         **job.targets.model_dump()}))
+
+    def _simple(self, kind: OpKind, args: dict[str, Any]) -> Enqueued:
+        with session_scope() as s:
+            op = self._record(s, kind, args)
+            result = Enqueued(kind, "sent", op.id, op.task_id, None, args.get("ref"))
+        self._send(result.operation_id, kind, args, task_id=result.task_id)
+        return result
+
+    # --- failures --------------------------------------------------------------------------------
+
+    def retry_failed(self, *, kind: str | None = None, bucket_id: int | None = None,
+                     since: datetime | None = None, limit: int | None = None) -> list[Enqueued]:
+        """Re-enqueue failed operations (a human decided to try again); uploads look in the bucket first."""
+        out: list[tuple[int, OpKind, dict[str, Any], str, int | None]] = []
+        with session_scope() as s:
+            query = select(Operation).where(Operation.status == OpStatus.FAILED).order_by(Operation.id)
+            if kind:
+                query = query.where(Operation.kind == kind)
+            if bucket_id is not None:
+                query = query.where(Operation.bucket_id == bucket_id)
+            if since is not None:
+                query = query.where(Operation.updated_at >= since)
+            if limit:
+                query = query.limit(limit)
+            for op in s.exec(query).all():
+                task_id = str(uuid.uuid4())
+                op.task_id, op.status, op.error = task_id, OpStatus.QUEUED, None
+                op.attempts, op.throttled, op.finished_at, op.updated_at = 0, 0, None, utcnow()
+                if op.file_id is not None and op.kind in (OpKind.UPLOAD_URL, OpKind.UPLOAD_FILE):
+                    row = s.get(TrackFile, op.file_id)
+                    if row is not None and row.status == FileStatus.FAILED:
+                        row.status, row.reason, row.updated_at = FileStatus.QUEUED, None, utcnow()
+                        s.add(row)
+                s.add(op)
+                assert op.id is not None
+                out.append((op.id, OpKind(op.kind), dict(op.args), task_id, op.file_id))
+        results = []
+        for op_id, op_kind, args, task_id, file_id in out:
+            self._send(op_id, op_kind, args, task_id=task_id)
+            results.append(Enqueued(op_kind, "retry", op_id, task_id, file_id, args.get("ref")))
+        return results
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def _record(self, s: Session, kind: OpKind, args: dict[str, Any], file_id: int | None = None) -> Operation:
+        op = Operation(kind=kind, args=args, task_id=str(uuid.uuid4()), file_id=file_id,
+                       bucket_id=args.get("bucket_id"))
+        s.add(op)
+        s.commit()
+        return op
+
+    def _send(self, op_id: int | None, kind: OpKind, args: dict[str, Any], *, task_id: str | None) -> None:
+        try:
+            self.app.send_task(TASK_NAMES[kind], kwargs=args, task_id=task_id)
+        except Exception as exc:
+            reason = f"could not enqueue ({type(exc).__name__}: {exc}); run `acr-ingest retry-failed`"
+            with session_scope() as s:
+                op = s.get(Operation, op_id)
+                if op is not None:
+                    op.status, op.error, op.updated_at = OpStatus.FAILED, reason, utcnow()
+                    s.add(op)
+            raise EnqueueError(reason) from exc

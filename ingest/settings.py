@@ -1,0 +1,98 @@
+"""All configuration in one place: environment variables prefixed ``ACR_INGEST_`` (or a ``.env`` file).
+
+See ``.env.example`` for every variable with its default.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REGION_BASE_URLS = {
+    "global": "https://api-v2.acrcloud.com/api",
+    "cn": "https://cn-api-v2.acrcloud.cn/api",
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ACR_INGEST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- ACRCloud API -------------------------------------------------------------------------
+    region: Literal["global", "cn"] = "global"
+    api_base_url: str | None = Field(
+        default=None, description="Overrides the region's base URL (e.g. the emulator's)."
+    )
+    access_token: SecretStr | None = None
+    access_token_file: Path | None = Field(
+        default=None,
+        description="File holding the token; re-read on change, so a new token needs no restart.",
+    )
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    default_bucket: int | None = None
+    ids_chunk_size: int = Field(default=100, ge=1, le=1000)
+
+    # --- Celery ---------------------------------------------------------------------------------
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = None
+    # Redis redelivers unacknowledged messages after this; it must exceed the longest task plus the
+    # longest retry countdown (backoff_max), or a task runs twice in parallel.
+    visibility_timeout: int = 3600
+    worker_concurrency: int = 4
+
+    # --- Retries --------------------------------------------------------------------------------
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base: float = 2.0
+    backoff_max: float = 300.0
+    # How long a task stays claimed by one worker before another may take it over (killed worker).
+    lease_seconds: float = 180.0
+    # While the token is rejected (401/403), held tasks re-check this often.
+    auth_hold_recheck: float = 30.0
+    # An update/delete/move naming an upload still in flight waits this long between checks.
+    dependency_wait: float = 5.0
+
+    # --- Storage and polling ----------------------------------------------------------------------
+    database_url: str = "sqlite:///acr-ingest.db"
+    media_root: Path = Path(".")
+    poll_interval: float = 30.0
+
+    # --- Input limits ------------------------------------------------------------------------------
+    max_title_length: int = 255
+    max_user_defined_bytes: int = 16_384
+    max_ids_per_job: int = 10_000
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @property
+    def base_url(self) -> str:
+        return self.api_base_url or REGION_BASE_URLS[self.region]
+
+    def current_token(self) -> str | None:
+        """The token in force now: the file (if configured) wins, so it can be rotated live."""
+        if self.access_token_file is not None:
+            try:
+                text = self.access_token_file.read_text(encoding="utf-8").strip()
+            except OSError:
+                text = ""
+            if text:
+                return text
+        return self.access_token.get_secret_value() if self.access_token else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and the demo change the environment)."""
+    get_settings.cache_clear()

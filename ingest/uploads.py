@@ -1,0 +1,118 @@
+"""The upload handler: exactly one file in the bucket per (bucket, ref), whatever fails on the way.
+
+Before a POST the row is marked ``post_started_at`` and committed; an attempt that finds that mark
+(a timeout or 5xx after the server created the file, or a worker killed after the POST) first searches
+the bucket for a file whose ``audio_id`` is our ref and adopts it instead of posting again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from ingest.client import AcrCloudClient
+from ingest.context import JobContext
+from ingest.db import session_scope
+from ingest.files import (
+    UploadJob,
+    UploadPlan,
+    adopt,
+    by_ref,
+    file_lease,
+    plan_upload,
+    prepare_upload_row,
+    sync_meta,
+)
+from ingest.metadata import update_row_meta
+from ingest.models import FileStatus, Operation, TrackFile, utcnow
+from ingest.schemas import BucketFile
+from ingest.validation import resolve_media_path
+
+log = logging.getLogger("ingest.uploads")
+
+
+def find_in_bucket(client: AcrCloudClient, row: TrackFile) -> BucketFile | None:
+    """The file an earlier attempt may have created: same ref in ``audio_id`` (search matches titles)."""
+    matches = [f for f in client.iter_files(row.bucket_id, search=row.title) if f.audio_id == row.ref]
+    if len(matches) > 1:
+        log.warning("ref %r has %d files in bucket %d (%s); adopting the first", row.ref, len(matches),
+                    row.bucket_id, ", ".join(str(m.id) for m in matches))
+    return min(matches, key=lambda f: f.id) if matches else None
+
+
+def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile:
+    if row.data_type == "audio_url":
+        return client.upload_url(row.bucket_id, row.source, title=row.title,
+                                 user_defined=row.user_defined, audio_id=row.ref)
+    resolved = resolve_media_path(row.source, ctx.settings)
+    assert resolved is not None
+    return client.upload_file(row.bucket_id, resolved[0], title=row.title, data_type=row.data_type,
+                              user_defined=row.user_defined, audio_id=row.ref)
+
+
+def _own_row(job: UploadJob, op_id: int) -> tuple[int | None, dict[str, Any]]:
+    """The row this operation uploads, planning it first for a message another system sent."""
+    with session_scope() as s:
+        op = s.get(Operation, op_id)
+        assert op is not None
+        if op.file_id is not None:
+            return op.file_id, {}
+        existing = by_ref(s, job.bucket_id, job.ref)
+        plan = plan_upload(existing, job)
+        if plan in (UploadPlan.NEW, UploadPlan.REUPLOAD):
+            try:
+                row = prepare_upload_row(s, existing, job)
+                op.file_id = row.id
+                s.add(op)
+                s.commit()
+            except IntegrityError:  # a twin message created the row in between: plan again
+                s.rollback()
+                return _own_row(job, op_id)
+            return op.file_id, {}
+        assert existing is not None
+        op.file_id = existing.id
+        s.add(op)
+        s.commit()
+        return None, {"plan": str(plan), "file_id": existing.id}
+
+
+def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
+    file_id, planned = _own_row(job, op_id)
+    if file_id is None:  # same ref already here: nothing to post, maybe metadata to update
+        return {**planned, **update_row_meta(planned["file_id"], op_id, job.title, job.user_defined, ctx)}
+
+    with session_scope() as s:
+        row = s.get(TrackFile, file_id)
+        assert row is not None
+        if row.status == FileStatus.CANCELLED:
+            return {"file_id": file_id, "cancelled": True}
+        with file_lease(s, row, ctx):
+            s.refresh(row)
+            if row.status == FileStatus.CANCELLED:
+                return {"file_id": file_id, "cancelled": True}
+            adopted = False
+            if row.remote_id is None and row.post_started_at is not None:
+                found = find_in_bucket(ctx.client, row)
+                if found is not None:
+                    log.info("ref %r: adopting file %d created by an earlier attempt", row.ref, found.id)
+                    adopt(row, found, synced_version=row.meta_version
+                          if (found.title, found.user_defined) == (row.title, row.user_defined) else 0)
+                    adopted = True
+                    s.add(row)
+                    s.commit()
+            if row.remote_id is None:
+                version = row.meta_version
+                row.post_started_at = utcnow()
+                row.status = FileStatus.UPLOADING
+                row.attempts += 1
+                row.updated_at = utcnow()
+                s.add(row)
+                s.commit()
+                remote = _post(ctx.client, row, ctx)
+                adopt(row, remote, synced_version=version)
+                s.add(row)
+                s.commit()
+            sync_meta(s, row, ctx.client)
+            return {"file_id": row.id, "id": row.remote_id, "acr_id": row.acr_id, "adopted": adopted}

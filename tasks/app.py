@@ -1,0 +1,86 @@
+"""The Celery app. Run a worker with ``acr-ingest worker`` (or ``celery -A tasks.app worker``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from ingest.settings import Settings, get_settings
+
+QUEUE = "ingest"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {
+        # Must exceed the longest task plus the longest retry countdown (backoff_max, auth recheck),
+        # or Redis hands a still-running or waiting message to a second worker.
+        "visibility_timeout": settings.visibility_timeout,
+    }
+    broker = settings.broker_url
+    if broker.startswith("filesystem://"):
+        folder = Path(broker.removeprefix("filesystem://") or "var/broker").expanduser()
+        for sub in ("in", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        broker = "filesystem://"
+        transport = {
+            "data_folder_in": str(folder / "in"),
+            "data_folder_out": str(folder / "in"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.1,
+        }
+    return {
+        "broker_url": broker,
+        "result_backend": settings.result_backend,
+        "task_ignore_result": settings.result_backend is None,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": QUEUE,
+        # Delivery: acknowledge after the work, requeue when a worker process dies, one task at a time.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # Producers keep trying to publish while the broker is away instead of losing the job.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5,
+                                      "interval_max": 3},
+        # On SIGTERM, hand unfinished tasks back at once instead of waiting for the visibility timeout.
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "poll-states": {"task": "ingest.poll_states", "schedule": settings.poll_interval,
+                            "options": {"expires": settings.poll_interval}},
+        },
+        "timezone": "UTC",
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    app = Celery("acr_ingest", include=["tasks.ingest_tasks"])
+    app.conf.update(celery_config(settings or get_settings()))
+    return app
+
+
+app = create_app()
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # Database connections and the HTTP pool must not be shared with the parent across fork.
+    from ingest.db import dispose_engines
+    from tasks.ingest_tasks import reset_client
+
+    dispose_engines()
+    reset_client()

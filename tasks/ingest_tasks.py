@@ -1,0 +1,84 @@
+"""The tasks: thin wrappers that call into ``ingest`` with JSON keyword arguments.
+
+Names are stable (``ingest.upload_url``...) so producers in any language can send them by name; the
+arguments are documented in docs/MESSAGES.md.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import Task
+
+from ingest.batches import handle_delete, handle_move
+from ingest.client import AcrCloudClient
+from ingest.context import JobContext, RetryLater
+from ingest.metadata import handle_update
+from ingest.operations import Handler, run_job
+from ingest.polling import poll_states as run_poll
+from ingest.settings import get_settings
+from ingest.uploads import handle_upload
+from tasks.app import app
+
+_client: AcrCloudClient | None = None
+_client_lock = threading.Lock()
+
+
+def get_client() -> AcrCloudClient:
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = AcrCloudClient.from_settings(get_settings())
+        return _client
+
+
+def reset_client() -> None:
+    global _client
+    with _client_lock:
+        _client = None
+
+
+def _context(task: Task) -> JobContext:
+    return JobContext(task_id=task.request.id, settings=get_settings(), client=get_client())
+
+
+def _run(task: Task, kind: str, kwargs: dict[str, Any], handler: Handler) -> dict[str, Any]:
+    try:
+        return run_job(kind, kwargs, _context(task), handler)
+    except RetryLater as wait:
+        settings = get_settings()
+        # A countdown longer than the visibility timeout would make Redis deliver the message twice.
+        countdown = min(wait.countdown, settings.visibility_timeout / 2)
+        raise task.retry(countdown=countdown, max_retries=None) from None
+
+
+@app.task(bind=True, name="ingest.upload_url")
+def upload_url(self: Task, **kwargs: Any) -> dict[str, Any]:
+    return _run(self, "upload_url", kwargs, handle_upload)
+
+
+@app.task(bind=True, name="ingest.upload_file")
+def upload_file(self: Task, **kwargs: Any) -> dict[str, Any]:
+    return _run(self, "upload_file", kwargs, handle_upload)
+
+
+@app.task(bind=True, name="ingest.update_meta")
+def update_meta(self: Task, **kwargs: Any) -> dict[str, Any]:
+    return _run(self, "update_meta", kwargs, handle_update)
+
+
+@app.task(bind=True, name="ingest.delete_batch")
+def delete_batch(self: Task, **kwargs: Any) -> dict[str, Any]:
+    return _run(self, "delete_batch", kwargs, handle_delete)
+
+
+@app.task(bind=True, name="ingest.move_batch")
+def move_batch(self: Task, **kwargs: Any) -> dict[str, Any]:
+    return _run(self, "move_batch", kwargs, handle_move)
+
+
+@app.task(bind=True, name="ingest.poll_states", acks_late=False)
+def poll_states(self: Task) -> dict[str, Any]:
+    # Periodic and idempotent: a lost run is simply the next cycle.
+    return run_poll(_context(self))

@@ -1,0 +1,143 @@
+"""Shared fixtures: the real local Redis (a database number of its own), the emulator over loopback HTTP,
+a SQLite database (or ACR_INGEST_TEST_DATABASE_URL, e.g. PostgreSQL) and a real Celery worker.
+
+The environment is set here, before anything imports the Celery app, since the app reads its settings
+once at import.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+TOKEN = "test-token-5b9f0c2d7e"  # recognizable: the secrecy tests search for it everywhere
+REDIS_URL = os.environ.get("ACR_INGEST_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+WORKDIR = Path(tempfile.mkdtemp(prefix="acr-ingest-tests-"))
+MEDIA = WORKDIR / "media"
+MEDIA.mkdir()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+EMULATOR_PORT = _free_port()
+TEST_ENV = {
+    "ACR_INGEST_API_BASE_URL": f"http://127.0.0.1:{EMULATOR_PORT}/api",
+    "ACR_INGEST_ACCESS_TOKEN": TOKEN,
+    "ACR_INGEST_BROKER_URL": REDIS_URL,
+    "ACR_INGEST_DATABASE_URL": os.environ.get("ACR_INGEST_TEST_DATABASE_URL", f"sqlite:///{WORKDIR / 'test.db'}"),
+    "ACR_INGEST_MEDIA_ROOT": str(MEDIA),
+    "ACR_INGEST_DEFAULT_BUCKET": "",
+    "ACR_INGEST_CONNECT_TIMEOUT": "2",
+    "ACR_INGEST_READ_TIMEOUT": "3",
+    "ACR_INGEST_BACKOFF_BASE": "0.05",
+    "ACR_INGEST_BACKOFF_MAX": "1",
+    "ACR_INGEST_MAX_ATTEMPTS": "8",
+    "ACR_INGEST_DEPENDENCY_WAIT": "0.3",
+    "ACR_INGEST_AUTH_HOLD_RECHECK": "0.5",
+    "ACR_INGEST_LEASE_SECONDS": "10",
+    "ACR_INGEST_POLL_INTERVAL": "0.5",
+    "ACR_INGEST_VISIBILITY_TIMEOUT": "60",
+}
+for _k, _v in TEST_ENV.items():
+    if _v:
+        os.environ[_k] = _v
+    else:
+        os.environ.pop(_k, None)
+os.environ.pop("ACR_INGEST_ACCESS_TOKEN_FILE", None)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
+    except redis.RedisError as exc:
+        pytest.exit(f"Redis is not reachable at {REDIS_URL} ({exc}). Start one: "
+                    "redis-server --daemonize yes --port 6379 --save '' (or set ACR_INGEST_TEST_REDIS_URL)",
+                    returncode=3)
+    # A database of the tests' own: start from empty tables (a PostgreSQL test database persists).
+    from sqlmodel import SQLModel
+
+    from ingest.db import get_engine
+
+    engine = get_engine()
+    SQLModel.metadata.drop_all(engine)
+    SQLModel.metadata.create_all(engine)
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[object]:
+    from ingest.emulator import Emulator
+
+    emu = Emulator(tokens={TOKEN}, processing_delay=0.3).start(host="127.0.0.1", port=EMULATOR_PORT)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(autouse=True)
+def _calm_emulator(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "emulator" in request.fixturenames:
+        emu = request.getfixturevalue("emulator")
+        emu.faults.reset()
+        emu.set_tokens({TOKEN})
+
+
+@pytest.fixture(scope="session")
+def celery_app() -> object:
+    from tasks.app import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def beat() -> Iterator[subprocess.Popen[bytes]]:
+    """The real ``celery beat`` (a child process) sending ingest.poll_states every poll interval."""
+    log = (WORKDIR / "beat.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel=INFO",
+                             f"--schedule={WORKDIR / 'beat-schedule'}"], stdout=log, stderr=subprocess.STDOUT)
+    yield proc
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def worker(celery_app: object, emulator: object, beat: object) -> Iterator[object]:
+    """A real Celery worker (threads pool) consuming from the real Redis, calling the emulator over HTTP."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(celery_app, pool="threads", concurrency=8, perform_ping_check=False,
+                      loglevel="WARNING", shutdown_timeout=30) as w:
+        yield w
+
+
+_buckets = itertools.count(1000 + (os.getpid() % 1000) * 1000)
+
+
+@pytest.fixture
+def bucket() -> int:
+    """A bucket id of this test's own, so tests sharing the emulator and database never collide."""
+    return next(_buckets)
+
+
+@pytest.fixture
+def producer(celery_app: object) -> object:
+    from ingest.producer import Producer
+
+    return Producer(celery_app)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def media() -> Path:
+    return MEDIA

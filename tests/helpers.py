@@ -1,0 +1,48 @@
+"""Waiting on conditions with a deadline (never a bare sleep), and reading rows back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlmodel import select
+
+from ingest.db import session_scope
+from ingest.models import Operation, TrackFile
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` and the last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last {value!r}")
+        time.sleep(interval)
+        value = check()
+    return value
+
+
+def file_row(bucket_id: int, ref: str) -> TrackFile | None:
+    with session_scope() as s:
+        return s.exec(select(TrackFile).where(TrackFile.bucket_id == bucket_id, TrackFile.ref == ref)).first()
+
+
+def files_in(bucket_id: int) -> list[TrackFile]:
+    with session_scope() as s:
+        return list(s.exec(select(TrackFile).where(TrackFile.bucket_id == bucket_id).order_by(TrackFile.id)).all())
+
+
+def operation(op_id: int) -> Operation:
+    with session_scope() as s:
+        op = s.get(Operation, op_id)
+        assert op is not None
+        return op
+
+
+def op_done(op_id: int) -> Operation | None:
+    op = operation(op_id)
+    return op if op.status in ("succeeded", "partial", "failed") else None
