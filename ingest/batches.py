@@ -87,8 +87,18 @@ def _present(client: AcrCloudClient, bucket_id: int, keys: list[Any]) -> list[An
         files: list[BucketFile] = client.get_files(bucket_id, keys)
     except NotFoundError:
         return []
+    return _matching(keys, files)
+
+
+def _matching(keys: list[Any], files: list[BucketFile]) -> list[Any]:
     known = {str(f.id) for f in files} | {f.acr_id for f in files}
     return [k for k in keys if str(k) in known]
+
+
+def _affected(keys: list[Any], answered: list[BucketFile]) -> list[Any]:
+    """The keys the API says it acted on: the files it listed, or every key when it listed none (the
+    page does not document the response; partial success must still be recorded per id)."""
+    return _matching(keys, answered) if answered else keys
 
 
 def _run_batch(
@@ -96,7 +106,7 @@ def _run_batch(
     op_id: int,
     ctx: JobContext,
     verb: str,
-    call: Callable[[list[Any]], Any],
+    call: Callable[[list[Any]], list[BucketFile]],
     on_done: Callable[[Session, TrackFile], str],
     check: Callable[[Session, TrackFile], str | None] | None = None,
 ) -> dict[str, Any]:
@@ -138,12 +148,11 @@ def _run_batch(
         for chunk in chunks(send, settings.ids_chunk_size):
             keys = [key for _, _, key in chunk]
             try:
-                call(keys)
-                done = keys
+                done = _affected(keys, call(keys))
             except NotFoundError:
                 done = _present(ctx.client, job.bucket_id, keys)
                 if done:
-                    call(done)
+                    done = _affected(done, call(done))
             done_set = {str(k) for k in done}
             for name, row, key in chunk:
                 if str(key) in done_set:

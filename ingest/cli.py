@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -47,9 +47,10 @@ def _since(value: str | None) -> datetime | None:
         return None
     units = {"m": "minutes", "h": "hours", "d": "days"}
     if value[-1] in units and value[:-1].isdigit():
-        return datetime.utcnow() - timedelta(**{units[value[-1]]: int(value[:-1])})
+        return datetime.now(UTC) - timedelta(**{units[value[-1]]: int(value[:-1])})
     try:
-        return datetime.fromisoformat(value)
+        when = datetime.fromisoformat(value)
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
     except ValueError:
         raise click.BadParameter("give an ISO time (2026-11-25T10:00) or a duration (30m, 2h, 1d)") from None
 

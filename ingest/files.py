@@ -79,15 +79,20 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     return row
 
 
-def apply_meta(row: TrackFile, title: str | None, user_defined: dict[str, Any] | None) -> bool:
-    """Merge new desired metadata into the row; True when something changed (a new version)."""
+def apply_meta(row: TrackFile, title: str | None, user_defined: dict[str, Any] | None, seq: int) -> bool:
+    """Merge an update (operation ``seq``) into the desired metadata, each field only if no later
+    operation set it already; True when something changed (a new version to send)."""
     changed = False
-    if title is not None and title != row.title:
-        row.title = title
-        changed = True
-    if user_defined is not None and user_defined != row.user_defined:
-        row.user_defined = dict(user_defined)
-        changed = True
+    if title is not None and seq > row.title_seq:
+        row.title_seq = seq
+        if title != row.title:
+            row.title = title
+            changed = True
+    if user_defined is not None and seq > row.user_defined_seq:
+        row.user_defined_seq = seq
+        if user_defined != row.user_defined:
+            row.user_defined = dict(user_defined)
+            changed = True
     if changed:
         row.meta_version += 1
         row.updated_at = utcnow()

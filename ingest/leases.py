@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, update
 from sqlmodel import Session, select
@@ -95,6 +95,6 @@ def acquire(session: Session, name: str, owner: str, seconds: float) -> bool:
 
 def release(session: Session, name: str, owner: str) -> None:
     session.execute(
-        update(Lease).where(and_(Lease.name == name, Lease.owner == owner)).values(until=datetime(1970, 1, 1))
+        update(Lease).where(and_(Lease.name == name, Lease.owner == owner)).values(until=datetime(1970, 1, 1, tzinfo=UTC))
     )
     session.commit()

@@ -62,8 +62,9 @@ def update_row_meta(file_id: int, op_id: int, title: str | None, user_defined: d
         row = s.get(TrackFile, file_id)
         op = s.get(Operation, op_id)
         assert row is not None and op is not None
-        if not op.applied:  # merge this update into the desired state exactly once
-            apply_meta(row, title, user_defined)
+        if not op.applied:  # merge this update into the desired state exactly once, in enqueue order
+            assert op.id is not None
+            apply_meta(row, title, user_defined, op.id)
             op.applied = True
             op.file_id = file_id
             s.add(row)

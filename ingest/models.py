@@ -14,7 +14,7 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 class FileStatus(StrEnum):
@@ -69,6 +69,10 @@ class TrackFile(SQLModel, table=True):
     # state, so replays and reordering cannot apply an older title over a newer one.
     meta_version: int = 0
     synced_meta_version: int = 0
+    # The operation id that last set each field: updates apply in enqueue order per field, whatever
+    # order the workers run them in (a later update of the title never loses to an earlier one).
+    title_seq: int = 0
+    user_defined_seq: int = 0
     # Set (and committed) before an upload POST: a later attempt must look in the bucket first.
     post_started_at: datetime | None = None
     lease_owner: str | None = Field(default=None, max_length=255)

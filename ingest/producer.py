@@ -20,6 +20,7 @@ from ingest.files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upl
 from ingest.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.settings import Settings, get_settings
 from ingest.validation import (
+    InputError,
     validate_delete_batch,
     validate_move_batch,
     validate_update_meta,
@@ -108,6 +109,11 @@ class Producer:
         job = validate_update_meta(_compact({"bucket_id": bucket_id, "ref": ref, "file_id": file_id,
                                              "acr_id": acr_id, "title": title,
                                              "user_defined": user_defined}), self.settings)
+        if job.ref is not None:
+            with session_scope() as s:
+                if by_ref(s, job.bucket_id, job.ref) is None:
+                    raise InputError({"ref": f"unknown ref {job.ref!r} in bucket {job.bucket_id}: "
+                                             "upload it first, or check the id"})
         return self._simple(OpKind.UPDATE_META, _compact(job.model_dump()))
 
     def delete(self, *, bucket_id: int | str | None = None, refs: list[str] | None = None,

@@ -50,30 +50,30 @@ def _run(task: Task, kind: str, kwargs: dict[str, Any], handler: Handler) -> dic
         settings = get_settings()
         # A countdown longer than the visibility timeout would make Redis deliver the message twice.
         countdown = min(wait.countdown, settings.visibility_timeout / 2)
-        raise task.retry(countdown=countdown, max_retries=None) from None
+        raise task.retry(countdown=countdown) from None
 
 
-@app.task(bind=True, name="ingest.upload_url")
+@app.task(bind=True, name="ingest.upload_url", max_retries=None)
 def upload_url(self: Task, **kwargs: Any) -> dict[str, Any]:
     return _run(self, "upload_url", kwargs, handle_upload)
 
 
-@app.task(bind=True, name="ingest.upload_file")
+@app.task(bind=True, name="ingest.upload_file", max_retries=None)
 def upload_file(self: Task, **kwargs: Any) -> dict[str, Any]:
     return _run(self, "upload_file", kwargs, handle_upload)
 
 
-@app.task(bind=True, name="ingest.update_meta")
+@app.task(bind=True, name="ingest.update_meta", max_retries=None)
 def update_meta(self: Task, **kwargs: Any) -> dict[str, Any]:
     return _run(self, "update_meta", kwargs, handle_update)
 
 
-@app.task(bind=True, name="ingest.delete_batch")
+@app.task(bind=True, name="ingest.delete_batch", max_retries=None)
 def delete_batch(self: Task, **kwargs: Any) -> dict[str, Any]:
     return _run(self, "delete_batch", kwargs, handle_delete)
 
 
-@app.task(bind=True, name="ingest.move_batch")
+@app.task(bind=True, name="ingest.move_batch", max_retries=None)
 def move_batch(self: Task, **kwargs: Any) -> dict[str, Any]:
     return _run(self, "move_batch", kwargs, handle_move)
 

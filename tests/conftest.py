@@ -21,6 +21,7 @@ import redis
 
 TOKEN = "test-token-5b9f0c2d7e"  # recognizable: the secrecy tests search for it everywhere
 REDIS_URL = os.environ.get("ACR_INGEST_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+IDLE_BROKER = REDIS_URL.rsplit("/", 1)[0] + "/13"  # a broker database no worker consumes
 WORKDIR = Path(tempfile.mkdtemp(prefix="acr-ingest-tests-"))
 MEDIA = WORKDIR / "media"
 MEDIA.mkdir()
@@ -61,7 +62,8 @@ os.environ.pop("ACR_INGEST_ACCESS_TOKEN_FILE", None)
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
+        for url in (REDIS_URL, IDLE_BROKER):
+            redis.Redis.from_url(url, socket_connect_timeout=2).flushdb()
     except redis.RedisError as exc:
         pytest.exit(f"Redis is not reachable at {REDIS_URL} ({exc}). Start one: "
                     "redis-server --daemonize yes --port 6379 --save '' (or set ACR_INGEST_TEST_REDIS_URL)",

@@ -46,3 +46,14 @@ def operation(op_id: int) -> Operation:
 def op_done(op_id: int) -> Operation | None:
     op = operation(op_id)
     return op if op.status in ("succeeded", "partial", "failed") else None
+
+
+def idle_producer() -> object:
+    """A producer whose messages go to a broker no worker consumes: its jobs stay "in the queue"."""
+    from ingest.producer import Producer
+    from ingest.settings import get_settings
+    from tasks.app import create_app
+    from tests.conftest import IDLE_BROKER
+
+    settings = get_settings().model_copy(update={"broker_url": IDLE_BROKER})
+    return Producer(create_app(settings), settings)

@@ -9,21 +9,21 @@ import pytest
 
 from ingest.demo import write_tone
 from ingest.models import FileStatus
-from tests.helpers import file_row, files_in, op_done, operation, wait_for
+from tests.helpers import file_row, files_in, idle_producer, op_done, operation, wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-def _ready(bucket: int, ref: str, status: str = "ready"):  # noqa: ANN202
+def _ready(bucket: int, ref: str, status: str = "ready"):
     return wait_for(lambda: (r := file_row(bucket, ref)) is not None and r.status == status and r,
                     what=f"{ref} {status}")
 
 
-def remote(emulator, bucket: int) -> list[dict]:  # noqa: ANN001
+def remote(emulator, bucket: int) -> list[dict]:
     return emulator.files(bucket)
 
 
-def test_upload_url_reaches_ready_with_ids(producer, emulator, bucket) -> None:  # noqa: ANN001
+def test_upload_url_reaches_ready_with_ids(producer, emulator, bucket) -> None:
     sent = producer.upload_url("https://cdn.example.com/a.mp3", title="Alpha", bucket_id=bucket,
                                user_defined={"artist": "A"}, ref="cat-1")
     assert sent.plan == "new"
@@ -37,7 +37,7 @@ def test_upload_url_reaches_ready_with_ids(producer, emulator, bucket) -> None: 
     assert op.status == "succeeded" and op.result["acr_id"] == row.acr_id
 
 
-def test_upload_file_streams_a_wav_to_ready(producer, emulator, bucket, media: Path) -> None:  # noqa: ANN001
+def test_upload_file_streams_a_wav_to_ready(producer, emulator, bucket, media: Path) -> None:
     write_tone(media / f"tone-{bucket}.wav", 440.0, seconds=0.5)
     producer.upload_file(f"tone-{bucket}.wav", title="Tone", bucket_id=bucket, ref="tone")
     row = _ready(bucket, "tone")
@@ -45,13 +45,13 @@ def test_upload_file_streams_a_wav_to_ready(producer, emulator, bucket, media: P
     assert [f["id"] for f in remote(emulator, bucket)] == [row.remote_id]
 
 
-def test_bad_audio_ends_in_error_with_reason(producer, bucket) -> None:  # noqa: ANN001
+def test_bad_audio_ends_in_error_with_reason(producer, bucket) -> None:
     producer.upload_url("https://cdn.example.com/broken-take.mp3", title="Broken", bucket_id=bucket, ref="bad")
     row = _ready(bucket, "bad", status="error")
     assert row.remote_state == -1 and "state -1" in row.reason
 
 
-def test_update_meta_by_ref_changes_the_bucket(producer, emulator, bucket) -> None:  # noqa: ANN001
+def test_update_meta_by_ref_changes_the_bucket(producer, emulator, bucket) -> None:
     producer.upload_url("https://cdn.example.com/b.mp3", title="Before", bucket_id=bucket, ref="r1")
     _ready(bucket, "r1")
     sent = producer.update_meta(bucket_id=bucket, ref="r1", title="After", user_defined={"k": "v"})
@@ -62,7 +62,7 @@ def test_update_meta_by_ref_changes_the_bucket(producer, emulator, bucket) -> No
     assert (row.title, row.synced_meta_version) == ("After", row.meta_version)
 
 
-def test_update_by_acr_id_and_by_file_id(producer, emulator, bucket) -> None:  # noqa: ANN001
+def test_update_by_acr_id_and_by_file_id(producer, emulator, bucket) -> None:
     producer.upload_url("https://cdn.example.com/c.mp3", title="One", bucket_id=bucket, ref="r2")
     row = _ready(bucket, "r2")
     a = producer.update_meta(bucket_id=bucket, acr_id=row.acr_id, title="Two")
@@ -73,7 +73,7 @@ def test_update_by_acr_id_and_by_file_id(producer, emulator, bucket) -> None:  #
     assert (f["title"], f["user_defined"]) == ("Two", {"n": 3})
 
 
-def test_updates_sent_before_the_upload_finishes_wait_and_keep_order(producer, emulator, bucket) -> None:  # noqa: ANN001
+def test_updates_sent_before_the_upload_finishes_wait_and_keep_order(producer, emulator, bucket) -> None:
     emulator.faults.upload_delay = 0.5  # the upload is still in flight when the updates arrive
     producer.upload_url("https://cdn.example.com/d.mp3", title="v0", bucket_id=bucket, ref="r3")
     ops = [producer.update_meta(bucket_id=bucket, ref="r3", title=f"v{i}") for i in range(1, 4)]
@@ -84,7 +84,7 @@ def test_updates_sent_before_the_upload_finishes_wait_and_keep_order(producer, e
     assert file_row(bucket, "r3").title == "v3"
 
 
-def test_same_ref_twice_is_a_noop_and_changed_metadata_an_update(producer, emulator, bucket) -> None:  # noqa: ANN001
+def test_same_ref_twice_is_a_noop_and_changed_metadata_an_update(producer, emulator, bucket) -> None:
     first = producer.upload_url("https://cdn.example.com/e.mp3", title="Same", bucket_id=bucket, ref="r4")
     again = producer.upload_url("https://cdn.example.com/e.mp3", title="Same", bucket_id=bucket, ref="r4")
     assert (first.plan, again.plan, again.task_id) == ("new", "noop", None)
@@ -96,7 +96,7 @@ def test_same_ref_twice_is_a_noop_and_changed_metadata_an_update(producer, emula
     assert [f["title"] for f in files] == ["Renamed"]
 
 
-def test_a_message_sent_by_name_from_another_system(celery_app, emulator, bucket) -> None:  # noqa: ANN001
+def test_a_message_sent_by_name_from_another_system(celery_app, emulator, bucket) -> None:
     task_id = str(uuid.uuid4())
     celery_app.send_task("ingest.upload_url", task_id=task_id, kwargs={
         "url": "https://cdn.example.com/f.mp3", "title": "Foreign", "bucket_id": bucket, "ref": "ext-1",
@@ -105,7 +105,7 @@ def test_a_message_sent_by_name_from_another_system(celery_app, emulator, bucket
     assert remote(emulator, bucket)[0]["id"] == row.remote_id
 
 
-def test_delete_batch_with_refs_ids_and_unknown_names(producer, emulator, bucket) -> None:  # noqa: ANN001
+def test_delete_batch_with_refs_ids_and_unknown_names(producer, emulator, bucket) -> None:
     for i in range(3):
         producer.upload_url(f"https://cdn.example.com/g{i}.mp3", title=f"G{i}", bucket_id=bucket, ref=f"g{i}")
     rows = [_ready(bucket, f"g{i}") for i in range(3)]
@@ -121,7 +121,7 @@ def test_delete_batch_with_refs_ids_and_unknown_names(producer, emulator, bucket
     assert {r.status for r in files_in(bucket)} == {FileStatus.DELETED}
 
 
-def test_move_batch_changes_the_bucket(producer, emulator, bucket) -> None:  # noqa: ANN001
+def test_move_batch_changes_the_bucket(producer, emulator, bucket) -> None:
     target = bucket + 500_000
     for i in range(2):
         producer.upload_url(f"https://cdn.example.com/m{i}.mp3", title=f"M{i}", bucket_id=bucket, ref=f"m{i}")
@@ -133,7 +133,7 @@ def test_move_batch_changes_the_bucket(producer, emulator, bucket) -> None:  # n
     assert {r.ref for r in files_in(target)} == {"m0", "m1"}
 
 
-def test_poll_costs_one_get_per_chunk(emulator, bucket) -> None:  # noqa: ANN001
+def test_poll_costs_one_get_per_chunk(emulator, bucket) -> None:
     from ingest import leases
     from ingest.client import AcrCloudClient
     from ingest.context import JobContext
@@ -159,15 +159,9 @@ def test_poll_costs_one_get_per_chunk(emulator, bucket) -> None:  # noqa: ANN001
     assert counts["ready"] >= 5 and {r.status for r in files_in(bucket)} == {FileStatus.READY}
 
 
-def test_delete_of_a_pending_upload_cancels_it(producer, celery_app, emulator, bucket) -> None:  # noqa: ANN001
-    from ingest.producer import Producer
-    from tasks.app import create_app
-
-    from ingest.settings import get_settings
-
+def test_delete_of_a_pending_upload_cancels_it(producer, celery_app, emulator, bucket) -> None:
     # Record an upload whose message goes to a broker nobody consumes (it is "still in the queue")...
-    idle = create_app(get_settings().model_copy(update={"broker_url": "redis://127.0.0.1:6379/13"}))
-    pending = Producer(idle).upload_url("https://cdn.example.com/h.mp3", title="H", bucket_id=bucket, ref="h")
+    pending = idle_producer().upload_url("https://cdn.example.com/h.mp3", title="H", bucket_id=bucket, ref="h")
     # ...delete it, then let the original message arrive.
     d = producer.delete(bucket_id=bucket, refs=["h"])
     assert wait_for(lambda: op_done(d.operation_id)).result["outcomes"] == {"ref:h": "cancelled"}
