@@ -123,9 +123,9 @@ def delete(refs: tuple[str, ...], ids: tuple[str, ...], acr_ids: tuple[str, ...]
 
 
 @main.command("move")
-@click.option("--to", "target_bucket_id", required=True, help="Target bucket id.")
+@click.option("--to", "target_bucket_id", help="Target bucket id (required).")
 @_batch_options
-def move(target_bucket_id: str, refs: tuple[str, ...], ids: tuple[str, ...], acr_ids: tuple[str, ...],
+def move(target_bucket_id: str | None, refs: tuple[str, ...], ids: tuple[str, ...], acr_ids: tuple[str, ...],
          bucket_id: str | None) -> None:
     """Move files to another bucket."""
     _enqueue(_producer().move, target_bucket_id=target_bucket_id, bucket_id=bucket_id, refs=_split(refs),

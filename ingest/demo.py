@@ -115,11 +115,11 @@ def _drive(work: Path, timeout: float, worker: subprocess.Popen[bytes]) -> int:
     from ingest.reporting import file_counts, files
 
     producer = Producer()
-    for title, _freq in FILES:
-        producer.upload_file(f"{title.lower().replace(' ', '-')}.wav", title=title,
+    for n, (title, _freq) in enumerate(FILES, 1):
+        producer.upload_file(f"{title.lower().replace(' ', '-')}.wav", title=title, ref=f"CAT-{n:04d}",
                              user_defined={"artist": "Demo Ensemble", "album": "Loopback Sessions"})
-    for title, url in [*URLS, BAD_URL]:
-        producer.upload_url(url, title=title, user_defined={"artist": "Demo Ensemble"})
+    for n, (title, url) in enumerate([*URLS, BAD_URL], len(FILES) + 1):
+        producer.upload_url(url, title=title, ref=f"CAT-{n:04d}", user_defined={"artist": "Demo Ensemble"})
     total = len(FILES) + len(URLS) + 1
     click.echo(f"enqueued {total} uploads ({len(FILES)} files, {len(URLS) + 1} URLs)\n")
 

@@ -61,13 +61,13 @@ class Producer:
 
     # --- uploads -----------------------------------------------------------------------------
 
-    def upload_url(self, url: str, *, title: str, bucket_id: int | str | None = None,
+    def upload_url(self, url: str | None = None, *, title: str | None = None, bucket_id: int | str | None = None,
                    user_defined: dict[str, Any] | str | None = None, ref: str | None = None) -> Enqueued:
         job = validate_upload_url(_compact({"url": url, "bucket_id": bucket_id, "title": title,
                                             "user_defined": user_defined, "ref": ref}), self.settings)
         return self._upload(OpKind.UPLOAD_URL, job, {"url": job.url})
 
-    def upload_file(self, path: str, *, title: str, bucket_id: int | str | None = None,
+    def upload_file(self, path: str | None = None, *, title: str | None = None, bucket_id: int | str | None = None,
                     user_defined: dict[str, Any] | str | None = None, ref: str | None = None,
                     data_type: str = "audio") -> Enqueued:
         job = validate_upload_file(_compact({"path": path, "bucket_id": bucket_id, "title": title,
@@ -123,7 +123,7 @@ class Producer:
         return self._simple(OpKind.DELETE_BATCH, _compact({"bucket_id": job.bucket_id,
                                                            **job.targets.model_dump()}))
 
-    def move(self, *, target_bucket_id: int | str, bucket_id: int | str | None = None,
+    def move(self, *, target_bucket_id: int | str | None = None, bucket_id: int | str | None = None,
              refs: list[str] | None = None, ids: list[int | str] | None = None,
              acr_ids: list[str] | None = None) -> Enqueued:
         job = validate_move_batch(_compact({"bucket_id": bucket_id, "target_bucket_id": target_bucket_id,

@@ -60,6 +60,8 @@ def reason_of(exc: BaseException) -> str:
 def decide(exc: BaseException, attempts: int, rate_limited: int, settings: Settings) -> Decision:
     """``attempts``: counted attempts so far including this one; ``rate_limited``: 429s so far."""
     reason = reason_of(exc)
+    if isinstance(exc, InputError):
+        return Decision(Action.FAIL, counts=False, reason=f"bad input: {reason}")
     if isinstance(exc, AuthError):
         return Decision(Action.HOLD, settings.auth_hold_recheck, counts=False, reason=reason)
     if isinstance(exc, RateLimitedError):
