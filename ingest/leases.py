@@ -95,6 +95,8 @@ def acquire(session: Session, name: str, owner: str, seconds: float) -> bool:
 
 def release(session: Session, name: str, owner: str) -> None:
     session.execute(
-        update(Lease).where(and_(Lease.name == name, Lease.owner == owner)).values(until=datetime(1970, 1, 1, tzinfo=UTC))
+        update(Lease)
+        .where(and_(Lease.name == name, Lease.owner == owner))
+        .values(until=datetime(1970, 1, 1, tzinfo=UTC))
     )
     session.commit()
