@@ -5,6 +5,7 @@ committed after each chunk so a retry never re-sends what already succeeded."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, or_, update
@@ -81,18 +82,19 @@ def _result(outcomes: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _present(client: AcrCloudClient, bucket_id: int, keys: list[Any]) -> list[Any]:
-    """Which of these ids/acr_ids the bucket holds (one GET), after a batch answered 404."""
-    try:
-        files: list[BucketFile] = client.get_files(bucket_id, keys)
-    except NotFoundError:
-        return []
-    return _matching(keys, files)
-
-
 def _matching(keys: list[Any], files: list[BucketFile]) -> list[Any]:
     known = {str(f.id) for f in files} | {f.acr_id for f in files}
     return [k for k in keys if str(k) in known]
+
+
+def _in_bucket(client: AcrCloudClient, bucket_id: int, keys: list[Any]) -> list[Any]:
+    """Which of these ids/acr_ids the bucket holds (one GET)."""
+    if not keys:
+        return []
+    try:
+        return _matching(keys, client.get_files(bucket_id, keys))
+    except NotFoundError:
+        return []
 
 
 def _affected(keys: list[Any], answered: list[BucketFile]) -> list[Any]:
@@ -101,14 +103,36 @@ def _affected(keys: list[Any], answered: list[BucketFile]) -> list[Any]:
     return _matching(keys, answered) if answered else keys
 
 
+@dataclass(frozen=True)
+class BatchVerb:
+    """What a batch does to a chunk of ids, and how to tell afterwards what is already done."""
+
+    name: str  # outcome of a key acted on: "deleted" / "moved"
+    call: Callable[[list[Any]], list[BucketFile]]
+    # After a 404 (an earlier, timed-out try may have acted already): which keys still need the
+    # call, and which are already in the desired state.
+    pending: Callable[[list[Any]], list[Any]]
+    already: Callable[[list[Any], set[Any]], list[Any]]
+    on_done: Callable[[Session, TrackFile], None]
+    check: Callable[[Session, TrackFile], str | None] | None = None
+
+
+def _send_chunk(verb: BatchVerb, keys: list[Any], managed: set[Any]) -> tuple[list[Any], list[Any]]:
+    """(keys acted on now, keys found already done); ``managed``: the keys of files in our tables."""
+    try:
+        return _affected(keys, verb.call(keys)), []
+    except NotFoundError:
+        todo = verb.pending(keys)
+        done = _affected(todo, verb.call(todo)) if todo else []
+        rest = [k for k in keys if k not in todo]
+        return done, verb.already(rest, managed)
+
+
 def _run_batch(
     job: DeleteBatchJob | MoveBatchJob,
     op_id: int,
     ctx: JobContext,
-    verb: str,
-    call: Callable[[list[Any]], list[BucketFile]],
-    on_done: Callable[[Session, TrackFile], str],
-    check: Callable[[Session, TrackFile], str | None] | None = None,
+    verb: BatchVerb,
 ) -> dict[str, Any]:
     settings = ctx.settings
     with session_scope() as s:
@@ -133,30 +157,28 @@ def _run_batch(
             if row.status in GONE:
                 outcomes[name] = "already_deleted"
             elif row.remote_id is None:
-                if verb == "deleted" and _cancel_if_unsent(s, row):
+                if verb.name == "deleted" and _cancel_if_unsent(s, row):
                     outcomes[name] = "cancelled"
                 elif row.status == FileStatus.FAILED and row.post_started_at is None:
                     outcomes[name] = "upload_failed"
                 else:
                     waiting.append(name)
-            elif check is not None and (problem := check(s, row)) is not None:
+            elif verb.check is not None and (problem := verb.check(s, row)) is not None:
                 outcomes[name] = problem
             else:
                 send.append((name, row, row.remote_id))
         _save(s, op_id, outcomes)
 
         for chunk in chunks(send, settings.ids_chunk_size):
-            keys = [key for _, _, key in chunk]
-            try:
-                done = _affected(keys, call(keys))
-            except NotFoundError:
-                done = _present(ctx.client, job.bucket_id, keys)
-                if done:
-                    done = _affected(done, call(done))
-            done_set = {str(k) for k in done}
+            managed = {key for _, row, key in chunk if row is not None}
+            done, already = _send_chunk(verb, [key for _, _, key in chunk], managed)
+            acted = {str(k) for k in done}
+            earlier = {str(k) for k in already}
             for name, row, key in chunk:
-                if str(key) in done_set:
-                    outcomes[name] = on_done(s, row) if row is not None else verb
+                if str(key) in acted or str(key) in earlier:
+                    outcomes[name] = verb.name if str(key) in acted else f"already_{verb.name}"
+                    if row is not None:
+                        verb.on_done(s, row)
                 else:
                     outcomes[name] = "not_found"
             _save(s, op_id, outcomes)
@@ -168,30 +190,34 @@ def _run_batch(
 
 
 def handle_delete(job: DeleteBatchJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
-    def on_done(s: Session, row: TrackFile) -> str:
-        row.status = FileStatus.DELETED
-        row.reason = None
-        row.updated_at = utcnow()
+    def on_done(s: Session, row: TrackFile) -> None:
+        row.status, row.reason, row.updated_at = FileStatus.DELETED, None, utcnow()
         s.add(row)
         s.flush()
-        return "deleted"
 
-    return _run_batch(job, op_id, ctx, "deleted",
-                      lambda keys: ctx.client.delete_files(job.bucket_id, keys), on_done)
+    client = ctx.client
+    return _run_batch(job, op_id, ctx, BatchVerb(
+        "deleted", lambda keys: client.delete_files(job.bucket_id, keys),
+        pending=lambda keys: _in_bucket(client, job.bucket_id, keys),
+        # A file of ours that is no longer in the bucket is deleted (perhaps by our own timed-out try).
+        already=lambda keys, managed: [k for k in keys if k in managed], on_done=on_done,
+    ))
 
 
 def handle_move(job: MoveBatchJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
     target = job.target_bucket_id
+    client = ctx.client
 
     def check(s: Session, row: TrackFile) -> str | None:
         return "conflict" if by_ref(s, target, row.ref) not in (None, row) else None
 
-    def on_done(s: Session, row: TrackFile) -> str:
-        row.bucket_id = target
-        row.updated_at = utcnow()
+    def on_done(s: Session, row: TrackFile) -> None:
+        row.bucket_id, row.updated_at = target, utcnow()
         s.add(row)
         s.flush()
-        return "moved"
 
-    return _run_batch(job, op_id, ctx, "moved", lambda keys: ctx.client.move_files(target, keys), on_done,
-                      check)
+    return _run_batch(job, op_id, ctx, BatchVerb(
+        "moved", lambda keys: client.move_files(target, keys),
+        pending=lambda keys: _in_bucket(client, job.bucket_id, keys),
+        already=lambda keys, _managed: _in_bucket(client, target, keys), on_done=on_done, check=check,
+    ))

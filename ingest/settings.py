@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Redis redelivers unacknowledged messages after this; it must exceed the longest task plus the
     # longest retry countdown (backoff_max), or a task runs twice in parallel.
     visibility_timeout: int = 3600
+    # How often workers sweep for messages whose visibility timeout ran out (a worker was killed).
+    redelivery_check_interval: int = 10
     worker_concurrency: int = 4
 
     # --- Retries --------------------------------------------------------------------------------

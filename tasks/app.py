@@ -18,6 +18,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Must exceed the longest task plus the longest retry countdown (backoff_max, auth recheck),
         # or Redis hands a still-running or waiting message to a second worker.
         "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.redelivery_check_interval,
+        "unacked_restore_throttle": 1,
+        # A publish on a connection to a vanished broker must fail (and be retried), not hang forever.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 10,
     }
     broker = settings.broker_url
     if broker.startswith("filesystem://"):
