@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # How often workers sweep for messages whose visibility timeout ran out (a worker was killed).
     redelivery_check_interval: int = 10
     worker_concurrency: int = 4
+    # On SIGTERM, running tasks get this long to finish before they are handed back to the broker.
+    soft_shutdown_timeout: float = 10.0
 
     # --- Retries --------------------------------------------------------------------------------
     max_attempts: int = Field(default=8, ge=1)

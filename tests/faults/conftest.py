@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -23,6 +24,7 @@ FAULT_ENV = {
     "ACR_INGEST_VISIBILITY_TIMEOUT": "6",
     "ACR_INGEST_REDELIVERY_CHECK_INTERVAL": "1",
     "ACR_INGEST_LEASE_SECONDS": "8",
+    "ACR_INGEST_SOFT_SHUTDOWN_TIMEOUT": "3",
 }
 
 
@@ -84,16 +86,25 @@ def spawn_worker(fault_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc
         w.stop(timeout=20)
 
 
+@contextmanager
+def beat_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """One beat: the state poll that turns processing files ready."""
+    stamp = time.monotonic_ns()
+    log = (WORKDIR / f"fault-beat-{stamp}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel=INFO",
+                             f"--schedule={WORKDIR / f'fault-beat-schedule-{stamp}'}"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 @pytest.fixture
 def fault_beat(fault_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """One beat for the fault broker: the state poll that turns processing files ready."""
-    log = (WORKDIR / f"fault-beat-{time.monotonic_ns()}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel=INFO",
-                             f"--schedule={WORKDIR / 'fault-beat-schedule'}"], env=fault_env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    yield proc
-    proc.terminate()
-    proc.wait(timeout=20)
+    with beat_process(fault_env) as proc:
+        yield proc
 
 
 @pytest.fixture
