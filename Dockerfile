@@ -1,0 +1,25 @@
+# acr-ingest image: one image for the worker, beat, Flower and the dev emulator (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+# README* matches nothing harmlessly if the project has no README yet (pyproject.toml always matches).
+COPY pyproject.toml README* ./
+COPY ingest ./ingest
+COPY tasks ./tasks
+# A regular (non-editable) install with the PostgreSQL driver; the source folder is not needed afterwards.
+RUN pip install ".[postgres]" && rm -rf /src
+
+# Run as an unprivileged user; /app is its writable working directory (beat keeps celerybeat-schedule there).
+RUN useradd --create-home --uid 10001 --user-group acr \
+    && mkdir /app && chown acr:acr /app
+WORKDIR /app
+USER acr
+
+# No wrapper: compose's `command:` (or a Procfile line) is the whole command line. Default: a worker.
+ENTRYPOINT []
+CMD ["acr-ingest", "worker"]
