@@ -120,12 +120,12 @@ class BatchVerb:
 def _send_chunk(verb: BatchVerb, keys: list[Any], managed: set[Any]) -> tuple[list[Any], list[Any]]:
     """(keys acted on now, keys found already done); ``managed``: the keys of files in our tables."""
     try:
-        return _affected(keys, verb.call(keys)), []
+        done = _affected(keys, verb.call(keys))
     except NotFoundError:
         todo = verb.pending(keys)
         done = _affected(todo, verb.call(todo)) if todo else []
-        rest = [k for k in keys if k not in todo]
-        return done, verb.already(rest, managed)
+    rest = [k for k in keys if k not in done]
+    return done, verb.already(rest, managed) if rest else []
 
 
 def _run_batch(

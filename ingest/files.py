@@ -5,16 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from ingest.client import AcrCloudClient
 from ingest.context import JobContext, RetryLater
+from ingest.errors import TransientError
 from ingest.leases import claim_file, release_file
 from ingest.models import FileStatus, TrackFile, utcnow
 from ingest.schemas import BucketFile
+from ingest.settings import Settings
 from ingest.validation import InputError, UploadFileJob, UploadUrlJob
 
 UploadJob = UploadUrlJob | UploadFileJob
@@ -70,6 +74,7 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     row.acr_id = None
     row.remote_state = None
     row.post_started_at = None
+    row.verify_after = None
     row.attempts = 0
     row.meta_version += 1
     row.synced_meta_version = 0
@@ -79,24 +84,18 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     return row
 
 
-def apply_meta(row: TrackFile, title: str | None, user_defined: dict[str, Any] | None, seq: int) -> bool:
+def apply_meta(session: Session, file_id: int, title: str | None, user_defined: dict[str, Any] | None,
+               seq: int) -> None:
     """Merge an update (operation ``seq``) into the desired metadata, each field only if no later
-    operation set it already; True when something changed (a new version to send)."""
-    changed = False
-    if title is not None and seq > row.title_seq:
-        row.title_seq = seq
-        if title != row.title:
-            row.title = title
-            changed = True
-    if user_defined is not None and seq > row.user_defined_seq:
-        row.user_defined_seq = seq
-        if user_defined != row.user_defined:
-            row.user_defined = dict(user_defined)
-            changed = True
-    if changed:
-        row.meta_version += 1
-        row.updated_at = utcnow()
-    return changed
+    operation set it already. Conditional UPDATEs, so two workers merging at once cannot overwrite
+    each other with what they read before."""
+    bump = {"meta_version": TrackFile.meta_version + 1, "updated_at": utcnow()}
+    if title is not None:
+        session.execute(update(TrackFile).where(TrackFile.id == file_id, TrackFile.title_seq < seq)
+                        .values(title=title, title_seq=seq, **bump))
+    if user_defined is not None:
+        session.execute(update(TrackFile).where(TrackFile.id == file_id, TrackFile.user_defined_seq < seq)
+                        .values(user_defined=dict(user_defined), user_defined_seq=seq, **bump))
 
 
 def adopt(row: TrackFile, remote: BucketFile, *, synced_version: int) -> None:
@@ -129,13 +128,31 @@ def file_lease(session: Session, row: TrackFile, ctx: JobContext) -> Iterator[No
         release_file(session, row.id, ctx.owner)
 
 
-def sync_meta(session: Session, row: TrackFile, client: AcrCloudClient) -> bool:
+def verify_later(session: Session, row: TrackFile, settings: Settings) -> None:
+    """A request may still land after we gave up on it: have the poll check this file when it is due."""
+    row.verify_after = utcnow() + timedelta(seconds=2 * settings.read_timeout + settings.connect_timeout)
+    session.add(row)
+    session.commit()
+
+
+@contextmanager
+def verify_if_ambiguous(session: Session, row: TrackFile, settings: Settings) -> Iterator[None]:
+    try:
+        yield
+    except TransientError as exc:
+        if exc.maybe_applied:
+            verify_later(session, row, settings)
+        raise
+
+
+def sync_meta(session: Session, row: TrackFile, client: AcrCloudClient, settings: Settings) -> bool:
     """Send the desired title/user_defined if the bucket may hold an older version (hold the lease)."""
     session.refresh(row)
     version = row.meta_version
     if row.remote_id is None or row.synced_meta_version >= version:
         return False
-    remote = client.update_file(row.bucket_id, row.remote_id, title=row.title, user_defined=row.user_defined)
+    with verify_if_ambiguous(session, row, settings):
+        remote = client.update_file(row.bucket_id, row.remote_id, title=row.title, user_defined=row.user_defined)
     row.synced_meta_version = version
     if remote.state in STATE_STATUS:
         set_remote_state(row, remote.state)

@@ -64,12 +64,12 @@ def update_row_meta(file_id: int, op_id: int, title: str | None, user_defined: d
         assert row is not None and op is not None
         if not op.applied:  # merge this update into the desired state exactly once, in enqueue order
             assert op.id is not None
-            apply_meta(row, title, user_defined, op.id)
+            apply_meta(s, file_id, title, user_defined, op.id)
             op.applied = True
             op.file_id = file_id
-            s.add(row)
             s.add(op)
             s.commit()
+            s.refresh(row)
         if row.status in (FileStatus.DELETED, FileStatus.CANCELLED):
             raise InputError({"ref": f"{row.ref!r} was deleted from bucket {row.bucket_id}; nothing to update"})
         if row.status == FileStatus.FAILED:
@@ -79,5 +79,5 @@ def update_row_meta(file_id: int, op_id: int, title: str | None, user_defined: d
         if row.remote_id is None:
             raise RetryLater(ctx.settings.dependency_wait, f"waiting for the upload of ref {row.ref!r}")
         with file_lease(s, row, ctx):
-            sent = sync_meta(s, row, ctx.client)
+            sent = sync_meta(s, row, ctx.client, ctx.settings)
         return {"file_id": row.id, "id": row.remote_id, "acr_id": row.acr_id, "sent": sent}

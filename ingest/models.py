@@ -75,6 +75,14 @@ class TrackFile(SQLModel, table=True):
     user_defined_seq: int = 0
     # Set (and committed) before an upload POST: a later attempt must look in the bucket first.
     post_started_at: datetime | None = None
+    # Where and under which title the last POST went (a late, duplicate file is searched for there).
+    posted_bucket_id: int | None = None
+    posted_title: str | None = None
+    # Set when a request may have landed after we gave up on it (read timeout, 5xx): the poll then
+    # checks the bucket once it is due: duplicates from a late POST removed, a late PUT undone.
+    verify_after: datetime | None = Field(default=None, index=True)
+    # First time the state poll did not find the file where the row says it is.
+    missing_since: datetime | None = None
     lease_owner: str | None = Field(default=None, max_length=255)
     lease_until: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)

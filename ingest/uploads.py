@@ -24,6 +24,8 @@ from ingest.files import (
     plan_upload,
     prepare_upload_row,
     sync_meta,
+    verify_if_ambiguous,
+    verify_later,
 )
 from ingest.metadata import update_row_meta
 from ingest.models import FileStatus, Operation, TrackFile, utcnow
@@ -34,11 +36,13 @@ log = logging.getLogger("ingest.uploads")
 
 
 def find_in_bucket(client: AcrCloudClient, row: TrackFile) -> BucketFile | None:
-    """The file an earlier attempt may have created: same ref in ``audio_id`` (search matches titles)."""
-    matches = [f for f in client.iter_files(row.bucket_id, search=row.title) if f.audio_id == row.ref]
+    """The file an earlier attempt may have created: same ref in ``audio_id``. Search matches titles:
+    look under the title that attempt posted (an update may have changed the desired one since)."""
+    bucket = row.posted_bucket_id or row.bucket_id
+    matches = [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if f.audio_id == row.ref]
     if len(matches) > 1:
-        log.warning("ref %r has %d files in bucket %d (%s); adopting the first", row.ref, len(matches),
-                    row.bucket_id, ", ".join(str(m.id) for m in matches))
+        log.warning("ref %r has %d files in bucket %d (%s); adopting the first, the poll removes the rest",
+                    row.ref, len(matches), bucket, ", ".join(str(m.id) for m in matches))
     return min(matches, key=lambda f: f.id) if matches else None
 
 
@@ -104,15 +108,20 @@ def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]
                     s.commit()
             if row.remote_id is None:
                 version = row.meta_version
+                if row.post_started_at is not None:
+                    # Posting again after an attempt that may have landed: check for a late twin later.
+                    verify_later(s, row, ctx.settings)
                 row.post_started_at = utcnow()
+                row.posted_bucket_id, row.posted_title = row.bucket_id, row.title
                 row.status = FileStatus.UPLOADING
                 row.attempts += 1
                 row.updated_at = utcnow()
                 s.add(row)
                 s.commit()
-                remote = _post(ctx.client, row, ctx)
+                with verify_if_ambiguous(s, row, ctx.settings):
+                    remote = _post(ctx.client, row, ctx)
                 adopt(row, remote, synced_version=version)
                 s.add(row)
                 s.commit()
-            sync_meta(s, row, ctx.client)
+            sync_meta(s, row, ctx.client, ctx.settings)
             return {"file_id": row.id, "id": row.remote_id, "acr_id": row.acr_id, "adopted": adopted}

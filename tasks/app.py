@@ -7,10 +7,14 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
+from kombu import Queue
 
 from ingest.settings import Settings, get_settings
 
 QUEUE = "ingest"
+# The state poll has a queue of its own: Redis serves queues in turn, so a long backlog of jobs
+# (or of retries) does not delay the poll until its message expires.
+POLL_QUEUE = "ingest.poll"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -46,6 +50,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": QUEUE,
+        "task_queues": [Queue(QUEUE), Queue(POLL_QUEUE)],
+        "task_routes": {"ingest.poll_states": {"queue": POLL_QUEUE}},
         # Delivery: acknowledge after the work, requeue when a worker process dies, one task at a time.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

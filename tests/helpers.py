@@ -14,13 +14,15 @@ from ingest.models import Operation, TrackFile
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
+def wait_for(check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05,
+             what: str | Callable[[], str] = "") -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` and the last value at the deadline."""
     deadline = time.monotonic() + timeout
     value = check()
     while not value:
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last {value!r}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {said or check}: last {value!r}")
         time.sleep(interval)
         value = check()
     return value
