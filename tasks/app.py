@@ -70,7 +70,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_concurrency": settings.worker_concurrency,
-        "worker_hijack_root_logger": False,
         "beat_schedule": {
             "poll-states": {"task": "ingest.poll_states", "schedule": settings.poll_interval,
                             "options": {"expires": settings.poll_interval}},

@@ -31,12 +31,13 @@ FAULT_ENV = {
 class WorkerProcess:
     """A worker in its own process group: SIGKILL takes the main process and its pool children."""
 
-    def __init__(self, name: str, env: dict[str, str], *, pool: str = "prefork", concurrency: int = 2) -> None:
+    def __init__(self, name: str, env: dict[str, str], *, pool: str = "prefork", concurrency: int = 2,
+                 loglevel: str = "INFO") -> None:
         self.name = name
         self.log = WORKDIR / f"worker-{name}-{time.monotonic_ns()}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", f"--pool={pool}",
-             f"--concurrency={concurrency}", "--loglevel=INFO", f"--hostname={name}@%h", "--without-gossip",
+             f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--hostname={name}@%h", "--without-gossip",
              "--without-mingle"],
             env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )
