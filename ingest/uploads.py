@@ -96,6 +96,10 @@ def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]
             s.refresh(row)
             if row.status == FileStatus.CANCELLED:
                 return {"file_id": file_id, "cancelled": True}
+            if row.remote_id is None:
+                row.attempts += 1  # one more try at getting this file into the bucket
+                s.add(row)
+                s.commit()
             adopted = False
             if row.remote_id is None and row.post_started_at is not None:
                 found = find_in_bucket(ctx.client, row)
@@ -114,7 +118,6 @@ def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]
                 row.post_started_at = utcnow()
                 row.posted_bucket_id, row.posted_title = row.bucket_id, row.title
                 row.status = FileStatus.UPLOADING
-                row.attempts += 1
                 row.updated_at = utcnow()
                 s.add(row)
                 s.commit()

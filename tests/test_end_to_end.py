@@ -171,3 +171,28 @@ def test_delete_of_a_pending_upload_cancels_it(producer, celery_app, emulator, b
     assert op.result == {"file_id": file_row(bucket, "h").id, "cancelled": True}
     assert file_row(bucket, "h").status == FileStatus.CANCELLED
     assert remote(emulator, bucket) == []
+
+
+def test_failed_jobs_are_kept_listed_and_retried_by_a_human(emulator, bucket) -> None:
+    from click.testing import CliRunner
+
+    from ingest.cli import main
+
+    emulator.faults.error_rate = 1.0  # every call 5xx: the job runs out of attempts
+    runner = CliRunner()
+    out = runner.invoke(main, ["upload-url", "https://cdn.example.com/f.mp3", "--title", "F", "--bucket",
+                               str(bucket), "--ref", "fail-1"])
+    assert out.exit_code == 0, out.output
+    row = _ready(bucket, "fail-1", status="failed")
+    assert row.reason.startswith("gave up after 8 attempts") and row.attempts == 8
+    listed = runner.invoke(main, ["failures", "--bucket", str(bucket), "--since", "1h"])
+    assert "upload_url" in listed.output and "gave up after 8 attempts" in listed.output
+    status = runner.invoke(main, ["status"]).output
+    assert "recent failures" in status and "fail-1" in status
+
+    emulator.faults.reset()
+    again = runner.invoke(main, ["retry-failed", "--kind", "upload_url", "--bucket", str(bucket)])
+    assert again.output.strip() == "re-enqueued 1 operation(s)"
+    row = _ready(bucket, "fail-1")
+    assert [f["audio_id"] for f in remote(emulator, bucket)] == ["fail-1"]
+    assert runner.invoke(main, ["failures", "--bucket", str(bucket)]).output.count("upload_url") == 0
