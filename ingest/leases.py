@@ -84,11 +84,10 @@ def acquire(session: Session, name: str, owner: str, seconds: float) -> bool:
         except Exception:  # another worker inserted it first
             session.rollback()
             return False
-    result = session.execute(
-        update(Lease)
-        .where(and_(Lease.name == name, or_(Lease.until <= now, Lease.owner == owner)))
-        .values(owner=owner, until=until)
-    )
+    free = or_(Lease.until <= now, Lease.owner == owner)
+    if _owner_dead(lease.owner):  # its worker was killed: no need to wait for the expiry
+        free = or_(free, Lease.owner == lease.owner)
+    result = session.execute(update(Lease).where(and_(Lease.name == name, free)).values(owner=owner, until=until))
     session.commit()
     return result.rowcount == 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -144,3 +145,24 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
                   throttled=throttled)
         fail_file(s, op, decision.reason)
         return summary(op)
+
+
+UNFINISHED = (OpStatus.QUEUED, OpStatus.RUNNING, OpStatus.WAITING, OpStatus.HELD)
+
+
+def claim_stale(session: Session, older_than: float, limit: int = 500) -> list[Operation]:
+    """Unfinished operations nobody has touched for ``older_than`` seconds: their message was lost.
+    Marks them touched (so the next cycle does not send them again) and returns them to resend."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    ops = list(session.exec(select(Operation).where(
+        Operation.status.in_(UNFINISHED), Operation.updated_at < cutoff,  # type: ignore[attr-defined]
+        Operation.task_id.is_not(None),  # type: ignore[union-attr]
+    ).order_by(Operation.id).limit(limit)).all())
+    for op in ops:
+        op.updated_at = utcnow()
+        session.add(op)
+    session.commit()
+    if ops:
+        log.warning("resending %d operation(s) whose message was lost: %s", len(ops),
+                    ", ".join(str(op.id) for op in ops[:20]))
+    return ops

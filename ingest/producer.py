@@ -13,11 +13,12 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from ingest.db import session_scope
 from ingest.files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upload_row
 from ingest.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
+from ingest.reporting import failed_operations
 from ingest.settings import Settings, get_settings
 from ingest.validation import (
     InputError,
@@ -146,13 +147,7 @@ class Producer:
         """Re-enqueue failed operations (a human decided to try again); uploads look in the bucket first."""
         out: list[tuple[int, OpKind, dict[str, Any], str, int | None]] = []
         with session_scope() as s:
-            query = select(Operation).where(Operation.status == OpStatus.FAILED).order_by(Operation.id)
-            if kind:
-                query = query.where(Operation.kind == kind)
-            if bucket_id is not None:
-                query = query.where(Operation.bucket_id == bucket_id)
-            if since is not None:
-                query = query.where(Operation.updated_at >= since)
+            query = failed_operations(kind=kind, bucket_id=bucket_id, since=since).order_by(Operation.id)
             if limit:
                 query = query.limit(limit)
             for op in s.exec(query).all():

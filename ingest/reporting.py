@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from ingest import auth_hold
 from ingest.models import Operation, OpStatus, TrackFile
@@ -27,8 +28,9 @@ def operation_counts(session: Session) -> dict[str, dict[str, int]]:
     return out
 
 
-def failures(session: Session, *, kind: str | None = None, bucket_id: int | None = None,
-             since: datetime | None = None, limit: int = 50) -> list[Operation]:
+def failed_operations(*, kind: str | None = None, bucket_id: int | None = None,
+                      since: datetime | None = None) -> SelectOfScalar[Operation]:
+    """The query behind `acr-ingest failures` and `retry-failed`."""
     query = select(Operation).where(Operation.status == OpStatus.FAILED)
     if kind:
         query = query.where(Operation.kind == kind)
@@ -36,6 +38,12 @@ def failures(session: Session, *, kind: str | None = None, bucket_id: int | None
         query = query.where(Operation.bucket_id == bucket_id)
     if since is not None:
         query = query.where(Operation.updated_at >= since)
+    return query
+
+
+def failures(session: Session, *, kind: str | None = None, bucket_id: int | None = None,
+             since: datetime | None = None, limit: int = 50) -> list[Operation]:
+    query = failed_operations(kind=kind, bucket_id=bucket_id, since=since)
     return list(session.exec(query.order_by(Operation.updated_at.desc()).limit(limit)).all())  # type: ignore[attr-defined]
 
 

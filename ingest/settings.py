@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REGION_BASE_URLS = {
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = 3600
     # How often workers sweep for messages whose visibility timeout ran out (a worker was killed).
     redelivery_check_interval: int = 10
+    # An unfinished operation untouched this long has lost its message (it can happen in the instant
+    # a broker dies); the poll sends it again under the same task id. Default: 2 x visibility_timeout.
+    resend_after: float | None = None
     worker_concurrency: int = 4
     # On SIGTERM, running tasks get this long to finish before they are handed back to the broker.
     soft_shutdown_timeout: float = 10.0
@@ -75,6 +78,21 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _countdowns_fit_the_visibility_timeout(self) -> Settings:
+        # A countdown longer than the visibility timeout makes Redis deliver the message twice.
+        longest = max(self.backoff_max, self.auth_hold_recheck, self.dependency_wait)
+        if self.visibility_timeout < 2 * longest:
+            raise ValueError(
+                f"ACR_INGEST_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must be at least twice the longest "
+                f"retry countdown ({longest} s: BACKOFF_MAX, AUTH_HOLD_RECHECK, DEPENDENCY_WAIT); raise it"
+            )
+        return self
+
+    @property
+    def resend_after_seconds(self) -> float:
+        return self.resend_after if self.resend_after is not None else 2.0 * self.visibility_timeout
 
     @property
     def base_url(self) -> str:

@@ -14,8 +14,9 @@ from celery import Task
 from ingest.batches import handle_delete, handle_move
 from ingest.client import AcrCloudClient
 from ingest.context import JobContext, RetryLater
+from ingest.db import session_scope
 from ingest.metadata import handle_update
-from ingest.operations import Handler, run_job
+from ingest.operations import Handler, claim_stale, run_job
 from ingest.polling import poll_states as run_poll
 from ingest.settings import get_settings
 from ingest.uploads import handle_upload
@@ -81,4 +82,11 @@ def move_batch(self: Task, **kwargs: Any) -> dict[str, Any]:
 @app.task(bind=True, name="ingest.poll_states", acks_late=False)
 def poll_states(self: Task) -> dict[str, Any]:
     # Periodic and idempotent: a lost run is simply the next cycle.
-    return run_poll(_context(self))
+    counts = run_poll(_context(self))
+    if "skipped" not in counts:  # only the poll holding the lease looks for lost messages
+        with session_scope() as s:
+            stale = claim_stale(s, get_settings().resend_after_seconds)
+            for op in stale:
+                app.send_task(f"ingest.{op.kind}", kwargs=op.args, task_id=op.task_id)
+        counts["resent"] = len(stale)
+    return counts

@@ -196,3 +196,21 @@ def test_failed_jobs_are_kept_listed_and_retried_by_a_human(emulator, bucket) ->
     row = _ready(bucket, "fail-1")
     assert [f["audio_id"] for f in remote(emulator, bucket)] == ["fail-1"]
     assert runner.invoke(main, ["failures", "--bucket", str(bucket)]).output.count("upload_url") == 0
+
+
+def test_an_operation_whose_message_was_lost_is_sent_again(emulator, bucket) -> None:
+    from datetime import timedelta
+
+    from ingest.db import session_scope
+    from ingest.models import Operation, utcnow
+
+    # The message goes to a broker nobody reads: as if it vanished with a broker that died.
+    lost = idle_producer().upload_url("https://cdn.example.com/lost.mp3", title="Lost", bucket_id=bucket,
+                                      ref="lost-1")
+    with session_scope() as s:
+        op = s.get(Operation, lost.operation_id)
+        op.updated_at = utcnow() - timedelta(hours=3)  # untouched for longer than resend_after
+        s.add(op)
+    row = _ready(bucket, "lost-1")
+    assert [f["id"] for f in remote(emulator, bucket)] == [row.remote_id]
+    assert operation(lost.operation_id).task_id == lost.task_id  # same task id: a replay is a no-op

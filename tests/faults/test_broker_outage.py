@@ -6,6 +6,7 @@ import contextlib
 import socket
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,6 +95,6 @@ def _restart_while_sending(own_redis: OwnRedis, emulator, bucket: int) -> None:
     assert not errors and not sender.is_alive()
 
     wait_for(lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * 20, timeout=90,
-             what="all 20 jobs ready")
+             what=lambda: f"all 20 jobs ready ({Counter(r.status for r in files_in(bucket))})")
     refs = sorted(f["audio_id"] for f in emulator.files(bucket))
     assert refs == sorted(first + later)  # none lost, none duplicated

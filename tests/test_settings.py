@@ -1,0 +1,37 @@
+"""Settings: prefix, regions, the rotatable token file, and the countdown/visibility-timeout rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from ingest.settings import REGION_BASE_URLS, Settings
+
+
+def test_region_selects_the_base_url_and_an_explicit_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACR_INGEST_API_BASE_URL", raising=False)
+    assert Settings(_env_file=None).base_url == REGION_BASE_URLS["global"] == "https://api-v2.acrcloud.com/api"
+    monkeypatch.setenv("ACR_INGEST_REGION", "cn")
+    assert Settings(_env_file=None).base_url == "https://cn-api-v2.acrcloud.cn/api"
+    monkeypatch.setenv("ACR_INGEST_API_BASE_URL", "http://127.0.0.1:8080/api/")
+    assert Settings(_env_file=None).base_url == "http://127.0.0.1:8080/api"
+
+
+def test_the_token_file_is_reread_so_a_token_rotates_without_restart(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    settings = Settings(_env_file=None, access_token="from-env", access_token_file=token_file)
+    assert settings.current_token() == "first"
+    token_file.write_text("second")
+    assert settings.current_token() == "second"
+    token_file.unlink()
+    assert settings.current_token() == "from-env"
+    assert "from-env" not in repr(settings) and "from-env" not in str(settings.model_dump())
+
+
+def test_a_countdown_longer_than_half_the_visibility_timeout_is_refused() -> None:
+    with pytest.raises(ValidationError, match="VISIBILITY_TIMEOUT"):
+        Settings(_env_file=None, visibility_timeout=100, backoff_max=300)
+    assert Settings(_env_file=None, visibility_timeout=600, backoff_max=300).visibility_timeout == 600
