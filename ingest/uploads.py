@@ -11,9 +11,10 @@ import logging
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from ingest.client import AcrCloudClient
-from ingest.context import JobContext
+from ingest.context import JobContext, RetryLater
 from ingest.db import session_scope
 from ingest.files import (
     UploadJob,
@@ -30,6 +31,7 @@ from ingest.files import (
 from ingest.metadata import update_row_meta
 from ingest.models import FileStatus, Operation, TrackFile, utcnow
 from ingest.schemas import BucketFile
+from ingest.settings import Settings
 from ingest.validation import resolve_media_path
 
 log = logging.getLogger("ingest.uploads")
@@ -82,6 +84,46 @@ def _own_row(job: UploadJob, op_id: int) -> tuple[int | None, dict[str, Any]]:
         return None, {"plan": str(plan), "file_id": existing.id}
 
 
+def _wait_for_earlier_post(row: TrackFile, settings: Settings) -> None:
+    """An earlier POST may still be on its way (its worker was killed, or we timed out on it): look
+    for its file only once it must have ended, or we would post a twin."""
+    since = (utcnow() - row.post_started_at).total_seconds() if row.post_started_at else 0.0
+    in_flight = settings.connect_timeout + settings.read_timeout - since
+    if in_flight > 0:
+        raise RetryLater(in_flight + 0.1, f"ref {row.ref!r}: an earlier upload may still be in flight; "
+                                          "looking for its file once it has ended")
+
+
+def _adopt_earlier(s: Session, row: TrackFile, client: AcrCloudClient) -> bool:
+    found = find_in_bucket(client, row)
+    if found is None:
+        return False
+    log.info("ref %r: adopting file %d created by an earlier attempt", row.ref, found.id)
+    same_meta = (found.title, found.user_defined) == (row.title, row.user_defined)
+    adopt(row, found, synced_version=row.meta_version if same_meta else 0)
+    s.add(row)
+    s.commit()
+    return True
+
+
+def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
+    version = row.meta_version
+    if row.post_started_at is not None:
+        # Posting again after an attempt that may have landed: the poll checks for a late twin.
+        verify_later(s, row, ctx.settings)
+    row.post_started_at = utcnow()
+    row.posted_bucket_id, row.posted_title = row.bucket_id, row.title
+    row.status = FileStatus.UPLOADING
+    row.updated_at = utcnow()
+    s.add(row)
+    s.commit()  # committed before the POST: a later attempt knows to look first
+    with verify_if_ambiguous(s, row, ctx.settings):
+        remote = _post(ctx.client, row, ctx)
+    adopt(row, remote, synced_version=version)
+    s.add(row)
+    s.commit()
+
+
 def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
     file_id, planned = _own_row(job, op_id)
     if file_id is None:  # same ref already here: nothing to post, maybe metadata to update
@@ -96,35 +138,15 @@ def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]
             s.refresh(row)
             if row.status == FileStatus.CANCELLED:
                 return {"file_id": file_id, "cancelled": True}
+            adopted = False
             if row.remote_id is None:
+                if row.post_started_at is not None:
+                    _wait_for_earlier_post(row, ctx.settings)
                 row.attempts += 1  # one more try at getting this file into the bucket
                 s.add(row)
                 s.commit()
-            adopted = False
-            if row.remote_id is None and row.post_started_at is not None:
-                found = find_in_bucket(ctx.client, row)
-                if found is not None:
-                    log.info("ref %r: adopting file %d created by an earlier attempt", row.ref, found.id)
-                    adopt(row, found, synced_version=row.meta_version
-                          if (found.title, found.user_defined) == (row.title, row.user_defined) else 0)
-                    adopted = True
-                    s.add(row)
-                    s.commit()
-            if row.remote_id is None:
-                version = row.meta_version
-                if row.post_started_at is not None:
-                    # Posting again after an attempt that may have landed: check for a late twin later.
-                    verify_later(s, row, ctx.settings)
-                row.post_started_at = utcnow()
-                row.posted_bucket_id, row.posted_title = row.bucket_id, row.title
-                row.status = FileStatus.UPLOADING
-                row.updated_at = utcnow()
-                s.add(row)
-                s.commit()
-                with verify_if_ambiguous(s, row, ctx.settings):
-                    remote = _post(ctx.client, row, ctx)
-                adopt(row, remote, synced_version=version)
-                s.add(row)
-                s.commit()
+                adopted = row.post_started_at is not None and _adopt_earlier(s, row, ctx.client)
+                if not adopted:
+                    _post_once(s, row, ctx)
             sync_meta(s, row, ctx.client, ctx.settings)
             return {"file_id": row.id, "id": row.remote_id, "acr_id": row.acr_id, "adopted": adopted}

@@ -214,3 +214,16 @@ def test_an_operation_whose_message_was_lost_is_sent_again(emulator, bucket) -> 
     row = _ready(bucket, "lost-1")
     assert [f["id"] for f in remote(emulator, bucket)] == [row.remote_id]
     assert operation(lost.operation_id).task_id == lost.task_id  # same task id: a replay is a no-op
+
+
+def test_an_upload_answered_500_after_the_api_created_it_is_adopted_not_duplicated(producer, emulator,
+                                                                                   bucket) -> None:
+    emulator.faults.created_then_error_rate = 1.0  # the file is created, the answer is a 500
+    sent = producer.upload_url("https://cdn.example.com/amb.mp3", title="Ambiguous", bucket_id=bucket, ref="amb")
+    wait_for(lambda: len(remote(emulator, bucket)) == 1 and operation(sent.operation_id).attempts >= 1,
+             what="the created-then-500 answer")
+    emulator.faults.reset()
+    row = _ready(bucket, "amb")
+    files = remote(emulator, bucket)
+    assert [f["id"] for f in files] == [row.remote_id] and files[0]["audio_id"] == "amb"
+    assert operation(sent.operation_id).result["adopted"] is True

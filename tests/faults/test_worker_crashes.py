@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -55,3 +56,21 @@ def test_sigterm_finishes_or_hands_back_its_tasks(spawn_worker, fault_producer, 
     wait_for(lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * len(refs), timeout=60,
              what="every upload ready")
     assert sorted(_one_file_per_ref(emulator, bucket)) == sorted(refs)
+
+
+def test_pool_child_killed_mid_upload_is_requeued_by_its_parent(spawn_worker, fault_producer, emulator,
+                                                                bucket) -> None:
+    """Only the child process dies (OOM killer, segfault): task_reject_on_worker_lost requeues at once."""
+    emulator.faults.upload_delay = 2.0
+    worker = spawn_worker("parent", concurrency=1).wait_ready()
+    fault_producer.upload_url("https://cdn.example.com/oom.mp3", title="OOM", bucket_id=bucket, ref="oom")
+    row = wait_for(lambda: (r := file_row(bucket, "oom")) is not None and r.status == FileStatus.UPLOADING and r,
+                   what="the upload in flight")
+    child_pid = int(row.lease_owner.split(":")[1])
+    assert child_pid != worker.proc.pid
+    os.kill(child_pid, signal.SIGKILL)
+    row = wait_for(lambda: (r := file_row(bucket, "oom")) is not None and r.status == FileStatus.READY and r,
+                   timeout=60, what="oom ready after the requeue")
+    assert list(_one_file_per_ref(emulator, bucket)) == ["oom"]
+    assert "WorkerLostError" in worker.text()
+    assert worker.proc.poll() is None  # the parent lived on and ran it again
