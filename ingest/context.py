@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ingest.client import AcrCloudClient
 from ingest.leases import owner_id
@@ -23,12 +24,18 @@ class RetryLater(Exception):
         super().__init__(reason)
 
 
+class Limiter(Protocol):
+    def __call__(self, operation: str) -> None: ...
+    def penalize(self, retry_after: float) -> None: ...
+
+
 @dataclass
 class JobContext:
     task_id: str
     settings: Settings
     client: AcrCloudClient
     owner: str = field(default="")
+    limiter: Limiter | None = None  # the shared budget the client's gate draws on, told about 429s
 
     def __post_init__(self) -> None:
         if not self.owner:

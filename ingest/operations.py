@@ -128,6 +128,8 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
         op = s.get(Operation, op_id)
         assert op is not None
         throttled = op.throttled + (1 if isinstance(exc, RateLimitedError) else 0)
+        if isinstance(exc, RateLimitedError) and ctx.limiter is not None:
+            ctx.limiter.penalize(exc.retry_after or 1.0)  # every worker holds off, not just this one
         decision = decide(exc, op.attempts + 1, throttled, settings)
         attempts = op.attempts + (1 if decision.counts else 0)
         if decision.action is Action.HOLD:

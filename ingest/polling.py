@@ -69,7 +69,7 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
         except AuthError as exc:
             auth_hold.hold(s, settings.current_token(), str(exc))
             counts["held"] = 1
-        except ApiError as exc:  # transient: the next cycle tries again
+        except (ApiError, RetryLater) as exc:  # transient, or the shared budget is spent: next cycle
             log.warning("state poll stopped early: %s", exc)
             counts["error_stop"] = 1
         finally:

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # On SIGTERM, running tasks get this long to finish before they are handed back to the broker.
     soft_shutdown_timeout: float = 10.0
 
+    # --- Shared rate limit (all workers, one budget in Redis) -------------------------------------
+    rate_limit: float | None = Field(default=None, gt=0, description="API requests per second, all workers.")
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    rate_limit_redis_url: str | None = None  # default: the broker, when it is Redis
+
     # --- Retries --------------------------------------------------------------------------------
     max_attempts: int = Field(default=8, ge=1)
     backoff_base: float = 2.0

@@ -108,7 +108,8 @@ def _adopt_earlier(s: Session, row: TrackFile, client: AcrCloudClient) -> bool:
 
 def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
     version = row.meta_version
-    if row.post_started_at is not None:
+    earlier = row.post_started_at
+    if earlier is not None:
         # Posting again after an attempt that may have landed: the poll checks for a late twin.
         verify_later(s, row, ctx.settings)
     row.post_started_at = utcnow()
@@ -117,8 +118,14 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
     row.updated_at = utcnow()
     s.add(row)
     s.commit()  # committed before the POST: a later attempt knows to look first
-    with verify_if_ambiguous(s, row, ctx.settings):
-        remote = _post(ctx.client, row, ctx)
+    try:
+        with verify_if_ambiguous(s, row, ctx.settings):
+            remote = _post(ctx.client, row, ctx)
+    except RetryLater:  # the shared rate limit deferred it: nothing was sent
+        row.post_started_at = earlier
+        s.add(row)
+        s.commit()
+        raise
     adopt(row, remote, synced_version=version)
     s.add(row)
     s.commit()

@@ -18,30 +18,36 @@ from ingest.db import session_scope
 from ingest.metadata import handle_update
 from ingest.operations import Handler, claim_stale, run_job
 from ingest.polling import poll_states as run_poll
+from ingest.ratelimit import SharedRateLimit
 from ingest.settings import get_settings
 from ingest.uploads import handle_upload
 from tasks.app import app
 
 _client: AcrCloudClient | None = None
+_limiter: SharedRateLimit | None = None
 _client_lock = threading.Lock()
 
 
 def get_client() -> AcrCloudClient:
-    global _client
+    """One client (one connection pool) per worker process, gated by the shared rate limit if set."""
+    global _client, _limiter
     with _client_lock:
         if _client is None:
-            _client = AcrCloudClient.from_settings(get_settings())
+            settings = get_settings()
+            _limiter = SharedRateLimit.from_settings(settings)
+            _client = AcrCloudClient.from_settings(settings, gate=_limiter)
         return _client
 
 
 def reset_client() -> None:
-    global _client
+    global _client, _limiter
     with _client_lock:
-        _client = None
+        _client = _limiter = None
 
 
 def _context(task: Task) -> JobContext:
-    return JobContext(task_id=task.request.id, settings=get_settings(), client=get_client())
+    client = get_client()
+    return JobContext(task_id=task.request.id, settings=get_settings(), client=client, limiter=_limiter)
 
 
 def _run(task: Task, kind: str, kwargs: dict[str, Any], handler: Handler) -> dict[str, Any]:
