@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from ingest.client import AcrCloudClient
 from ingest.context import JobContext, RetryLater
 from ingest.errors import TransientError
-from ingest.leases import claim_file, release_file
+from ingest.leases import claim_file, kept_alive, release_file
 from ingest.models import FileStatus, TrackFile, utcnow
 from ingest.schemas import BucketFile
 from ingest.settings import Settings
@@ -123,7 +123,8 @@ def file_lease(session: Session, row: TrackFile, ctx: JobContext) -> Iterator[No
         raise RetryLater(min(max(remaining, 1.0), ctx.settings.dependency_wait),
                          f"ref {row.ref!r} is being changed by another worker")
     try:
-        yield
+        with kept_alive(row.id, ctx.owner, ctx.settings.lease_seconds):
+            yield
     finally:
         release_file(session, row.id, ctx.owner)
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, update
 from sqlmodel import Session, select
 
+from ingest.db import session_scope
 from ingest.models import Lease, TrackFile, utcnow
 
 HOST = socket.gethostname()
@@ -60,6 +64,28 @@ def claim_file(session: Session, file_id: int, owner: str, seconds: float) -> tu
     )
     session.commit()
     return result.rowcount == 1, 0.0
+
+
+@contextmanager
+def kept_alive(file_id: int, owner: str, seconds: float) -> Iterator[None]:
+    """Renew the file's lease while the body runs: an upload of a large file may take longer than
+    ``lease_seconds``, and a redelivered copy must not take the file over while this one is alive."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(seconds / 3):
+            with session_scope() as s:
+                s.execute(update(TrackFile)
+                          .where(and_(TrackFile.id == file_id, TrackFile.lease_owner == owner))
+                          .values(lease_until=utcnow() + timedelta(seconds=seconds)))
+
+    thread = threading.Thread(target=renew, name=f"lease-{file_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def release_file(session: Session, file_id: int, owner: str) -> None:
