@@ -2,7 +2,7 @@
 
 | error                                   | action | delay                                            |
 |-----------------------------------------|--------|--------------------------------------------------|
-| 429 RateLimitedError                    | retry  | max(Retry-After, full-jitter backoff); not counted|
+| 429 RateLimitedError                    | retry  | Retry-After + up to one more; not counted        |
 | 5xx, reset, read timeout (TransientError)| retry | full-jitter exponential backoff, capped          |
 | connect timeout / refused               | retry  | full-jitter exponential backoff, capped          |
 | database busy/unavailable (OperationalError)| retry | full-jitter exponential backoff, capped      |
@@ -67,9 +67,14 @@ def decide(exc: BaseException, attempts: int, rate_limited: int, settings: Setti
     if isinstance(exc, RateLimitedError):
         if rate_limited >= RATE_LIMIT_ATTEMPT_FACTOR * settings.max_attempts:
             return Decision(Action.FAIL, reason=f"still rate limited after {rate_limited} tries: {reason}")
-        wait = max(exc.retry_after or 0.0, backoff(rate_limited, settings))
-        # A little spread above Retry-After so every waiting worker does not return in the same instant.
-        return Decision(Action.RETRY, min(wait + random.uniform(0, 1), settings.backoff_max), False, reason)
+        if exc.retry_after is None:
+            wait = backoff(rate_limited, settings)
+        else:
+            # The API said when: come back then, spread over one more such window so the waiting
+            # jobs do not all return in the same instant. Growing it with each 429 (as backoff does)
+            # would starve the queue under a steady limit.
+            wait = exc.retry_after + random.uniform(0, max(exc.retry_after, 1.0))
+        return Decision(Action.RETRY, min(wait, settings.backoff_max), False, reason)
     if isinstance(exc, TransientError | OperationalError):
         if attempts >= settings.max_attempts:
             return Decision(Action.FAIL, reason=f"gave up after {attempts} attempts: {reason}")

@@ -31,7 +31,9 @@ def test_transient_errors_retry_with_capped_full_jitter_until_attempts_run_out(e
 
 def test_429_obeys_retry_after_and_uses_no_attempt() -> None:
     d = decide(RateLimitedError("Too Many Attempts.", status=429, retry_after=20), 1, 1, S)
-    assert d.action is Action.RETRY and not d.counts and 20 <= d.countdown <= 21
+    assert d.action is Action.RETRY and not d.counts and 20 <= d.countdown <= 40
+    no_header = decide(RateLimitedError("x", status=429), 1, 3, S)
+    assert 0 <= no_header.countdown <= S.backoff_base * 2**3  # no Retry-After: backoff on the 429 count
     capped = decide(RateLimitedError("x", status=429, retry_after=10_000), 1, 1, S)
     assert capped.countdown == S.backoff_max  # never longer than the cap (the visibility timeout rule)
     limit = RATE_LIMIT_ATTEMPT_FACTOR * S.max_attempts
