@@ -16,6 +16,7 @@ from sqlmodel import Session
 from ingest.client import AcrCloudClient
 from ingest.context import JobContext, RetryLater
 from ingest.db import session_scope
+from ingest.errors import ApiError, TransientError
 from ingest.files import (
     UploadJob,
     UploadPlan,
@@ -32,7 +33,7 @@ from ingest.metadata import update_row_meta
 from ingest.models import FileStatus, Operation, TrackFile, utcnow
 from ingest.schemas import BucketFile
 from ingest.settings import Settings
-from ingest.validation import resolve_media_path
+from ingest.validation import InputError, resolve_media_path
 
 log = logging.getLogger("ingest.uploads")
 
@@ -106,6 +107,17 @@ def _adopt_earlier(s: Session, row: TrackFile, client: AcrCloudClient) -> bool:
     return True
 
 
+def _may_have_created(exc: Exception) -> bool:
+    """Whether a failed POST may still have created the file. Answers (4xx, 429, 401), refusals before
+    sending (connection refused, our rate limit, bad input) did not; timeouts, resets, 5xx and the
+    unexpected may have."""
+    if isinstance(exc, RetryLater | InputError):
+        return False
+    if isinstance(exc, ApiError):
+        return isinstance(exc, TransientError) and exc.maybe_applied
+    return True
+
+
 def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
     version = row.meta_version
     earlier = row.post_started_at
@@ -121,10 +133,11 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
     try:
         with verify_if_ambiguous(s, row, ctx.settings):
             remote = _post(ctx.client, row, ctx)
-    except RetryLater:  # the shared rate limit deferred it: nothing was sent
-        row.post_started_at = earlier
-        s.add(row)
-        s.commit()
+    except Exception as exc:
+        if not _may_have_created(exc):  # e.g. a 429: no file to look for, no need to wait next time
+            row.post_started_at = earlier
+            s.add(row)
+            s.commit()
         raise
     adopt(row, remote, synced_version=version)
     s.add(row)
