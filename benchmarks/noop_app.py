@@ -1,0 +1,38 @@
+"""A Celery app with the project's own configuration (``tasks.app.celery_config``) and one no-op task.
+
+Workers started with ``-A benchmarks.noop_app`` run the same broker settings, acks, prefetch and events as
+the ingest workers, so their throughput is the ceiling that Celery + Redis allow on this machine.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from celery import Celery
+
+from ingest.settings import get_settings
+from tasks.app import celery_config
+
+COUNTER_KEY = "bench:noop:done"
+
+app = Celery("bench_noop")
+app.conf.update(celery_config(get_settings()))
+
+_client: redis.Redis | None = None
+_lock = threading.Lock()
+
+
+def _redis() -> redis.Redis:
+    global _client
+    with _lock:
+        if _client is None:
+            # The broker's database (db 10 in the benchmark): the driver counts completions there.
+            _client = redis.Redis.from_url(get_settings().broker_url)
+        return _client
+
+
+@app.task(name="bench.noop")
+def noop() -> None:
+    # The only work: one INCR, so the driver can tell when every task has run without a result backend.
+    _redis().incr(COUNTER_KEY)

@@ -1,0 +1,628 @@
+"""Throughput of acr-ingest against its own emulator, as ratios to simpler baselines measured in the same run.
+
+    .venv/bin/python -m benchmarks.throughput --jobs 300 --workers 2 --concurrency 8
+
+Scenarios (see benchmarks/README.md): a naive sequential upload loop; the same uploads through the producer
+and real worker processes; the same workers running a no-op task (the Celery + Redis ceiling); uploads
+against a rate-limited emulator. Uses Redis database 10 only (flushed before and after), a SQLite database
+in a temporary folder, and stops every process it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BROKER = "redis://127.0.0.1:6379/10"  # ours alone: the test suite uses 11-15
+NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, LIMIT_BUCKET, SHARED_BUCKET = 8800, 8801, 8802, 8803, 8804
+USER_DEFINED = {"artist": "Benchmark Ensemble"}
+TICK = 0.05  # how often completion is checked: the timing resolution of the worker scenarios
+CODE: dict[str, dict[str, Any]] = {}  # git state when each set of processes started
+
+
+@dataclass
+class Row:
+    scenario: str
+    count: int
+    seconds: float | None
+    rate: float | None
+    unit: str
+    ratio: float | None = None
+    ratio_of: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+
+@dataclass
+class Timing:
+    enqueue_s: float
+    remote_s: float | None = None  # every upload has a remote id (no-op tasks: every task ran)
+    ready_s: float | None = None
+    stats_at_remote: dict[str, Any] | None = None
+    first_s: float | None = None  # the first upload with a remote id (first no-op task run)
+    # Seconds until half and 90 % had a remote id: shows a long tail (retries waiting out their backoff).
+    half_s: float | None = None
+    p90_s: float | None = None
+
+    def drain_rate(self, n: int) -> float | None:
+        """(n - 1) / (last - first): the steady rate, without the time a resumed worker takes to start."""
+        if self.remote_s is None or self.first_s is None or self.remote_s <= self.first_s:
+            return None
+        return (n - 1) / (self.remote_s - self.first_s)
+
+
+def _rate(count: int, seconds: float | None) -> float | None:
+    return count / seconds if seconds else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _url(tag: str, i: int) -> str:
+    # Nothing with "invalid"/"broken" in it: the emulator would put those files in state -1.
+    return f"https://cdn.example.com/bench/{tag.lower()}/{i:05d}.mp3"
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+
+class Child:
+    """A celery process in its own session, so one killpg stops it and anything it forked."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "celery", *args], env=env, cwd=ROOT,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            # SIGTERM is Celery's warm shutdown: running tasks finish, reserved ones go back to Redis.
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+                return
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@contextmanager
+def workers(app_module: str, label: str, count: int, concurrency: int, env: dict[str, str], work: Path,
+            *, beat: bool) -> Iterator[list[Child]]:
+    kids: list[Child] = []
+    CODE[label] = git_state()  # what these processes import
+    try:
+        for n in range(1, count + 1):
+            name = f"bench-{label}-{n}"
+            kids.append(Child(name, ["-A", app_module, "worker", "--pool=threads", f"--concurrency={concurrency}",
+                                     "--loglevel=WARNING", f"--hostname={name}@%h", "--without-gossip",
+                                     "--without-mingle"], env, work / f"{name}.log"))
+        if beat:
+            name = f"beat-{label}"
+            kids.append(Child(name, ["-A", app_module, "beat", "--loglevel=WARNING", f"--schedule={work / name}"],
+                              env, work / f"{name}.log"))
+        yield kids
+    finally:
+        # Beat first: otherwise it publishes polls that no worker is left to consume.
+        for kid in reversed(kids):
+            kid.stop()
+
+
+def wait_ready(app: Any, kids: list[Child], count: int, timeout: float = 90) -> float:
+    """Block until ``count`` workers answer a control ping; returns the seconds it took."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        for kid in kids:
+            kid.check()
+        replies = app.control.ping(timeout=0.5) or []
+        if len({host for reply in replies for host in reply}) >= count:
+            return time.perf_counter() - started
+    raise RuntimeError(f"workers not ready after {timeout:.0f} s")
+
+
+def wait_until(done: Callable[[], bool], kids: list[Child], timeout: float, tick: float = TICK) -> float | None:
+    """The ``perf_counter()`` at which ``done()`` held, or None on timeout; a dead worker ends it at once."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if done():
+            return time.perf_counter()
+        for kid in kids:
+            kid.check()
+        time.sleep(tick)
+    return None
+
+
+def cpu_seconds(kids: list[Child]) -> float | None:
+    """CPU time (user + system) the processes have used so far; None where /proc is missing."""
+    total = 0.0
+    try:
+        for kid in kids:
+            # Fields after the command name, which is in parentheses and may hold spaces: utime, stime are 14, 15.
+            fields = Path(f"/proc/{kid.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
+class CpuMeter:
+    """CPU used by the workers and by this process (emulator + producer) between start() and stop()."""
+
+    def __init__(self, kids: list[Child]) -> None:
+        self.kids = [k for k in kids if not k.name.startswith("beat")]
+
+    def start(self) -> CpuMeter:
+        self.w0, self.s0 = cpu_seconds(self.kids), time.process_time()
+        return self
+
+    def stop(self, jobs: int) -> dict[str, float | None]:
+        w1, s1 = cpu_seconds(self.kids), time.process_time()
+        workers_ms = None if w1 is None or self.w0 is None else round((w1 - self.w0) * 1000 / jobs, 2)
+        return {"workers_cpu_ms_per_job": workers_ms, "driver_cpu_ms_per_job": round((s1 - self.s0) * 1000 / jobs, 2)}
+
+
+def pause(app: Any, count: int) -> None:
+    """Workers stop taking jobs from the ``ingest`` queue (the poll's own queue goes on): a backlog builds."""
+    from tasks.app import QUEUE  # not at the top: importing tasks.app reads the settings
+
+    replies = app.control.cancel_consumer(QUEUE, reply=True, limit=count, timeout=10)
+    if len(replies or []) < count:
+        raise RuntimeError(f"only {len(replies or [])} of {count} workers paused")
+
+
+def resume(app: Any, count: int) -> None:
+    from tasks.app import QUEUE
+
+    replies = app.control.add_consumer(QUEUE, reply=True, limit=count, timeout=10)
+    if len(replies or []) < count:
+        raise RuntimeError(f"only {len(replies or [])} of {count} workers resumed")
+
+
+# --- scenarios -----------------------------------------------------------------------------------------
+
+
+def naive_loop(base_url: str, token: str, n: int) -> float:
+    """One client, one request after another, nothing recorded: what a one-off script would do."""
+    from ingest.client import AcrCloudClient
+
+    with AcrCloudClient(base_url, token) as client:
+        started = time.perf_counter()
+        for i in range(n):
+            client.upload_url(NAIVE_BUCKET, _url("naive", i), title=f"naive {i}", user_defined=USER_DEFINED,
+                              audio_id=f"NAIVE-{i:05d}")
+        return time.perf_counter() - started
+
+
+def noop_tasks(n: int, workers: int, kids: list[Child], timeout: float, *, backlog: bool) -> Timing:
+    """``n`` no-op tasks, sent while the workers consume, or queued first and then drained (``backlog``)."""
+    from benchmarks.noop_app import COUNTER_KEY, app
+
+    r = redis.Redis.from_url(BROKER)
+    r.delete(COUNTER_KEY)
+    if backlog:
+        pause(app, workers)
+    started = time.perf_counter()
+    for _ in range(n):
+        app.send_task("bench.noop")
+    timing = Timing(time.perf_counter() - started)
+    if backlog:
+        started = time.perf_counter()
+        resume(app, workers)
+    # A fine tick: these runs last well under a second.
+    first = wait_until(lambda: int(r.get(COUNTER_KEY) or 0) >= 1, kids, timeout, tick=0.005)
+    done = wait_until(lambda: int(r.get(COUNTER_KEY) or 0) >= n, kids, timeout, tick=0.005)
+    timing.first_s = None if first is None else first - started
+    timing.remote_s = None if done is None else done - started
+    return timing
+
+
+@dataclass
+class Progress:
+    total: int
+    remote: int  # processing or ready: the API has the file
+    ready: int
+    final_bad: int  # failed, error, cancelled: will never be ready
+
+
+def progress(bucket: int) -> Progress:
+    from sqlalchemy import case, func
+    from sqlmodel import select
+
+    from ingest.db import session_scope
+    from ingest.models import FileStatus, TrackFile
+
+    status: Any = TrackFile.status
+    with session_scope() as s:
+        total, remote, ready, bad = s.exec(select(
+            func.count(),
+            func.sum(case((status.in_([FileStatus.PROCESSING, FileStatus.READY]), 1), else_=0)),
+            func.sum(case((status == FileStatus.READY, 1), else_=0)),
+            func.sum(case((status.in_([FileStatus.FAILED, FileStatus.ERROR, FileStatus.CANCELLED]), 1), else_=0)),
+        ).where(TrackFile.bucket_id == bucket)).one()
+    return Progress(total, remote or 0, ready or 0, bad or 0)
+
+
+def ingest_uploads(producer: Any, emu: Any, bucket: int, n: int, tag: str, workers: int, kids: list[Child],
+                   timeout: float, *, backlog: bool = False) -> Timing:
+    """``n`` URL uploads through the producer; seconds until every row has a remote id and until every row
+    is ready. Pipelined (default): the workers consume while the producer enqueues and the clock starts at
+    the first enqueue, so the producer is part of the path. ``backlog``: all are queued first and the clock
+    starts when the workers resume: what the workers alone can do."""
+    if backlog:
+        pause(producer.app, workers)
+    started = time.perf_counter()
+    for i in range(n):
+        producer.upload_url(_url(tag, i), title=f"{tag} {i}", bucket_id=bucket, ref=f"{tag}-{i:05d}",
+                            user_defined=USER_DEFINED)
+    timing = Timing(time.perf_counter() - started)
+    if backlog:
+        started = time.perf_counter()
+        resume(producer.app, workers)
+    deadline = started + timeout
+    while time.perf_counter() < deadline:
+        p = progress(bucket)
+        now = time.perf_counter() - started
+        if timing.first_s is None and p.remote >= 1:
+            timing.first_s = now
+        if timing.half_s is None and p.remote >= n / 2:
+            timing.half_s = now
+        if timing.p90_s is None and p.remote >= 0.9 * n:
+            timing.p90_s = now
+        if timing.remote_s is None and p.remote >= n:
+            timing.remote_s, timing.stats_at_remote = now, emu.stats()
+        if p.ready >= n:
+            timing.ready_s = now
+            break
+        if p.ready + p.final_bad >= n:  # some will never be ready: stop waiting, the checks report it
+            break
+        for kid in kids:
+            kid.check()
+        time.sleep(TICK)
+    return timing
+
+
+def bucket_check(emu: Any, bucket: int, tag: str, n: int) -> tuple[bool, dict[str, Any]]:
+    """Exactly one file per ref in the emulator's bucket, and every operation succeeded."""
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from ingest.db import session_scope
+    from ingest.models import Operation
+
+    per_ref = Counter(f["audio_id"] for f in emu.files(bucket))
+    expected = {f"{tag}-{i:05d}" for i in range(n)}
+    with session_scope() as s:
+        ops = dict(s.exec(select(Operation.status, func.count()).where(Operation.bucket_id == bucket)
+                          .group_by(Operation.status)).all())
+    ok = set(per_ref) == expected and all(c == 1 for c in per_ref.values()) and ops == {"succeeded": n}
+    return ok, {"bucket_files": sum(per_ref.values()), "refs_duplicated": sum(c > 1 for c in per_ref.values()),
+                "refs_missing": len(expected - set(per_ref)), "operations": ops}
+
+
+def stats_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    def diff(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+        return {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0)}
+
+    return {"requests": after["requests"] - before["requests"],
+            "by_route": diff(after["by_route"], before["by_route"]),
+            "by_status": diff(after["by_status"], before["by_status"])}
+
+
+def rate_limited(report: Report, key: str, label: str, emu: Any, producer: Any, bucket: int, m: int, limit: float,
+                 workers: int, kids: list[Child], timeout: float) -> list[Row]:
+    """``m`` uploads against an emulator limited to ``limit`` requests/s: the API requests it accepted per
+    second while uploads were being sent (that is when the limit binds), the 429s, and the checks."""
+    tag = key.upper()
+    before, cpu = emu.stats(), CpuMeter(kids).start()
+    t = ingest_uploads(producer, emu, bucket, m, tag, workers, kids, timeout)
+    after, used = emu.stats(), cpu.stop(m)
+    window = stats_delta(t.stats_at_remote or after, before)
+    accepted = window["requests"] - window["by_status"].get("429", 0)
+    api_rate = _rate(accepted, t.remote_s)
+    whole = stats_delta(after, before)
+    ok, info = bucket_check(emu, bucket, tag, m)
+    report.checks[f"{label}: one file per ref, no job failed, all ready"] = ok and t.ready_s is not None
+    report.details[key] = {
+        "limit_per_s": limit, "uploads": m, "enqueue_s": round(t.enqueue_s, 3), "half_remote_s": t.half_s,
+        "p90_remote_s": t.p90_s, "remote_s": t.remote_s, "ready_s": t.ready_s, "accepted_requests_per_s": api_rate,
+        "status_429": whole["by_status"].get("429", 0), "api_until_remote": window, "api_until_ready": whole,
+        **used, **info,
+    }
+    return [Row(f"{label}: accepted API requests", accepted, t.remote_s, api_rate, "req/s", _ratio(api_rate, limit),
+                "x limit"),
+            Row(f"{label}: uploads -> ready", m, t.ready_s, _rate(m, t.ready_s), "files/s",
+                _ratio(_rate(m, t.ready_s), limit), "x limit")]
+
+
+# --- driver --------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, work: Path, report: Report) -> None:
+    from ingest.emulator import Emulator
+
+    n, w, threads = args.jobs, args.workers, args.workers * args.concurrency
+    token = secrets.token_urlsafe(24)
+    with ExitStack() as stack:
+        emu = Emulator(tokens={token}, processing_delay=args.processing_delay).start()
+        stack.callback(lambda: emu.stop())  # late binding: stops the restarted emulator too
+        env = {
+            "ACR_INGEST_API_BASE_URL": emu.url,
+            "ACR_INGEST_ACCESS_TOKEN": token,
+            "ACR_INGEST_BROKER_URL": BROKER,
+            "ACR_INGEST_DATABASE_URL": f"sqlite:///{work / 'bench.db'}",
+            "ACR_INGEST_POLL_INTERVAL": str(args.poll_interval),
+            "ACR_INGEST_DEFAULT_BUCKET": str(PIPELINED_BUCKET),
+        }
+        # Before anything reads the settings: the producer here and the workers must see the same values.
+        os.environ.update(env)
+        child_env = {**os.environ,
+                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        from ingest.settings import reset_settings
+
+        reset_settings()
+        from ingest.db import get_engine
+
+        get_engine()  # creates the tables here once, rather than in a race between the workers
+        report.details["settings"] = {k: v for k, v in env.items() if k != "ACR_INGEST_ACCESS_TOKEN"}
+
+        print(f"[1/4] naive loop: {n} sequential upload_url calls", flush=True)
+        cpu = CpuMeter([]).start()
+        naive_s = naive_loop(emu.url, token, n)
+        report.details["naive"] = cpu.stop(n)  # this process: the client and the in-process emulator
+        naive = _rate(n, naive_s)
+        report.add(Row("naive loop (1 thread, no DB/broker)", n, naive_s, naive, "files/s", 1.0, "baseline"))
+
+        # The no-op workers run another app, so they go (and are stopped) before the ingest workers start.
+        print(f"[2/4] no-op ceiling: {n} tasks on {w} workers x {args.concurrency} threads", flush=True)
+        from benchmarks.noop_app import app as noop_app
+
+        with workers("benchmarks.noop_app", "noop", w, args.concurrency, child_env, work, beat=False) as kids:
+            report.details["noop_worker_start_s"] = round(wait_ready(noop_app, kids, w), 2)
+            cpu = CpuMeter(kids).start()
+            noop_pipe = noop_tasks(n, w, kids, args.timeout, backlog=False)
+            report.details["noop_pipelined"] = {"publish_s": round(noop_pipe.enqueue_s, 3), **cpu.stop(n)}
+            cpu.start()
+            noop_back = noop_tasks(n, w, kids, args.timeout, backlog=True)
+            report.details["noop_backlog"] = {"resume_to_first_s": noop_back.first_s, **cpu.stop(n)}
+        report.checks["no-op: every task ran"] = None not in (noop_pipe.remote_s, noop_back.remote_s)
+        redis.Redis.from_url(BROKER).flushdb()
+
+        print(f"[3/4] acr-ingest: 2 x {n} uploads through the producer, {w} workers x {args.concurrency} "
+              "threads + beat", flush=True)
+        from ingest.producer import Producer
+
+        producer = Producer()
+        with workers("tasks.app", "ingest", w, args.concurrency, child_env, work, beat=True) as kids:
+            report.details["ingest_worker_start_s"] = round(wait_ready(producer.app, kids, w), 2)
+            for label, bucket, tag, backlog in (("pipelined", PIPELINED_BUCKET, "PIPE", False),
+                                                ("backlog", BACKLOG_BUCKET, "BACK", True)):
+                before, cpu = emu.stats(), CpuMeter(kids).start()
+                t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog)
+                used = cpu.stop(n)
+                ok, info = bucket_check(emu, bucket, tag, n)
+                report.checks[f"acr-ingest {label}: one file per ref, every job succeeded, all ready"] = (
+                    ok and t.ready_s is not None)
+                report.details[f"ingest_{label}"] = {
+                    "enqueue_s": round(t.enqueue_s, 3), "first_remote_s": t.first_s, "remote_s": t.remote_s,
+                    "ready_s": t.ready_s, **used, "api": stats_delta(emu.stats(), before), **info}
+                if backlog:
+                    back = t
+                else:
+                    pipe = t
+
+            # Same port, so the running workers and beat keep their base URL; a fresh store and limiter.
+            m, limit = args.limited_jobs, args.rate_limit
+            print(f"[4/4] rate limit: {m} uploads against {limit:g} requests/s", flush=True)
+            port = emu.port
+            emu.stop()
+            emu = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit).start(port=port)
+            limited = rate_limited(report, "rate_limit", f"rate limit {limit:g}/s", emu, producer, LIMIT_BUCKET, m,
+                                   limit, w, kids, args.timeout)
+
+        if args.shared_limit:
+            # The project's own answer to a rate limit (ACR_INGEST_RATE_LIMIT, a token bucket in Redis db 10
+            # here) needs workers started with it: fresh workers, beat and emulator.
+            print(f"[4b] rate limit with ACR_INGEST_RATE_LIMIT={args.shared_limit:g}: {m} uploads", flush=True)
+            emu.stop()
+            emu = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit).start(port=port)
+            # A fresh database too: the rows of [4/4] have verifications due in ~2 minutes (every re-posted
+            # upload gets one), which would spend this scenario's API budget.
+            fresh = {"ACR_INGEST_DATABASE_URL": f"sqlite:///{work / 'shared.db'}"}
+            os.environ.update(fresh)
+            reset_settings()
+            get_engine()
+            producer = Producer()
+            shared_env = {**child_env, **fresh, "ACR_INGEST_RATE_LIMIT": f"{args.shared_limit:g}"}
+            with workers("tasks.app", "shared", w, args.concurrency, shared_env, work, beat=True) as kids:
+                wait_ready(producer.app, kids, w)
+                limited += rate_limited(report, "shared_rate_limit",
+                                        f"rate limit {limit:g}/s, shared budget {args.shared_limit:g}/s", emu,
+                                        producer, SHARED_BUCKET, m, limit, w, kids, args.timeout)
+
+    pipe_rate, back_rate, noop_back_rate = _rate(n, pipe.remote_s), back.drain_rate(n), noop_back.drain_rate(n)
+
+    def span(t: Timing) -> float | None:
+        return None if t.remote_s is None or t.first_s is None else t.remote_s - t.first_s
+
+    rows = [
+        Row("acr-ingest: producer enqueue (DB row + publish)", n, pipe.enqueue_s, _rate(n, pipe.enqueue_s), "jobs/s",
+            _ratio(_rate(n, pipe.enqueue_s), naive), "x naive"),
+        Row(f"acr-ingest pipelined -> remote id ({threads} thr)", n, pipe.remote_s, pipe_rate, "files/s",
+            _ratio(pipe_rate, naive), "x naive"),
+        Row(f"acr-ingest pipelined -> ready (poll {args.poll_interval:g} s)", n, pipe.ready_s,
+            _rate(n, pipe.ready_s), "files/s", _ratio(_rate(n, pipe.ready_s), naive), "x naive"),
+        Row(f"acr-ingest backlog drain -> remote id ({threads} thr)", n - 1, span(back), back_rate, "files/s",
+            _ratio(back_rate, naive), "x naive"),
+        Row(f"no-op tasks pipelined ({threads} thr)", n, noop_pipe.remote_s, _rate(n, noop_pipe.remote_s),
+            "tasks/s", _ratio(pipe_rate, _rate(n, noop_pipe.remote_s)), "acr-ingest / no-op"),
+        Row(f"no-op tasks backlog drain ({threads} thr)", n - 1, span(noop_back), noop_back_rate, "tasks/s",
+            _ratio(back_rate, noop_back_rate), "acr-ingest / no-op"),
+        *limited,
+    ]
+    for row in rows:
+        report.add(row)
+
+
+def table(report: Report) -> str:
+    def num(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    head = ("scenario", "count", "seconds", "rate", "ratio")
+    body = [(r.scenario, str(r.count), num(r.seconds, ".2f"), f"{num(r.rate, '.1f')} {r.unit}",
+             f"{num(r.ratio, '.2f')} {r.ratio_of}".strip()) for r in report.rows]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(wd) if i in (1, 2) else c.ljust(wd)
+                         for i, (c, wd) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+    return "\n".join([line(head), "  ".join("-" * wd for wd in widths), *map(line, body)])
+
+
+def notes(report: Report) -> str:
+    """What the table cannot show: the tail and the API calls under a rate limit, and CPU per job."""
+    def sec(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f} s"
+
+    d, out = report.details, []
+    for key in ("rate_limit", "shared_rate_limit"):
+        if (lim := d.get(key)) is None:
+            continue
+        out.append(f"{key}: half the uploads had an id after {sec(lim['half_remote_s'])}, 90 % after "
+                   f"{sec(lim['p90_remote_s'])}, all after {sec(lim['remote_s'])}; {lim['status_429']} x 429; "
+                   f"API calls until then {lim['api_until_remote']['by_route']}; {lim['bucket_files']} files in the "
+                   f"bucket for {lim['uploads']} refs; operations {lim['operations']}")
+    out.append(f"CPU ms per job: naive loop (client + emulator) {d['naive']['driver_cpu_ms_per_job']}; no-op workers "
+               f"{d['noop_backlog']['workers_cpu_ms_per_job']}; acr-ingest workers "
+               f"{d['ingest_backlog']['workers_cpu_ms_per_job']} (backlog), producer + emulator "
+               f"{d['ingest_pipelined']['driver_cpu_ms_per_job']} (pipelined); rate-limited workers "
+               f"{d['rate_limit']['workers_cpu_ms_per_job']}")
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput",
+                                description="acr-ingest throughput as ratios to baselines measured in the same run")
+    p.add_argument("--jobs", type=int, default=300, help="uploads (and no-op tasks) per scenario")
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--concurrency", type=int, default=8, help="threads per worker")
+    p.add_argument("--rate-limit", type=float, default=20.0, help="emulator limit in the last scenario, requests/s")
+    p.add_argument("--limited-jobs", type=int, default=200, help="uploads in the rate-limit scenario")
+    p.add_argument("--shared-limit", type=float, default=0.0,
+                   help="also run the rate-limit scenario on workers with ACR_INGEST_RATE_LIMIT=this (0: skip)")
+    p.add_argument("--processing-delay", type=float, default=0.2, help="emulator processing time, s")
+    p.add_argument("--poll-interval", type=float, default=0.5, help="ACR_INGEST_POLL_INTERVAL, s")
+    p.add_argument("--timeout", type=float, default=300.0, help="give up waiting on a scenario after this, s")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder (worker logs, database)")
+    return p.parse_args(argv)
+
+
+def git_state() -> dict[str, Any]:
+    """The code being measured. The project changes under a benchmark: every result names its commit and
+    a hash of any uncommitted change to ingest/ and tasks/."""
+    def git(*cmd: str) -> str:
+        out = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        return out.stdout.strip()
+
+    try:
+        diff = git("diff", "HEAD", "--", "ingest", "tasks")
+        return {"commit": git("rev-parse", "--short", "HEAD"),
+                "uncommitted": hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # The workers run in sessions of their own, so a signal to this process does not reach them:
+    # turn SIGTERM/SIGHUP into an exception so the finally blocks stop them and remove the temp folder.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    broker = redis.Redis.from_url(BROKER)
+    broker.flushdb()  # leftovers of an interrupted run would be consumed here and skew the counts
+    work = Path(tempfile.mkdtemp(prefix="acr-ingest-bench-"))
+    report = Report()
+    CODE["driver"] = git_state()
+    started = time.perf_counter()
+    try:
+        run(args, work, report)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({exc or 'Ctrl-C'}); workers stopped", file=sys.stderr)
+        return 130
+    finally:
+        broker.flushdb()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    import celery
+
+    d = report.details
+    d["machine"] = {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "celery": celery.__version__}
+    d["args"] = vars(args)
+    d["total_s"] = round(time.perf_counter() - started, 1)
+    d["code"] = CODE
+    states = {(c.get("commit"), c.get("uncommitted")) for c in CODE.values()}
+    print()
+    print(table(report))
+    print()
+    print(notes(report))
+    for name, ok in report.checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "latest.json"
+    out.write_text(json.dumps({"when": datetime.now(UTC).isoformat(timespec="seconds"),
+                               "rows": [asdict(r) for r in report.rows], "checks": report.checks,
+                               "details": report.details}, indent=2, default=str) + "\n")
+    code = ", ".join(f"{c}{f' + uncommitted {u}' if u else ''}" for c, u in sorted(states, key=str))
+    print(f"\n{out.relative_to(ROOT)} written; whole run {d['total_s']} s on {os.cpu_count()} cores; code {code}")
+    if len(states) > 1:
+        print("WARNING: the code changed during the run (see details.code): scenarios are not comparable")
+    return 0 if all(report.checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
