@@ -15,7 +15,7 @@ from ingest import auth_hold, leases
 from ingest.batches import chunks
 from ingest.context import JobContext, RetryLater
 from ingest.db import session_scope
-from ingest.errors import ApiError, AuthError, NotFoundError, TransientError
+from ingest.errors import ApiError, AuthError, NotFoundError, RateLimitedError, TransientError
 from ingest.files import STATE_ERROR_REASON, STATE_STATUS, file_lease, sync_meta
 from ingest.models import FileStatus, TrackFile, utcnow
 from ingest.schemas import BucketFile
@@ -69,7 +69,12 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
         except AuthError as exc:
             auth_hold.hold(s, settings.current_token(), str(exc))
             counts["held"] = 1
-        except (ApiError, RetryLater) as exc:  # transient, or the shared budget is spent: next cycle
+        except (RateLimitedError, RetryLater) as exc:  # the API's or our budget is spent: next cycle
+            if isinstance(exc, RateLimitedError) and ctx.limiter is not None:
+                ctx.limiter.penalize(exc.retry_after or 1.0)
+            log.info("state poll paused until the next cycle: %s", exc)
+            counts["error_stop"] = 1
+        except ApiError as exc:  # transient: the next cycle tries again
             log.warning("state poll stopped early: %s", exc)
             counts["error_stop"] = 1
         finally:

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # a broker dies); the poll sends it again under the same task id. Default: 2 x visibility_timeout.
     resend_after: float | None = None
     worker_concurrency: int = 4
-    # On SIGTERM, running tasks get this long to finish before they are handed back to the broker.
+    # On a cold shutdown (SIGQUIT, second SIGTERM) running tasks get this long before they are requeued.
     soft_shutdown_timeout: float = 10.0
 
     # --- Shared rate limit (all workers, one budget in Redis) -------------------------------------

@@ -136,6 +136,8 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
     except Exception as exc:
         if not _may_have_created(exc):  # e.g. a 429: no file to look for, no need to wait next time
             row.post_started_at = earlier
+            if isinstance(exc, RetryLater):  # deferred by our own rate limit: not a try at all
+                row.attempts -= 1
             s.add(row)
             s.commit()
         raise

@@ -64,7 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5,
                                       "interval_max": 3},
-        # On SIGTERM, hand unfinished tasks back at once instead of waiting for the visibility timeout.
+        # On a cold shutdown, requeue unfinished tasks after a grace period instead of leaving them to
+        # the visibility timeout (SIGTERM is a warm shutdown: running tasks finish).
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_send_task_events": True,

@@ -631,6 +631,7 @@ def test_stats_count_routes_statuses_and_control_endpoints() -> None:
             "by_status": {"200": 3, "401": 1},
             "faults": {"error": 0, "created_then_error": 0, "rate_limited": 0, "latency": 0, "reset": 0},
             "uploads_created": 1,
+            "searches": {},
         }
         # The control endpoints: not counted as API traffic, no token needed.
         assert requests.get(control(emu, "/stats")).json() == stats

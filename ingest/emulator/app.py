@@ -468,6 +468,8 @@ class EmulatorApp:
         per_page = q.get("per_page", type=int) or DEFAULT_PER_PAGE
         per_page = min(MAX_PER_PAGE, max(1, per_page))
 
+        if q.get("search"):
+            self.stats.searched(bucket, q["search"])
         items, total = self.store.list_page(
             bucket,
             search=q.get("search", ""),

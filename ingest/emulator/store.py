@@ -268,6 +268,12 @@ class Stats:
             self._by_status: Counter[str] = Counter()
             self._faults: Counter[str] = Counter({k: 0 for k in FAULT_KINDS})
             self._uploads_created = 0
+            self._searches: Counter[str] = Counter()
+
+    def searched(self, bucket_id: int, term: str) -> None:
+        """A list call with ``search``: tests tell a retry that looked for its file from one that did not."""
+        with self._lock:
+            self._searches[f"{bucket_id}:{term}"] += 1
 
     def record(self, route: str, status: int | None) -> None:
         """One API request; ``status`` None for a connection dropped without a response."""
@@ -293,6 +299,7 @@ class Stats:
                 "by_status": dict(self._by_status),
                 "faults": dict(self._faults),
                 "uploads_created": self._uploads_created,
+                "searches": dict(self._searches),
             }
 
 
