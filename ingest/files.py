@@ -64,6 +64,11 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     """Write the row an upload will fill in (a new one, or a failed/cancelled/deleted one reset)."""
     row = existing or TrackFile(ref=job.ref, bucket_id=job.bucket_id, data_type=data_type_of(job),
                                 title=job.title, source=source_of(job))
+    if row.status != FileStatus.FAILED or row.source != source_of(job):
+        # A failed upload of the same source keeps its post mark: its POST may have created the
+        # file, so the new attempt looks for it first. Deleted/cancelled ones start afresh.
+        row.post_started_at = None
+        row.verify_after = None
     row.data_type = data_type_of(job)
     row.source = source_of(job)
     row.title = job.title
@@ -73,8 +78,6 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     row.remote_id = None
     row.acr_id = None
     row.remote_state = None
-    row.post_started_at = None
-    row.verify_after = None
     row.attempts = 0
     row.meta_version += 1
     row.synced_meta_version = 0

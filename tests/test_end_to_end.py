@@ -14,9 +14,9 @@ from tests.helpers import file_row, files_in, idle_producer, op_done, operation,
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-def _ready(bucket: int, ref: str, status: str = "ready"):
+def _ready(bucket: int, ref: str, status: str = "ready", timeout: float = 20.0):
     return wait_for(lambda: (r := file_row(bucket, ref)) is not None and r.status == status and r,
-                    what=f"{ref} {status}")
+                    timeout=timeout, what=lambda: f"{ref} {status} (row: {file_row(bucket, ref)})")
 
 
 def remote(emulator, bucket: int) -> list[dict]:
@@ -241,3 +241,17 @@ def test_an_upload_refused_with_429_is_posted_again_without_searching_or_waiting
     assert op.throttled == 1 and op.attempts == 0 and op.result["adopted"] is False
     assert f"{bucket}:Refused" not in emulator.stats()["searches"]
     assert row.verify_after is None and [f["id"] for f in remote(emulator, bucket)] == [row.remote_id]
+
+
+def test_re_enqueueing_a_failed_upload_adopts_what_its_last_post_created(producer, emulator, bucket) -> None:
+    emulator.faults.created_then_error_rate = 1.0  # the POST creates the file, the answer is a 500...
+    sent = producer.upload_url("https://cdn.example.com/re.mp3", title="Again", bucket_id=bucket, ref="again")
+    wait_for(lambda: len(remote(emulator, bucket)) == 1, what="the created-then-500 answer")
+    emulator.set_faults(created_then_error_rate=0.0, error_rate=1.0)  # ...and then every look fails
+    _ready(bucket, "again", status="failed", timeout=60)
+    assert operation(sent.operation_id).status == "failed"
+    emulator.faults.reset()
+    again = producer.upload_url("https://cdn.example.com/re.mp3", title="Again", bucket_id=bucket, ref="again")
+    assert again.plan == "reupload"
+    row = _ready(bucket, "again")
+    assert [f["id"] for f in remote(emulator, bucket)] == [row.remote_id]  # adopted, not posted twice
