@@ -73,7 +73,8 @@ def _result(outcomes: dict[str, str]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for outcome in outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
-    problems = {name: o for name, o in outcomes.items() if o in ("not_found", "unknown_ref", "conflict")}
+    problems = {name: o for name, o in outcomes.items()
+                if o in ("not_found", "unknown_ref", "conflict", "upload_failed")}
     status = OpStatus.PARTIAL if problems else OpStatus.SUCCEEDED
     out: dict[str, Any] = {"status": status, "counts": counts, "outcomes": outcomes}
     if problems:
@@ -159,7 +160,7 @@ def _run_batch(
             elif row.remote_id is None:
                 if verb.name == "deleted" and _cancel_if_unsent(s, row):
                     outcomes[name] = "cancelled"
-                elif row.status == FileStatus.FAILED and row.post_started_at is None:
+                elif row.status == FileStatus.FAILED:  # nothing to wait for: a human retries it or not
                     outcomes[name] = "upload_failed"
                 else:
                     waiting.append(name)

@@ -92,13 +92,8 @@ def run_job(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) 
 
     try:
         job = VALIDATORS[kind](args, settings)
-    except InputError as exc:
-        reason = f"bad input: {exc}"
-        log.warning("%s %s rejected: %s", kind, ctx.task_id, reason)
-        with session_scope() as s:
-            op = _set(s, op_id, status=OpStatus.FAILED, error=reason)
-            fail_file(s, op, reason)
-            return summary(op)
+    except InputError as exc:  # the policy fails it at once, naming the field
+        return _handle_failure(kind, op_id, exc, ctx)
 
     try:
         with session_scope() as s:

@@ -27,7 +27,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("fault_beat")]
 UPLOADS, DELETED, MOVED, UPDATED = 300, range(0, 100), range(100, 200), range(200, 250)
 STORM_ENV = {
     "ACR_INGEST_READ_TIMEOUT": "1",
-    "ACR_INGEST_MAX_ATTEMPTS": "20",
+    # An upload attempt here is up to two calls (search, POST), each failing ~40% of the time: 40
+    # attempts make running out a 1-in-10^6 event per storm rather than a few percent.
+    "ACR_INGEST_MAX_ATTEMPTS": "40",
     "ACR_INGEST_BACKOFF_BASE": "0.05",
     "ACR_INGEST_BACKOFF_MAX": "3",
 }
