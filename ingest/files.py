@@ -132,9 +132,16 @@ def file_lease(session: Session, row: TrackFile, ctx: JobContext) -> Iterator[No
         release_file(session, row.id, ctx.owner)
 
 
+def files_with_ref(client: AcrCloudClient, row: TrackFile) -> list[BucketFile]:
+    """The bucket's files carrying this row's ref in ``audio_id``. Search matches titles: look under
+    the title and bucket the last POST used (an update or a move may have changed them since)."""
+    bucket = row.posted_bucket_id or row.bucket_id
+    return [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if f.audio_id == row.ref]
+
+
 def verify_later(session: Session, row: TrackFile, settings: Settings) -> None:
     """A request may still land after we gave up on it: have the poll check this file when it is due."""
-    row.verify_after = utcnow() + timedelta(seconds=2 * settings.read_timeout + settings.connect_timeout)
+    row.verify_after = utcnow() + timedelta(seconds=settings.late_request_seconds)
     session.add(row)
     session.commit()
 

@@ -16,7 +16,7 @@ from ingest.batches import chunks
 from ingest.context import JobContext, RetryLater
 from ingest.db import session_scope
 from ingest.errors import ApiError, AuthError, NotFoundError, RateLimitedError, TransientError
-from ingest.files import STATE_ERROR_REASON, STATE_STATUS, file_lease, sync_meta
+from ingest.files import STATE_ERROR_REASON, STATE_STATUS, file_lease, files_with_ref, sync_meta
 from ingest.models import FileStatus, TrackFile, utcnow
 from ingest.schemas import BucketFile
 from ingest.settings import Settings
@@ -115,7 +115,7 @@ def _vanished(row: TrackFile, settings: Settings) -> bool:
     just after the API answers). It is gone when it is still missing a while later."""
     if row.missing_since is None:
         return False
-    return (utcnow() - row.missing_since).total_seconds() > 2 * settings.read_timeout + settings.connect_timeout
+    return (utcnow() - row.missing_since).total_seconds() > settings.late_request_seconds
 
 
 def _verify_due(s: Session, ctx: JobContext, counts: dict[str, Any], bucket_id: int | None) -> None:
@@ -139,14 +139,12 @@ def _verify_due(s: Session, ctx: JobContext, counts: dict[str, Any], bucket_id: 
 
 def _verify_one(s: Session, row: TrackFile, ctx: JobContext, counts: dict[str, Any]) -> None:
     client = ctx.client
-    posted_bucket = row.posted_bucket_id or row.bucket_id
     keep = None if row.status == FileStatus.DELETED else row.remote_id  # a deleted ref keeps no file
-    twins = [f.id for f in client.iter_files(posted_bucket, search=row.posted_title or row.title)
-             if f.audio_id == row.ref and f.id != keep]
+    twins = [f.id for f in files_with_ref(client, row) if f.id != keep]
     if twins:
         log.warning("ref %r: removing %d late duplicate(s) %s of file %s", row.ref, len(twins), twins,
                     row.remote_id)
-        client.delete_files(posted_bucket, twins)
+        client.delete_files(row.posted_bucket_id or row.bucket_id, twins)
         counts["duplicates_removed"] += len(twins)
     try:
         (remote,) = client.get_files(row.bucket_id, [row.remote_id]) if keep is not None else [None]

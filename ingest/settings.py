@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def late_request_seconds(self) -> float:
+        """How long after we gave up on a request it may still land: the poll checks files then."""
+        return 2 * self.read_timeout + self.connect_timeout
+
+    @property
     def resend_after_seconds(self) -> float:
         return self.resend_after if self.resend_after is not None else 2.0 * self.visibility_timeout
 

@@ -23,6 +23,7 @@ from ingest.files import (
     adopt,
     by_ref,
     file_lease,
+    files_with_ref,
     plan_upload,
     prepare_upload_row,
     sync_meta,
@@ -39,13 +40,11 @@ log = logging.getLogger("ingest.uploads")
 
 
 def find_in_bucket(client: AcrCloudClient, row: TrackFile) -> BucketFile | None:
-    """The file an earlier attempt may have created: same ref in ``audio_id``. Search matches titles:
-    look under the title that attempt posted (an update may have changed the desired one since)."""
-    bucket = row.posted_bucket_id or row.bucket_id
-    matches = [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if f.audio_id == row.ref]
+    """The file an earlier attempt may have created (the lowest id, if several)."""
+    matches = files_with_ref(client, row)
     if len(matches) > 1:
-        log.warning("ref %r has %d files in bucket %d (%s); adopting the first, the poll removes the rest",
-                    row.ref, len(matches), bucket, ", ".join(str(m.id) for m in matches))
+        log.warning("ref %r has %d files (%s); adopting the first, the poll removes the rest",
+                    row.ref, len(matches), ", ".join(str(m.id) for m in matches))
     return min(matches, key=lambda f: f.id) if matches else None
 
 
