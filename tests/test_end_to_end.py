@@ -226,7 +226,8 @@ def test_an_upload_answered_500_after_the_api_created_it_is_adopted_not_duplicat
     row = _ready(bucket, "amb")
     files = remote(emulator, bucket)
     assert [f["id"] for f in files] == [row.remote_id] and files[0]["audio_id"] == "amb"
-    assert operation(sent.operation_id).result["adopted"] is True
+    # The poll may mark the row ready before the task records its result: wait for the operation.
+    assert wait_for(lambda: op_done(sent.operation_id)).result["adopted"] is True
     assert emulator.stats()["searches"].get(f"{bucket}:Ambiguous", 0) >= 1  # it looked before posting again
 
 
@@ -237,7 +238,7 @@ def test_an_upload_refused_with_429_is_posted_again_without_searching_or_waiting
     emulator.set_faults(burst_429=1, retry_after=0)
     sent = producer.upload_url("https://cdn.example.com/r.mp3", title="Refused", bucket_id=bucket, ref="r429")
     row = _ready(bucket, "r429")
-    op = operation(sent.operation_id)
+    op = wait_for(lambda: op_done(sent.operation_id))  # the poll may mark the row ready first
     assert op.throttled == 1 and op.attempts == 0 and op.result["adopted"] is False
     assert f"{bucket}:Refused" not in emulator.stats()["searches"]
     assert row.verify_after is None and [f["id"] for f in remote(emulator, bucket)] == [row.remote_id]
