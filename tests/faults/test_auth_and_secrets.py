@@ -84,7 +84,9 @@ def test_the_token_never_leaks(spawn_worker, fault_env, fault_producer, emulator
         env={**fault_env, "FLOWER_BASIC_AUTH": "ops:secret-pass"}, stdout=flower_log.open("wb"),
         stderr=subprocess.STDOUT)
     try:
-        worker = spawn_worker("secrets", concurrency=2, loglevel="DEBUG")
+        # Uploads here are up to two calls each failing ~40% of the time: enough attempts that none
+        # runs out (8 would fail one of the 8 uploads in roughly one run out of ten).
+        worker = spawn_worker("secrets", concurrency=2, loglevel="DEBUG", env={"ACR_INGEST_MAX_ATTEMPTS": "40"})
         worker.wait_ready()
         emulator.set_faults(error_rate=0.3, created_then_error_rate=0.2)
         for i in range(8):
@@ -96,7 +98,7 @@ def test_the_token_never_leaks(spawn_worker, fault_env, fault_producer, emulator
         wait_for(_held, what="a 401 hold")
         emulator.set_tokens({TOKEN})
         wait_for(lambda: sum(r.status in ("ready", "deleted") for r in files_in(bucket)) == 8, timeout=60,
-                 what="the run finished")
+                 what=lambda: f"the run finished ({[(r.ref, r.status, r.reason) for r in files_in(bucket)]})")
         auth = ("ops", "secret-pass")
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: requests.get(f"{base}/api/tasks", auth=auth, timeout=5).json(), what="flower saw tasks")
