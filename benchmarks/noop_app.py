@@ -12,7 +12,7 @@ import redis
 from celery import Celery
 
 from ingest.settings import get_settings
-from tasks.app import celery_config
+from ingest.worker.app import celery_config
 
 COUNTER_KEY = "bench:noop:done"
 

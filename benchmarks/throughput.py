@@ -32,6 +32,8 @@ from typing import Any
 
 import redis
 
+from ingest.devtools.processes import ChildProcess, celery_command
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BROKER = "redis://127.0.0.1:6379/10"  # ours alone: the test suite uses 11-15
@@ -97,47 +99,23 @@ def _url(tag: str, i: int) -> str:
 # --- processes ---------------------------------------------------------------------------------------
 
 
-class Child:
-    """A celery process in its own session, so one killpg stops it and anything it forked."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.name, self.log = name, log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "celery", *args], env=env, cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            # SIGTERM is Celery's warm shutdown: running tasks finish, reserved ones go back to Redis.
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-                return
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-
 @contextmanager
 def workers(app_module: str, label: str, count: int, concurrency: int, env: dict[str, str], work: Path,
-            *, beat: bool) -> Iterator[list[Child]]:
-    kids: list[Child] = []
+            *, beat: bool) -> Iterator[list[ChildProcess]]:
+    kids: list[ChildProcess] = []
     CODE[label] = git_state()  # what these processes import
     try:
         for n in range(1, count + 1):
             name = f"bench-{label}-{n}"
-            kids.append(Child(name, ["-A", app_module, "worker", "--pool=threads", f"--concurrency={concurrency}",
-                                     "--loglevel=WARNING", f"--hostname={name}@%h", "--without-gossip",
-                                     "--without-mingle"], env, work / f"{name}.log"))
+            kids.append(ChildProcess(name, celery_command("worker", "--pool=threads", f"--concurrency={concurrency}",
+                                                          "--loglevel=WARNING", f"--hostname={name}@%h",
+                                                          "--without-gossip", "--without-mingle", app=app_module),
+                                     log=work / f"{name}.log", env=env, cwd=ROOT))
         if beat:
             name = f"beat-{label}"
-            kids.append(Child(name, ["-A", app_module, "beat", "--loglevel=WARNING", f"--schedule={work / name}"],
-                              env, work / f"{name}.log"))
+            kids.append(ChildProcess(name, celery_command("beat", "--loglevel=WARNING", f"--schedule={work / name}",
+                                                          app=app_module),
+                                     log=work / f"{name}.log", env=env, cwd=ROOT))
         yield kids
     finally:
         # Beat first: otherwise it publishes polls that no worker is left to consume.
@@ -145,7 +123,7 @@ def workers(app_module: str, label: str, count: int, concurrency: int, env: dict
             kid.stop()
 
 
-def wait_ready(app: Any, kids: list[Child], count: int, timeout: float = 90) -> float:
+def wait_ready(app: Any, kids: list[ChildProcess], count: int, timeout: float = 90) -> float:
     """Block until ``count`` workers answer a control ping; returns the seconds it took."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
@@ -157,7 +135,7 @@ def wait_ready(app: Any, kids: list[Child], count: int, timeout: float = 90) -> 
     raise RuntimeError(f"workers not ready after {timeout:.0f} s")
 
 
-def wait_until(done: Callable[[], bool], kids: list[Child], timeout: float, tick: float = TICK) -> float | None:
+def wait_until(done: Callable[[], bool], kids: list[ChildProcess], timeout: float, tick: float = TICK) -> float | None:
     """The ``perf_counter()`` at which ``done()`` held, or None on timeout; a dead worker ends it at once."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -169,7 +147,7 @@ def wait_until(done: Callable[[], bool], kids: list[Child], timeout: float, tick
     return None
 
 
-def cpu_seconds(kids: list[Child]) -> float | None:
+def cpu_seconds(kids: list[ChildProcess]) -> float | None:
     """CPU time (user + system) the processes have used so far; None where /proc is missing."""
     total = 0.0
     try:
@@ -185,7 +163,7 @@ def cpu_seconds(kids: list[Child]) -> float | None:
 class CpuMeter:
     """CPU used by the workers and by this process (emulator + producer) between start() and stop()."""
 
-    def __init__(self, kids: list[Child]) -> None:
+    def __init__(self, kids: list[ChildProcess]) -> None:
         self.kids = [k for k in kids if not k.name.startswith("beat")]
 
     def start(self) -> CpuMeter:
@@ -200,7 +178,7 @@ class CpuMeter:
 
 def pause(app: Any, count: int) -> None:
     """Workers stop taking jobs from the ``ingest`` queue (the poll's own queue goes on): a backlog builds."""
-    from tasks.app import QUEUE  # not at the top: importing tasks.app reads the settings
+    from ingest.worker.app import QUEUE  # not at the top: importing ingest.worker.app reads the settings
 
     replies = app.control.cancel_consumer(QUEUE, reply=True, limit=count, timeout=10)
     if len(replies or []) < count:
@@ -208,7 +186,7 @@ def pause(app: Any, count: int) -> None:
 
 
 def resume(app: Any, count: int) -> None:
-    from tasks.app import QUEUE
+    from ingest.worker.app import QUEUE
 
     replies = app.control.add_consumer(QUEUE, reply=True, limit=count, timeout=10)
     if len(replies or []) < count:
@@ -220,7 +198,7 @@ def resume(app: Any, count: int) -> None:
 
 def naive_loop(base_url: str, token: str, n: int) -> float:
     """One client, one request after another, nothing recorded: what a one-off script would do."""
-    from ingest.client import AcrCloudClient
+    from ingest.api.client import AcrCloudClient
 
     with AcrCloudClient(base_url, token) as client:
         started = time.perf_counter()
@@ -230,7 +208,7 @@ def naive_loop(base_url: str, token: str, n: int) -> float:
         return time.perf_counter() - started
 
 
-def noop_tasks(n: int, workers: int, kids: list[Child], timeout: float, *, backlog: bool) -> Timing:
+def noop_tasks(n: int, workers: int, kids: list[ChildProcess], timeout: float, *, backlog: bool) -> Timing:
     """``n`` no-op tasks, sent while the workers consume, or queued first and then drained (``backlog``)."""
     from benchmarks.noop_app import COUNTER_KEY, app
 
@@ -265,8 +243,8 @@ def progress(bucket: int) -> Progress:
     from sqlalchemy import case, func
     from sqlmodel import select
 
-    from ingest.db import session_scope
-    from ingest.models import FileStatus, TrackFile
+    from ingest.store.db import session_scope
+    from ingest.store.models import FileStatus, TrackFile
 
     status: Any = TrackFile.status
     with session_scope() as s:
@@ -279,7 +257,7 @@ def progress(bucket: int) -> Progress:
     return Progress(total, remote or 0, ready or 0, bad or 0)
 
 
-def ingest_uploads(producer: Any, emu: Any, bucket: int, n: int, tag: str, workers: int, kids: list[Child],
+def ingest_uploads(producer: Any, emu: Any, bucket: int, n: int, tag: str, workers: int, kids: list[ChildProcess],
                    timeout: float, *, backlog: bool = False) -> Timing:
     """``n`` URL uploads through the producer; seconds until every row has a remote id and until every row
     is ready. Pipelined (default): the workers consume while the producer enqueues and the clock starts at
@@ -323,8 +301,8 @@ def bucket_check(emu: Any, bucket: int, tag: str, n: int) -> tuple[bool, dict[st
     from sqlalchemy import func
     from sqlmodel import select
 
-    from ingest.db import session_scope
-    from ingest.models import Operation
+    from ingest.store.db import session_scope
+    from ingest.store.models import Operation
 
     per_ref = Counter(f["audio_id"] for f in emu.files(bucket))
     expected = {f"{tag}-{i:05d}" for i in range(n)}
@@ -346,7 +324,7 @@ def stats_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]
 
 
 def rate_limited(report: Report, key: str, label: str, emu: Any, producer: Any, bucket: int, m: int, limit: float,
-                 workers: int, kids: list[Child], timeout: float) -> list[Row]:
+                 workers: int, kids: list[ChildProcess], timeout: float) -> list[Row]:
     """``m`` uploads against an emulator limited to ``limit`` requests/s: the API requests it accepted per
     second while uploads were being sent (that is when the limit binds), the 429s, and the checks."""
     tag = key.upper()
@@ -375,7 +353,7 @@ def rate_limited(report: Report, key: str, label: str, emu: Any, producer: Any, 
 
 
 def run(args: argparse.Namespace, work: Path, report: Report) -> None:
-    from ingest.emulator import Emulator
+    from ingest.devtools.emulator import Emulator
 
     n, w, threads = args.jobs, args.workers, args.workers * args.concurrency
     token = secrets.token_urlsafe(24)
@@ -397,7 +375,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         from ingest.settings import reset_settings
 
         reset_settings()
-        from ingest.db import get_engine
+        from ingest.store.db import get_engine
 
         get_engine()  # creates the tables here once, rather than in a race between the workers
         report.details["settings"] = {k: v for k, v in env.items() if k != "ACR_INGEST_ACCESS_TOKEN"}
@@ -429,7 +407,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         from ingest.producer import Producer
 
         producer = Producer()
-        with workers("tasks.app", "ingest", w, args.concurrency, child_env, work, beat=True) as kids:
+        with workers("ingest.worker.app", "ingest", w, args.concurrency, child_env, work, beat=True) as kids:
             report.details["ingest_worker_start_s"] = round(wait_ready(producer.app, kids, w), 2)
             for label, bucket, tag, backlog in (("pipelined", PIPELINED_BUCKET, "PIPE", False),
                                                 ("backlog", BACKLOG_BUCKET, "BACK", True)):
@@ -470,7 +448,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             get_engine()
             producer = Producer()
             shared_env = {**child_env, **fresh, "ACR_INGEST_RATE_LIMIT": f"{args.shared_limit:g}"}
-            with workers("tasks.app", "shared", w, args.concurrency, shared_env, work, beat=True) as kids:
+            with workers("ingest.worker.app", "shared", w, args.concurrency, shared_env, work, beat=True) as kids:
                 wait_ready(producer.app, kids, w)
                 limited += rate_limited(report, "shared_rate_limit",
                                         f"rate limit {limit:g}/s, shared budget {args.shared_limit:g}/s", emu,

@@ -15,26 +15,22 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from ingest.db import session_scope
-from ingest.files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upload_row
-from ingest.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
-from ingest.reporting import failed_operations
-from ingest.settings import Settings, get_settings
-from ingest.validation import (
-    InputError,
+from ingest.jobs.errors import EnqueueError, InputError
+from ingest.jobs.inputs import (
     validate_delete_batch,
     validate_move_batch,
     validate_update_meta,
     validate_upload_file,
     validate_upload_url,
 )
+from ingest.jobs.managed_files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upload_row
+from ingest.settings import Settings, get_settings
+from ingest.store.db import session_scope
+from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
+from ingest.store.reports import failed_operations
 
 log = logging.getLogger("ingest.producer")
 TASK_NAMES = {kind: f"ingest.{kind.value}" for kind in OpKind}
-
-
-class EnqueueError(RuntimeError):
-    """The job was recorded but could not be handed to the broker; ``acr-ingest retry-failed`` resends it."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +51,7 @@ class Producer:
     def __init__(self, app: Celery | None = None, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         if app is None:
-            from tasks.app import create_app
+            from ingest.worker.app import create_app
 
             app = create_app(self.settings)
         self.app = app

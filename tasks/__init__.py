@@ -1,1 +1,6 @@
-"""The Celery side of acr-ingest: the app, its thin tasks and the beat schedule."""
+"""An alias for the Celery app, so ``celery -A tasks worker`` works from a checkout. No logic lives here:
+the app and its tasks are in ``ingest.worker``."""
+
+from ingest.worker import app
+
+__all__ = ["app"]

@@ -1,17 +1,16 @@
-"""Shared fixtures: the real local Redis (a database number of its own), the emulator over loopback HTTP,
-a SQLite database (or ACR_INGEST_TEST_DATABASE_URL, e.g. PostgreSQL) and a real Celery worker.
+"""Shared fixtures: a Redis of this run's own (a ``redis-server`` on a free port, so two runs on one
+machine never collide), the emulator over loopback HTTP, a SQLite database (or
+ACR_INGEST_TEST_DATABASE_URL, e.g. PostgreSQL) and a real Celery worker.
 
-The environment is set here, before anything imports the Celery app, since the app reads its settings
-once at import.
+The settings are ACR_INGEST_* variables set here, before the Celery app is first configured (it reads
+them lazily) and inherited by every worker, beat and Flower the tests start.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,21 +18,20 @@ from pathlib import Path
 import pytest
 import redis
 
+from ingest.devtools.processes import ChildProcess, RedisServer, celery_command, free_port
+
 TOKEN = "test-token-5b9f0c2d7e"  # recognizable: the secrecy tests search for it everywhere
-REDIS_URL = os.environ.get("ACR_INGEST_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-IDLE_BROKER = REDIS_URL.rsplit("/", 1)[0] + "/13"  # a broker database no worker consumes
 WORKDIR = Path(tempfile.mkdtemp(prefix="acr-ingest-tests-"))
 MEDIA = WORKDIR / "media"
 MEDIA.mkdir()
+# ACR_INGEST_TEST_REDIS_URL points the tests at a Redis of your choice; by default they start their own.
+_REDIS = None if os.environ.get("ACR_INGEST_TEST_REDIS_URL") else RedisServer(WORKDIR / "redis").start()
+if _REDIS is not None:
+    atexit.register(_REDIS.stop)
+REDIS_URL = os.environ.get("ACR_INGEST_TEST_REDIS_URL") or _REDIS.url(11)  # type: ignore[union-attr]
+IDLE_BROKER = REDIS_URL.rsplit("/", 1)[0] + "/13"  # a broker database no worker consumes
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-EMULATOR_PORT = _free_port()
+EMULATOR_PORT = free_port()
 TEST_ENV = {
     "ACR_INGEST_API_BASE_URL": f"http://127.0.0.1:{EMULATOR_PORT}/api",
     "ACR_INGEST_ACCESS_TOKEN": TOKEN,
@@ -65,13 +63,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         for url in (REDIS_URL, IDLE_BROKER):
             redis.Redis.from_url(url, socket_connect_timeout=2).flushdb()
     except redis.RedisError as exc:
-        pytest.exit(f"Redis is not reachable at {REDIS_URL} ({exc}). Start one: "
-                    "redis-server --daemonize yes --port 6379 --save '' (or set ACR_INGEST_TEST_REDIS_URL)",
-                    returncode=3)
+        pytest.exit(f"Redis is not reachable at {REDIS_URL} ({exc}): unset ACR_INGEST_TEST_REDIS_URL to have "
+                    "the tests start their own redis-server", returncode=3)
     # A database of the tests' own: start from empty tables (a PostgreSQL test database persists).
     from sqlmodel import SQLModel
 
-    from ingest.db import get_engine
+    from ingest.store.db import get_engine
 
     engine = get_engine()
     SQLModel.metadata.drop_all(engine)
@@ -80,7 +77,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[object]:
-    from ingest.emulator import Emulator
+    from ingest.devtools.emulator import Emulator
 
     emu = Emulator(tokens={TOKEN}, processing_delay=0.3).start(host="127.0.0.1", port=EMULATOR_PORT)
     yield emu
@@ -98,20 +95,18 @@ def _calm_emulator(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def celery_app() -> object:
-    from tasks.app import app
+    from ingest.worker.app import app
 
     return app
 
 
 @pytest.fixture(scope="session")
-def beat() -> Iterator[subprocess.Popen[bytes]]:
+def beat() -> Iterator[ChildProcess]:
     """The real ``celery beat`` (a child process) sending ingest.poll_states every poll interval."""
-    log = (WORKDIR / "beat.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel=INFO",
-                             f"--schedule={WORKDIR / 'beat-schedule'}"], stdout=log, stderr=subprocess.STDOUT)
+    proc = ChildProcess("beat", celery_command("beat", "--loglevel=INFO", f"--schedule={WORKDIR / 'beat-schedule'}"),
+                        log=WORKDIR / "beat.log")
     yield proc
-    proc.terminate()
-    proc.wait(timeout=20)
+    proc.stop()
 
 
 @pytest.fixture(scope="session")

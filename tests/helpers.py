@@ -8,8 +8,8 @@ from typing import TypeVar
 
 from sqlmodel import select
 
-from ingest.db import session_scope
-from ingest.models import Operation, TrackFile
+from ingest.store.db import session_scope
+from ingest.store.models import Operation, TrackFile
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ def idle_producer() -> object:
     """A producer whose messages go to a broker no worker consumes: its jobs stay "in the queue"."""
     from ingest.producer import Producer
     from ingest.settings import get_settings
-    from tasks.app import create_app
+    from ingest.worker.app import create_app
     from tests.conftest import IDLE_BROKER
 
     settings = get_settings().model_copy(update={"broker_url": IDLE_BROKER})

@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from ingest.cli import main
-from ingest.db import session_scope
-from ingest.models import Operation
+from ingest.cli.commands import main
+from ingest.jobs.errors import InputError
+from ingest.jobs.inputs import validate_delete_batch, validate_upload_url
 from ingest.settings import get_settings
-from ingest.validation import InputError, validate_delete_batch, validate_upload_url
+from ingest.store.db import session_scope
+from ingest.store.models import Operation
 from tests.conftest import MEDIA, WORKDIR
 from tests.helpers import idle_producer, wait_for
 

@@ -21,9 +21,8 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from ingest.client import USER_AGENT, AcrCloudClient, _retry_after
-from ingest.emulator import Emulator
-from ingest.errors import (
+from ingest.api.client import USER_AGENT, AcrCloudClient, _retry_after
+from ingest.api.errors import (
     ApiError,
     AuthError,
     ClientError,
@@ -32,7 +31,8 @@ from ingest.errors import (
     TransientError,
     ValidationError,
 )
-from ingest.schemas import BucketFile, FileState, Page
+from ingest.api.schemas import BucketFile, FileState, Page
+from ingest.devtools.emulator import Emulator
 from ingest.settings import Settings
 
 TOKEN = "tok-S3CRET-7f3a9c-do-not-leak"
@@ -179,7 +179,7 @@ def test_upload_streams_from_disk_with_flat_memory(tmp_path: Path) -> None:
     with big.open("wb") as fh:
         fh.truncate(size)  # sparse: costs no disk
     script = (
-        "import sys\nfrom ingest.emulator import Emulator\n"
+        "import sys\nfrom ingest.devtools.emulator import Emulator\n"
         f"e = Emulator(tokens={{{TOKEN!r}}}, processing_delay=0.05).start(host='127.0.0.1', port=0)\n"
         "print(e.url, flush=True)\nsys.stdin.read()\ne.stop()\n"
     )
@@ -629,7 +629,7 @@ def test_token_never_in_errors_or_logs(
         assert err.__cause__ is None and err.__context__ is None  # the requests exception held the header
         assert TOKEN.encode() not in pickle.dumps(err)
         assert type(pickle.loads(pickle.dumps(err))) is type(err)
-    records = [r for r in caplog.records if r.name == "ingest.client"]
+    records = [r for r in caplog.records if r.name == "ingest.api.client"]
     assert len(records) >= 10  # one line per request, failures included
     assert all(TOKEN not in r.getMessage() for r in caplog.records)
     assert TOKEN not in caplog.text

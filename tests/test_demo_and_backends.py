@@ -21,7 +21,7 @@ def _clean_env() -> dict[str, str]:
 
 def test_the_demo_runs_the_whole_path_and_ends_with_every_file(tmp_path: Path) -> None:
     """`acr-ingest demo` with nothing configured: emulator, worker, beat, SQLite, file broker."""
-    demo = subprocess.run([sys.executable, "-m", "ingest.cli", "demo", "--timeout", "90"], cwd=tmp_path,
+    demo = subprocess.run([sys.executable, "-m", "ingest.cli.commands", "demo", "--timeout", "90"], cwd=tmp_path,
                           env=_clean_env(), capture_output=True, text=True, timeout=180)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     rows = [line for line in demo.stdout.splitlines() if re.match(r"^CAT-\d{4}\s", line)]

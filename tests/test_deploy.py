@@ -182,10 +182,10 @@ def test_no_literal_secrets_in_the_compose_file() -> None:
 
 def test_every_app_command_is_ours_and_the_procfile_matches() -> None:
     services = _compose()["services"]
-    ours = re.compile(r"^(acr-ingest \S+|celery -A tasks\.app \S+)")
+    ours = re.compile(r"^(acr-ingest \S+|celery -A ingest\.worker \S+)")
     compose_cmds = {name: _command(services[name]) for name in APP_SERVICES}
     for name, cmd in compose_cmds.items():
-        assert ours.match(cmd), f"{name}: {cmd!r} is not an acr-ingest or `celery -A tasks.app` command"
+        assert ours.match(cmd), f"{name}: {cmd!r} is not an acr-ingest or `celery -A ingest.worker` command"
         assert not services[name].get("entrypoint"), f"{name} must not wrap the command in an entrypoint"
 
     procfile = _procfile()
@@ -341,7 +341,7 @@ def _log_has(log: Path, pattern: str) -> Callable[[], bool]:
 def _check_up(service: str, run: Run, proc: subprocess.Popen[bytes], log: Path) -> None:
     if service == "worker":
         _wait_for("ready", _log_has(log, r"celery@\S+ ready\."), proc, log)
-        # What `celery -A tasks.app inspect ping` does, from here: the worker answers on the broker.
+        # What `celery -A ingest.worker inspect ping` does, from here: the worker answers on the broker.
         app = Celery("deploy-test-ping", broker=run.env["ACR_INGEST_BROKER_URL"])
         try:
             _wait_for("answering ping", lambda: bool(app.control.ping(timeout=0.5)), proc, log, deadline=10)

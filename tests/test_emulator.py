@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import requests
 
-from ingest.emulator import Emulator, Faults
-from ingest.emulator.__main__ import _parser
+from ingest.devtools.emulator import Emulator, Faults
+from ingest.devtools.emulator.__main__ import _parser
 
 TOKEN = "emu-test-token"
 ROOT = Path(__file__).resolve().parents[1]
@@ -675,7 +675,7 @@ def test_main_serves_until_interrupted() -> None:
     args = _parser().parse_args(["--port", "0", "--token", "a", "--error-rate", "0.5", "--burst-429", "2"])
     assert (args.port, args.tokens, args.error_rate, args.burst_429) == (0, ["a"], 0.5, 2)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest.emulator", "--port", "0", "--token", "cli-token", "--bucket", "9"],
+        [sys.executable, "-m", "ingest.devtools.emulator", "--port", "0", "--token", "cli-token", "--bucket", "9"],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,

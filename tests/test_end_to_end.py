@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.demo import write_tone
-from ingest.models import FileStatus
+from ingest.cli.demo import write_tone
+from ingest.store.models import FileStatus
 from tests.helpers import file_row, files_in, idle_producer, op_done, operation, wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -134,13 +134,13 @@ def test_move_batch_changes_the_bucket(producer, emulator, bucket) -> None:
 
 
 def test_poll_costs_one_get_per_chunk(emulator, bucket) -> None:
-    from ingest import leases
-    from ingest.client import AcrCloudClient
-    from ingest.context import JobContext
-    from ingest.db import session_scope
-    from ingest.models import TrackFile
-    from ingest.polling import LEASE, poll_states
+    from ingest.api.client import AcrCloudClient
+    from ingest.jobs.context import JobContext
+    from ingest.jobs.polling import LEASE, poll_states
     from ingest.settings import get_settings
+    from ingest.store import leases
+    from ingest.store.db import session_scope
+    from ingest.store.models import TrackFile
 
     settings = get_settings().model_copy(update={"ids_chunk_size": 2})
     client = AcrCloudClient.from_settings(settings)
@@ -176,7 +176,7 @@ def test_delete_of_a_pending_upload_cancels_it(producer, celery_app, emulator, b
 def test_failed_jobs_are_kept_listed_and_retried_by_a_human(emulator, bucket) -> None:
     from click.testing import CliRunner
 
-    from ingest.cli import main
+    from ingest.cli.commands import main
 
     emulator.faults.error_rate = 1.0  # every call 5xx: the job runs out of attempts
     runner = CliRunner()
@@ -201,8 +201,8 @@ def test_failed_jobs_are_kept_listed_and_retried_by_a_human(emulator, bucket) ->
 def test_an_operation_whose_message_was_lost_is_sent_again(emulator, bucket) -> None:
     from datetime import timedelta
 
-    from ingest.db import session_scope
-    from ingest.models import Operation, utcnow
+    from ingest.store.db import session_scope
+    from ingest.store.models import Operation, utcnow
 
     # The message goes to a broker nobody reads: as if it vanished with a broker that died.
     lost = idle_producer().upload_url("https://cdn.example.com/lost.mp3", title="Lost", bucket_id=bucket,

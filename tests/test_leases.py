@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from ingest.db import session_scope
-from ingest.leases import claim_file, kept_alive, release_file
-from ingest.models import TrackFile
+from ingest.store.db import session_scope
+from ingest.store.leases import claim_file, kept_alive, release_file
+from ingest.store.models import TrackFile
 from tests.helpers import wait_for
 
 

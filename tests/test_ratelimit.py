@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from ingest.context import RetryLater
-from ingest.ratelimit import SharedRateLimit
+from ingest.jobs.errors import RetryLater
+from ingest.jobs.rate_limit import SharedRateLimit
 from ingest.settings import Settings
 from tests.conftest import REDIS_URL
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from ingest.errors import AuthError, ClientError, NotFoundError, RateLimitedError, TransientError, ValidationError
-from ingest.retry_policy import RATE_LIMIT_ATTEMPT_FACTOR, Action, backoff, decide
+from ingest.api.errors import AuthError, ClientError, NotFoundError, RateLimitedError, TransientError, ValidationError
+from ingest.jobs.errors import InputError
+from ingest.jobs.retry_policy import RATE_LIMIT_ATTEMPT_FACTOR, Action, backoff, decide
 from ingest.settings import Settings
-from ingest.validation import InputError
 
 S = Settings(_env_file=None, max_attempts=5, backoff_base=2, backoff_max=60, auth_hold_recheck=30,
              visibility_timeout=3600)

@@ -1,12 +1,10 @@
-"""Fault tests run real worker processes (``celery -A tasks.app worker``) that can be killed, on a broker
-database of their own, against the session's emulator and database."""
+"""Fault tests run real worker processes (``celery -A ingest.worker worker``) that can be killed, on a broker
+database of their own (of the run's private Redis), against the session's emulator and database."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 import redis
 
+from ingest.devtools.processes import ChildProcess, celery_command
 from tests.conftest import REDIS_URL, WORKDIR
 from tests.helpers import wait_for
 
@@ -28,43 +27,26 @@ FAULT_ENV = {
 }
 
 
-class WorkerProcess:
-    """A worker in its own process group: SIGKILL takes the main process and its pool children."""
+class WorkerProcess(ChildProcess):
+    """A real ``celery worker`` in its own process group: SIGKILL takes the main process and its pool children."""
 
     def __init__(self, name: str, env: dict[str, str], *, pool: str = "prefork", concurrency: int = 2,
                  loglevel: str = "INFO") -> None:
-        self.name = name
-        self.log = WORKDIR / f"worker-{name}-{time.monotonic_ns()}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", f"--pool={pool}",
-             f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--hostname={name}@%h", "--without-gossip",
-             "--without-mingle"],
-            env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        super().__init__(name, celery_command("worker", f"--pool={pool}", f"--concurrency={concurrency}",
+                                              f"--loglevel={loglevel}", f"--hostname={name}@%h",
+                                              "--without-gossip", "--without-mingle"),
+                         log=WORKDIR / f"worker-{name}-{time.monotonic_ns()}.log", env=env)
 
     def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker {self.name} exited:\n{self.text()[-3000:]}")
+        self.check()
         return " ready." in self.text()
 
     def wait_ready(self, timeout: float = 30) -> WorkerProcess:
         wait_for(self.ready, timeout=timeout, what=f"worker {self.name} ready")
         return self
 
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 30) -> int:
-        self.kill(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            return self.proc.wait()
+        self.signal(sig)
 
 
 @pytest.fixture
@@ -88,22 +70,20 @@ def spawn_worker(fault_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc
 
 
 @contextmanager
-def beat_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def beat_process(env: dict[str, str]) -> Iterator[ChildProcess]:
     """One beat: the state poll that turns processing files ready."""
     stamp = time.monotonic_ns()
-    log = (WORKDIR / f"fault-beat-{stamp}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel=INFO",
-                             f"--schedule={WORKDIR / f'fault-beat-schedule-{stamp}'}"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = ChildProcess("beat", celery_command("beat", "--loglevel=INFO",
+                                               f"--schedule={WORKDIR / f'fault-beat-schedule-{stamp}'}"),
+                        log=WORKDIR / f"fault-beat-{stamp}.log", env=env)
     try:
         yield proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        proc.stop()
 
 
 @pytest.fixture
-def fault_beat(fault_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def fault_beat(fault_env: dict[str, str]) -> Iterator[ChildProcess]:
     with beat_process(fault_env) as proc:
         yield proc
 
@@ -116,7 +96,7 @@ def fault_producer(fault_env: dict[str, str]) -> object:
 def producer_for(broker_url: str, **overrides: object) -> object:
     from ingest.producer import Producer
     from ingest.settings import get_settings
-    from tasks.app import create_app
+    from ingest.worker.app import create_app
 
     settings = get_settings().model_copy(update={"broker_url": broker_url, **overrides})
     return Producer(create_app(settings), settings)

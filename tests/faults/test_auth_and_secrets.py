@@ -15,10 +15,10 @@ import requests
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from ingest import auth_hold
-from ingest.cli import main
-from ingest.db import get_engine, session_scope
-from ingest.models import FileStatus
+from ingest.cli.commands import main
+from ingest.store import auth_hold
+from ingest.store.db import get_engine, session_scope
+from ingest.store.models import FileStatus
 from tests.conftest import TOKEN, WORKDIR
 from tests.faults.conftest import FAULT_BROKER
 from tests.helpers import files_in, wait_for
@@ -80,7 +80,7 @@ def test_the_token_never_leaks(spawn_worker, fault_env, fault_producer, emulator
     port = _free_port()
     flower_log = WORKDIR / f"flower-{port}.log"
     flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasks.app", "flower", f"--port={port}", "--address=127.0.0.1"],
+        [sys.executable, "-m", "celery", "-A", "ingest.worker", "flower", f"--port={port}", "--address=127.0.0.1"],
         env={**fault_env, "FLOWER_BASIC_AUTH": "ops:secret-pass"}, stdout=flower_log.open("wb"),
         stderr=subprocess.STDOUT)
     try:

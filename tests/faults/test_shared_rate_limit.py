@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.models import FileStatus
+from ingest.store.models import FileStatus
 from tests.conftest import TOKEN
 from tests.faults.conftest import FAULT_BROKER
 from tests.helpers import files_in, wait_for

@@ -16,8 +16,8 @@ from collections import Counter
 import pytest
 from sqlmodel import select
 
-from ingest.db import session_scope
-from ingest.models import Operation, TrackFile
+from ingest.store.db import session_scope
+from ingest.store.models import Operation, TrackFile
 from tests.conftest import MEDIA
 from tests.faults.conftest import producer_for
 from tests.helpers import wait_for

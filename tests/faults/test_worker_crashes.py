@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from ingest.models import FileStatus
+from ingest.store.models import FileStatus
 from tests.faults.conftest import WorkerProcess
 from tests.helpers import file_row, files_in, wait_for
 

@@ -1,0 +1,557 @@
+"""HTTP client of the ACRCloud Console API v2 bucket files.
+
+It knows HTTP and nothing of Celery: it does not retry (the caller's retry policy decides from the
+typed error), never logs or exposes the token, and streams uploads from disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import mimetypes
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from pydantic import ValidationError as PydanticValidationError
+from requests.adapters import HTTPAdapter
+from requests_toolbelt import MultipartEncoder
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from ingest.api.errors import (
+    ApiError,
+    AuthError,
+    ClientError,
+    NotFoundError,
+    RateLimitedError,
+    TransientError,
+    ValidationError,
+)
+from ingest.api.schemas import BucketFile, Page
+
+if TYPE_CHECKING:
+    from ingest.settings import Settings
+
+log = logging.getLogger("ingest.api.client")
+
+try:
+    __version__ = version("acr-ingest")
+except PackageNotFoundError:  # running from a source tree that is not pip-installed
+    __version__ = "dev"
+
+USER_AGENT = f"acr-ingest/{__version__}"
+FILE_DATA_TYPES = ("audio", "fingerprint")
+_MESSAGE_LIMIT = 300
+_SCRUB_MIN = 8
+
+TokenProvider = Callable[[], str | None]
+Gate = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A 2xx answer: its decoded JSON (None when empty) and what an error about it must carry."""
+
+    method: str
+    url: str
+    status: int
+    text: str
+    data: Any
+
+
+class AcrCloudClient:
+    """One instance per process; its session pools connections (``pool_maxsize``) across threads."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | TokenProvider,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        session: requests.Session | None = None,
+        pool_maxsize: int = 10,
+        gate: Gate | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._base_path = urlsplit(self.base_url).path
+        # Kept as a provider either way, so there is one code path and a rotated token is read each call.
+        self._token: TokenProvider = token if callable(token) else _constant(token)
+        self.timeout = (connect_timeout, read_timeout)
+        self.gate = gate
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            # max_retries=0: retries belong to the caller, who knows whether a POST may be repeated.
+            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
+        self.session = session
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kw: Any) -> AcrCloudClient:
+        kw.setdefault("connect_timeout", settings.connect_timeout)
+        kw.setdefault("read_timeout", settings.read_timeout)
+        return cls(settings.base_url, settings.current_token, **kw)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> AcrCloudClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ---- endpoints -------------------------------------------------------------------------------
+
+    def upload_file(
+        self,
+        bucket_id: int,
+        path: str | os.PathLike[str],
+        *,
+        title: str,
+        data_type: str = "audio",
+        user_defined: dict[str, Any] | None = None,
+        audio_id: str | None = None,
+    ) -> BucketFile:
+        """POST a file as multipart, streamed from disk (``requests``' own ``files=`` would buffer it)."""
+        if data_type not in FILE_DATA_TYPES:
+            raise ValueError(f"data_type must be one of {FILE_DATA_TYPES}, not {data_type!r}")
+        fields = _form_fields(data_type, title, user_defined, audio_id)
+        name = os.path.basename(os.fspath(path)) or "upload"
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        # Opened before the gate: a missing file fails locally without using a rate-limit slot.
+        with open(path, "rb") as fh:
+            encoder = MultipartEncoder(fields=[*fields, ("file", (name, fh, ctype))])
+            body = self._request(
+                "upload",
+                "POST",
+                self._files_path(bucket_id),
+                data=encoder,
+                headers={"Content-Type": encoder.content_type},
+            )
+        return _one_file(body)
+
+    def upload_url(
+        self,
+        bucket_id: int,
+        url: str,
+        *,
+        title: str,
+        user_defined: dict[str, Any] | None = None,
+        audio_id: str | None = None,
+        as_json: bool = True,
+    ) -> BucketFile:
+        """Ask the API to fetch ``url`` (``data_type=audio_url``), as a JSON body or a multipart form."""
+        path = self._files_path(bucket_id)
+        if as_json:
+            payload: dict[str, Any] = {"data_type": "audio_url", "title": title, "url": url}
+            if user_defined is not None:
+                payload["user_defined"] = user_defined  # a real object in JSON
+            if audio_id is not None:
+                payload["audio_id"] = audio_id
+            body = self._request("upload", "POST", path, json=payload)
+        else:
+            fields = [*_form_fields("audio_url", title, user_defined, audio_id), ("url", url)]
+            encoder = MultipartEncoder(fields=fields)
+            body = self._request("upload", "POST", path, data=encoder, headers={"Content-Type": encoder.content_type})
+        return _one_file(body)
+
+    def list_page(
+        self,
+        bucket_id: int,
+        *,
+        page: int = 1,
+        per_page: int = 100,
+        search: str | None = None,
+        state: int | None = None,
+        sort: str | None = None,
+        order: str | None = None,
+    ) -> Page:
+        params: dict[str, Any] = {"page": page, "per_page": per_page}
+        for key, value in (("search", search), ("state", state), ("sort", sort), ("order", order)):
+            if value is not None:
+                params[key] = int(value) if key == "state" else value
+        body = self._request("list", "GET", self._files_path(bucket_id), params=params)
+        return _parse(Page, body.data, body)
+
+    def iter_files(
+        self,
+        bucket_id: int,
+        *,
+        per_page: int = 100,
+        search: str | None = None,
+        state: int | None = None,
+        sort: str | None = None,
+        order: str | None = None,
+    ) -> Iterator[BucketFile]:
+        """Every file over every page. Pages are requested by number with the same filters, since
+        Laravel's ``links`` drop the query's other parameters. Files added or deleted meanwhile can
+        shift between pages; with the default ascending id order new uploads only append."""
+        page_no = 1
+        while True:
+            page = self.list_page(
+                bucket_id,
+                page=page_no,
+                per_page=per_page,
+                search=search,
+                state=state,
+                sort=sort,
+                order=order,
+            )
+            yield from page.files
+            # Our own counter and the empty-page guard end the loop even against a server that ignores
+            # `page` or keeps reporting a larger last_page.
+            if not page.files or max(page.current_page, page_no) >= page.last_page:
+                return
+            page_no = max(page.current_page, page_no) + 1
+
+    def update_file(
+        self,
+        bucket_id: int,
+        file_id: int | str,
+        *,
+        title: str | None = None,
+        user_defined: dict[str, Any] | None = None,
+    ) -> BucketFile:
+        """PUT title and/or user_defined; ``file_id`` is a numeric id or an acr_id."""
+        if title is None and user_defined is None:
+            raise ValueError("update_file needs title or user_defined")
+        payload: dict[str, Any] = {}
+        if title is not None:
+            payload["title"] = title
+        if user_defined is not None:
+            payload["user_defined"] = user_defined
+        path = f"{self._files_path(bucket_id)}/{_ids_segment([file_id], name='file_id')}"
+        return _one_file(self._request("update", "PUT", path, json=payload))
+
+    def delete_files(self, bucket_id: int, ids: Sequence[int | str]) -> list[BucketFile]:
+        """The deleted files when the API lists them, else []. The caller chunks long id lists."""
+        path = f"{self._files_path(bucket_id)}/{_ids_segment(ids)}"
+        return _file_list(self._request("delete", "DELETE", path, allow_empty=True))
+
+    def move_files(self, target_bucket_id: int, ids: Sequence[int | str]) -> list[BucketFile]:
+        """Move files into ``target_bucket_id`` (the path's bucket is the TARGET)."""
+        path = f"{self._files_path(target_bucket_id)}/{_ids_segment(ids)}/move"
+        return _file_list(self._request("move", "PUT", path, allow_empty=True))
+
+    def get_files(self, bucket_id: int, ids: Sequence[int | str]) -> list[BucketFile]:
+        """The files found among ``ids`` (ids not found are simply absent from the list)."""
+        path = f"{self._files_path(bucket_id)}/{_ids_segment(ids)}"
+        return _file_list(self._request("get", "GET", path))
+
+    # ---- plumbing --------------------------------------------------------------------------------
+
+    def _files_path(self, bucket_id: int) -> str:
+        return f"/buckets/{quote(str(bucket_id).strip(), safe='')}/files"
+
+    def _auth_header(self, method: str, url: str) -> str:
+        token = self._token()
+        token = token.strip() if isinstance(token, str) else ""
+        if not token:
+            raise AuthError(
+                "no access token configured (set ACR_INGEST_ACCESS_TOKEN or ACR_INGEST_ACCESS_TOKEN_FILE)",
+                method=method,
+                url=url,
+            )
+        # requests' own invalid-header error quotes the value: refuse here so the token is never echoed.
+        if any(not (0x21 <= ord(c) <= 0x7E) for c in token):
+            raise AuthError("access token contains characters not allowed in a header", method=method, url=url)
+        return f"Bearer {token}"
+
+    def _request(
+        self,
+        op: str,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        allow_empty: bool = False,
+    ) -> _Reply:
+        url = self.base_url + path
+        auth = self._auth_header(method, url)  # before the gate: no token, no rate-limit slot used
+        if self.gate is not None:
+            self.gate(op)  # may raise to refuse; propagated as is
+        hdrs = {"Accept": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
+        hdrs["Authorization"] = auth  # per request, never on the session: rotation needs no rebuild
+        log_path = self._base_path + path
+        started = time.monotonic()
+        error: ApiError | None = None
+        resp: requests.Response | None = None
+        try:
+            resp = self.session.request(
+                method,
+                url,
+                params=params,
+                json=json,
+                data=data,
+                headers=hdrs,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            ms = (time.monotonic() - started) * 1000
+            log.debug("%s %s -> %s after %.0f ms", method, log_path, type(exc).__name__, ms)
+            error = _map_exception(exc, method, _request_url(exc, url), auth)
+        # Raised outside the except block so the requests exception (whose .request holds the
+        # Authorization header) is not kept as __context__.
+        if error is not None:
+            raise error
+        assert resp is not None
+        ms = (time.monotonic() - started) * 1000
+        log.debug("%s %s -> %s in %.0f ms", method, log_path, resp.status_code, ms)
+        return _read_response(resp, method, auth, allow_empty=allow_empty)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def _unexpected(reply: _Reply, why: str) -> ApiError:
+    return ApiError(
+        f"unexpected response: {why}",
+        status=reply.status,
+        body=reply.text,
+        method=reply.method,
+        url=reply.url,
+    )
+
+
+def _parse(model: type[Any], data: Any, reply: _Reply) -> Any:
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as exc:
+        raise _unexpected(reply, _summary(exc)) from None
+
+
+def _one_file(reply: _Reply) -> BucketFile:
+    body = reply.data
+    data = body.get("data", body) if isinstance(body, dict) else body
+    return _parse(BucketFile, data, reply)
+
+
+def _file_list(reply: _Reply) -> list[BucketFile]:
+    """``data`` as a list of files: [] when absent or null (an empty 200/204 to a delete)."""
+    body = reply.data
+    data = body.get("data") if isinstance(body, dict) else body
+    if data is None:
+        return []
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise _unexpected(reply, "'data' is neither a list nor a file")
+    return [_parse(BucketFile, item, reply) for item in data]
+
+
+def _constant(token: str | None) -> TokenProvider:
+    def provider() -> str | None:
+        return token
+
+    return provider
+
+
+def _form_fields(
+    data_type: str, title: str, user_defined: dict[str, Any] | None, audio_id: str | None
+) -> list[tuple[str, Any]]:
+    fields: list[tuple[str, Any]] = [("data_type", data_type), ("title", title)]
+    if user_defined is not None:
+        fields.append(("user_defined", json.dumps(user_defined, ensure_ascii=False)))  # a string in forms
+    if audio_id is not None:
+        fields.append(("audio_id", audio_id))
+    return fields
+
+
+def _ids_segment(ids: Sequence[int | str], name: str = "ids") -> str:
+    if isinstance(ids, str | bytes):
+        raise ValueError(f"{name} must be a sequence of ids, not a single string")
+    cleaned: list[str] = []
+    for raw in ids:
+        item = str(raw).strip()
+        if not item:
+            raise ValueError(f"{name} contains an empty id")
+        if "," in item:
+            raise ValueError(f"{name}: an id must not contain ',' ({item!r})")
+        cleaned.append(item)
+    if not cleaned:
+        raise ValueError(f"{name} must not be empty")
+    # ',' stays literal (the API's separator); everything else, '/' included, is escaped.
+    return quote(",".join(cleaned), safe=",")
+
+
+def _request_url(exc: requests.RequestException, fallback: str) -> str:
+    req = getattr(exc, "request", None)
+    return getattr(req, "url", None) or fallback
+
+
+def _scrub(text: str, auth: str) -> str:
+    """Blank the token out of text that goes into an error (a server could echo the header back).
+
+    Tokens shorter than ``_SCRUB_MIN`` are left alone: the real ones are long JWTs, and blanking a
+    one-letter test token would garble every message."""
+    token = auth.removeprefix("Bearer ")
+    return text.replace(token, "***") if len(token) >= _SCRUB_MIN else text
+
+
+def _map_exception(exc: requests.RequestException, method: str, url: str, auth: str) -> ApiError:
+    def err(cls: type[ApiError], message: str, **kw: Any) -> ApiError:
+        return cls(_scrub(message, auth), method=method, url=url, **kw)
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return err(TransientError, "connect timeout", maybe_applied=False)
+    if isinstance(exc, requests.ReadTimeout):
+        # The request was sent: the server may have acted on it.
+        return err(TransientError, "read timeout", maybe_applied=True)
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError):
+        return err(TransientError, f"response broken off: {_reason(exc)}", maybe_applied=True)
+    if isinstance(exc, requests.ConnectionError):
+        reason = _root_reason(exc)
+        # Refused / unresolvable / connect timeout: nothing was sent, so nothing can have been applied.
+        if isinstance(reason, NewConnectionError | ConnectTimeoutError):
+            return err(TransientError, f"connection failed: {_reason(exc)}", maybe_applied=False)
+        return err(TransientError, f"connection error: {_reason(exc)}", maybe_applied=True)
+    # InvalidURL, MissingSchema, ...: a configuration error, not worth retrying.
+    return err(ApiError, f"request failed: {type(exc).__name__}: {_reason(exc)}")
+
+
+def _root_reason(exc: BaseException) -> BaseException | None:
+    """The urllib3 error under a requests ConnectionError (MaxRetryError.reason, or the cause chain)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, NewConnectionError | ConnectTimeoutError):
+            return cur
+        todo.extend([getattr(cur, "reason", None), cur.__cause__, cur.__context__])
+        todo.extend(a for a in cur.args if isinstance(a, BaseException))
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    reason = _root_reason(exc)
+    text = str(reason) if reason is not None else str(exc)
+    if len(text) > _MESSAGE_LIMIT:
+        text = text[:_MESSAGE_LIMIT] + "..."
+    return text or type(exc).__name__
+
+
+def _read_response(resp: requests.Response, method: str, auth: str, *, allow_empty: bool) -> _Reply:
+    url = resp.url or ""
+    # JSON is UTF-8 (RFC 8259); resp.text would guess a charset from the bytes when none is declared.
+    raw = _decode(resp)
+    text = _scrub(raw, auth)  # what errors carry; the data itself is parsed from the raw text
+    status = resp.status_code
+    if status >= 300:
+        raise _status_error(resp, method, url, text)
+    if allow_empty and not raw.strip():
+        return _Reply(method, url, status, text, None)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ApiError("unexpected response (not JSON)", status=status, body=text, method=method, url=url) from None
+    return _Reply(method, url, status, text, data)
+
+
+def _decode(resp: requests.Response) -> str:
+    """The body as text: the declared charset, else UTF-8 (JSON's); never a guess from the bytes."""
+    try:
+        return resp.content.decode(resp.encoding or "utf-8", "replace")
+    except LookupError:  # an unknown charset name in Content-Type
+        return resp.content.decode("utf-8", "replace")
+
+
+def _status_error(resp: requests.Response, method: str, url: str, text: str) -> ApiError:
+    status = resp.status_code
+    body: Any = None
+    with contextlib.suppress(ValueError):
+        body = json.loads(text) if text.strip() else None
+    message = _message_of(body, text) or f"HTTP {status} {resp.reason or ''}".strip()
+    kw: dict[str, Any] = {"status": status, "body": text, "method": method, "url": url}
+    if status < 400:
+        # Redirects are not followed: a streamed upload cannot be replayed, and a redirect from the API
+        # almost always means a wrong base URL (http vs https, missing /api).
+        where = resp.headers.get("Location", "")
+        return ClientError(f"unexpected redirect to {where!r}: check the base URL", **kw)
+    if status in (401, 403):
+        return AuthError(message, **kw)
+    if status == 404:
+        return NotFoundError(message, **kw)
+    if status == 422:
+        return ValidationError(message, errors=_field_errors(body), **kw)
+    if status == 429:
+        return RateLimitedError(message, retry_after=_retry_after(resp.headers.get("Retry-After")), **kw)
+    if status == 408:
+        # The server gave up waiting for our request: it did not act on it, and a retry may succeed.
+        return TransientError(message, maybe_applied=False, **kw)
+    if status < 500:
+        return ClientError(message, **kw)
+    return TransientError(message, maybe_applied=True, **kw)
+
+
+def _message_of(body: Any, text: str) -> str:
+    if isinstance(body, dict):
+        for key in ("message", "error"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message") or json.dumps(value)
+            if value:
+                return str(value)[:_MESSAGE_LIMIT]
+    raw = text.strip()
+    return raw[:_MESSAGE_LIMIT] + ("..." if len(raw) > _MESSAGE_LIMIT else "")
+
+
+def _field_errors(body: Any) -> dict[str, list[str]]:
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, dict):
+        return {}
+    return {str(k): [str(m) for m in v] if isinstance(v, list) else [str(v)] for k, v in errors.items()}
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _summary(exc: PydanticValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:3]]
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

@@ -1,0 +1,35 @@
+"""Plain-text tables and summaries for the terminal (status, files, the demo)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ingest.store.models import TrackFile
+
+FILE_COLUMNS = ("ref", "title", "id", "acr_id", "state", "status", "reason")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int = 48) -> str:
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value)
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join([line.rstrip(), rule, *body])
+
+
+def files_table(rows: Sequence[TrackFile]) -> str:
+    return table(FILE_COLUMNS, [
+        (r.ref, r.title, r.remote_id, r.acr_id, r.remote_state, r.status, r.reason) for r in rows
+    ], max_width=60)
+
+
+def counts_line(counts: dict[str, int], order: Sequence[str]) -> str:
+    parts = [f"{name} {counts.get(name, 0)}" for name in order]
+    parts += [f"{k} {v}" for k, v in sorted(counts.items()) if k not in order]
+    return " · ".join(parts)

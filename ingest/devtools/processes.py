@@ -1,0 +1,120 @@
+"""Child processes for the demo, the tests and the benchmarks: a Celery worker or beat (or any command)
+in a session of its own, so one signal to its group stops it and everything it forked, and a private
+``redis-server`` on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["ChildProcess", "RedisServer", "celery_command", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def celery_command(*args: str, app: str = "ingest.worker") -> list[str]:
+    """``python -m celery -A <app> ...`` with this interpreter (works from a venv without activating it)."""
+    return [sys.executable, "-m", "celery", "-A", app, *args]
+
+
+class ChildProcess:
+    """A command in its own session, its output in ``log``."""
+
+    def __init__(self, name: str, command: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(list(command), env=dict(env) if env is not None else None, cwd=cwd,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def check(self) -> None:
+        """Raise with the end of its log if the process has exited."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.text()[-3000:]}")
+
+    def signal(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the whole group (a prefork worker's children included)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it exited in between
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM (Celery's warm shutdown: running tasks finish, reserved ones go back), then SIGKILL."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.proc.wait()
+
+
+class RedisServer:
+    """A ``redis-server`` of our own on a loopback port. ``durable`` keeps an append-only file, so a stop
+    and a start (a broker restart) keep the queues, as a production broker with persistence does."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, durable: bool = False) -> None:
+        self.exe = shutil.which("redis-server")
+        if self.exe is None:
+            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.durable = durable
+        self.child: ChildProcess | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, timeout: float = 10) -> RedisServer:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        assert self.exe is not None
+        self.child = ChildProcess(
+            f"redis-{self.port}",
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
+             "--maxmemory-policy", "noeviction", "--dir", str(self.workdir), "--databases", "32"],
+            log=self.workdir / f"redis-{self.port}.log")
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            self.child.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout} s")
+            time.sleep(0.02)
+        return self
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM: Redis flushes its append-only file and exits."""
+        if self.child is not None:
+            self.child.stop(timeout=10)
+            self.child = None

@@ -1,0 +1,28 @@
+"""What a job needs to run: its identity, the settings and an API client. No Celery here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ingest.api.client import AcrCloudClient
+from ingest.settings import Settings
+from ingest.store.leases import owner_id
+
+
+class Limiter(Protocol):
+    def __call__(self, operation: str) -> None: ...
+    def penalize(self, retry_after: float) -> None: ...
+
+
+@dataclass
+class JobContext:
+    task_id: str
+    settings: Settings
+    client: AcrCloudClient
+    owner: str = field(default="")
+    limiter: Limiter | None = None  # the shared budget the client's gate draws on, told about 429s
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            self.owner = owner_id(self.task_id)

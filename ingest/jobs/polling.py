@@ -1,0 +1,185 @@
+"""The periodic state poll: files still processing are fetched ``ids_chunk_size`` at a time (one GET
+of comma-separated ids per chunk, so a cycle costs ceil(n/chunk) calls) under a lease, so two beats
+or overlapping cycles never poll twice."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, select
+
+from ingest.api.errors import ApiError, AuthError, NotFoundError, RateLimitedError, TransientError
+from ingest.api.schemas import BucketFile
+from ingest.jobs.batches import chunks
+from ingest.jobs.context import JobContext
+from ingest.jobs.errors import RetryLater
+from ingest.jobs.managed_files import STATE_ERROR_REASON, STATE_STATUS, file_lease, files_with_ref, sync_meta
+from ingest.jobs.runner import claim_stale
+from ingest.settings import Settings
+from ingest.store import auth_hold, leases
+from ingest.store.db import session_scope
+from ingest.store.models import FileStatus, TrackFile, utcnow
+
+log = logging.getLogger("ingest.poll")
+LEASE = "poll_states"
+VANISHED = "no longer in the bucket (deleted outside acr-ingest?)"
+VERIFIABLE = (FileStatus.PROCESSING, FileStatus.READY, FileStatus.ERROR, FileStatus.DELETED)
+VERIFY_BATCH = 50  # files checked per cycle (a few calls each); the rest wait for the next one
+# Longer than a cycle can take; a poll whose worker died frees the lease after this.
+POLL_LEASE_SECONDS = 120
+
+
+def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]:
+    """One cycle over every processing file (or one bucket's); returns counts, including API calls."""
+    settings = ctx.settings
+    counts = {"checked": 0, "ready": 0, "error": 0, "vanished": 0, "calls": 0, "verified": 0,
+              "duplicates_removed": 0, "metadata_resent": 0}
+    with session_scope() as s:
+        if not leases.acquire(s, LEASE, ctx.owner, max(POLL_LEASE_SECONDS, settings.poll_interval * 2)):
+            return {"skipped": "another poll is running"}
+        try:
+            if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
+                return {"skipped": "held: the API rejects the access token"}
+            query = select(TrackFile.id, TrackFile.bucket_id, TrackFile.remote_id).where(
+                TrackFile.status == FileStatus.PROCESSING, TrackFile.remote_id.is_not(None)  # type: ignore[union-attr]
+            )
+            if bucket_id is not None:
+                query = query.where(TrackFile.bucket_id == bucket_id)
+            rows = s.exec(query.order_by(TrackFile.id)).all()
+            by_bucket: dict[int, list[tuple[int, int]]] = defaultdict(list)
+            for file_id, bucket, remote_id in rows:
+                by_bucket[bucket].append((file_id, remote_id))
+            for bucket, items in by_bucket.items():
+                for chunk in chunks(items, settings.ids_chunk_size):
+                    counts["calls"] += 1
+                    try:
+                        found = {f.id: f for f in ctx.client.get_files(bucket, [r for _, r in chunk])}
+                    except NotFoundError:
+                        found = {}
+                    except TransientError as exc:  # this chunk waits for the next cycle; go on
+                        counts["call_errors"] = counts.get("call_errors", 0) + 1
+                        log.info("state poll: %s", exc)
+                        continue
+                    for file_id, remote_id in chunk:
+                        _record_state(s, file_id, bucket, found.get(remote_id), counts, settings)
+                    s.commit()
+            _verify_due(s, ctx, counts, bucket_id)
+            auth_hold.lift(s)
+        except AuthError as exc:
+            auth_hold.hold(s, settings.current_token(), str(exc))
+            counts["held"] = 1
+        except (RateLimitedError, RetryLater) as exc:  # the API's or our budget is spent: next cycle
+            if isinstance(exc, RateLimitedError) and ctx.limiter is not None:
+                ctx.limiter.penalize(exc.retry_after or 1.0)
+            log.info("state poll paused until the next cycle: %s", exc)
+            counts["error_stop"] = 1
+        except ApiError as exc:  # transient: the next cycle tries again
+            log.warning("state poll stopped early: %s", exc)
+            counts["error_stop"] = 1
+        finally:
+            leases.release(s, LEASE, ctx.owner)
+    if counts["checked"]:
+        log.info("state poll: %s", counts)
+    return counts
+
+
+def _record_state(s: Session, file_id: int, asked_bucket: int, remote: BucketFile | None,
+                  counts: dict[str, Any], settings: Settings) -> None:
+    """Write what the poll saw, only if the row is still processing in that bucket (a delete or move
+    committed meanwhile wins)."""
+    row = s.get(TrackFile, file_id)
+    if row is None or row.status != FileStatus.PROCESSING or row.bucket_id != asked_bucket:
+        return
+    counts["checked"] += 1
+    values: dict[str, Any]
+    if remote is None:
+        if not _vanished(row, settings):
+            values = {"missing_since": row.missing_since or utcnow()}
+        else:
+            values = {"status": FileStatus.ERROR, "reason": VANISHED, "updated_at": utcnow()}
+            counts["vanished"] += 1
+    elif remote.state == 0:
+        values = {"remote_state": 0, "missing_since": None}
+    else:
+        status = STATE_STATUS.get(remote.state, FileStatus.PROCESSING)
+        values = {"remote_state": remote.state, "status": status, "missing_since": None, "updated_at": utcnow(),
+                  "reason": STATE_ERROR_REASON if remote.state == -1 else None}
+        counts["ready" if status == FileStatus.READY else "error"] += 1
+    s.execute(update(TrackFile).where(TrackFile.id == file_id, TrackFile.status == FileStatus.PROCESSING,
+                                      TrackFile.bucket_id == asked_bucket).values(**values))
+
+
+def _vanished(row: TrackFile, settings: Settings) -> bool:
+    """A file missing from one answer is not gone yet: a move may be landing (the row changes bucket
+    just after the API answers). It is gone when it is still missing a while later."""
+    if row.missing_since is None:
+        return False
+    return (utcnow() - row.missing_since).total_seconds() > settings.late_request_seconds
+
+
+def _verify_due(s: Session, ctx: JobContext, counts: dict[str, Any], bucket_id: int | None) -> None:
+    """Files where a request may have landed after we gave up on it: remove a late duplicate upload,
+    and send the metadata again if a late update put an older version back."""
+    query = select(TrackFile).where(
+        TrackFile.verify_after <= utcnow(),  # type: ignore[operator]
+        TrackFile.remote_id.is_not(None),  # type: ignore[union-attr]
+        TrackFile.status.in_(VERIFIABLE),  # type: ignore[attr-defined]
+    )
+    if bucket_id is not None:
+        query = query.where(TrackFile.bucket_id == bucket_id)
+    for row in s.exec(query.order_by(TrackFile.id).limit(VERIFY_BATCH)).all():
+        try:
+            _verify_one(s, row, ctx, counts)
+        except TransientError as exc:  # this file is checked again next cycle
+            counts["call_errors"] = counts.get("call_errors", 0) + 1
+            log.info("verify %r: %s", row.ref, exc)
+            s.rollback()
+
+
+def _verify_one(s: Session, row: TrackFile, ctx: JobContext, counts: dict[str, Any]) -> None:
+    client = ctx.client
+    keep = None if row.status == FileStatus.DELETED else row.remote_id  # a deleted ref keeps no file
+    twins = [f.id for f in files_with_ref(client, row) if f.id != keep]
+    if twins:
+        log.warning("ref %r: removing %d late duplicate(s) %s of file %s", row.ref, len(twins), twins,
+                    row.remote_id)
+        client.delete_files(row.posted_bucket_id or row.bucket_id, twins)
+        counts["duplicates_removed"] += len(twins)
+    try:
+        (remote,) = client.get_files(row.bucket_id, [row.remote_id]) if keep is not None else [None]
+    except (NotFoundError, ValueError):
+        remote = None
+    if remote is not None and (remote.title, remote.user_defined) != (row.title, row.user_defined):
+        try:
+            with file_lease(s, row, ctx):
+                row.synced_meta_version = 0
+                s.add(row)
+                s.commit()
+                sync_meta(s, row, client, ctx.settings)
+            counts["metadata_resent"] += 1
+        except RetryLater:
+            return  # someone is changing it right now; check again next cycle
+    s.refresh(row)
+    if row.verify_after is not None and row.verify_after <= utcnow():
+        row.verify_after = None
+        s.add(row)
+        s.commit()
+    counts["verified"] += 1
+
+
+def poll_cycle(ctx: JobContext, send: Callable[[str, dict[str, Any], str], Any]) -> dict[str, Any]:
+    """What the periodic task does: one poll, then (only the poll holding the lease) resend by task name
+    the operations whose message was lost."""
+    counts = poll_states(ctx)
+    if "skipped" not in counts:
+        with session_scope() as s:
+            stale = claim_stale(s, ctx.settings.resend_after_seconds)
+            for op in stale:
+                assert op.task_id is not None
+                send(f"ingest.{op.kind}", op.args, op.task_id)
+        counts["resent"] = len(stale)
+    return counts

@@ -1,0 +1,82 @@
+"""What is retried and what is not: one function decides, from the error, in one place.
+
+| error                                   | action | delay                                            |
+|-----------------------------------------|--------|--------------------------------------------------|
+| 429 RateLimitedError                    | retry  | Retry-After + up to one more; not counted        |
+| 5xx, reset, read timeout (TransientError)| retry | full-jitter exponential backoff, capped          |
+| connect timeout / refused               | retry  | full-jitter exponential backoff, capped          |
+| database busy/unavailable (OperationalError)| retry | full-jitter exponential backoff, capped      |
+| 401/403 AuthError                       | hold   | re-check every ``auth_hold_recheck`` s; not counted|
+| 404 NotFoundError, 422 ValidationError, other 4xx | fail | —                                      |
+| InputError (our own validation)         | fail   | —                                                |
+| anything else (a bug)                   | fail   | —  (kept with its reason for a human)            |
+
+Counted retries stop after ``max_attempts`` attempts: the job is then failed with its last reason.
+429s are the API telling us when to come back, so they do not use up attempts, but they are capped at
+``RATE_LIMIT_ATTEMPT_FACTOR * max_attempts`` so a permanently throttled job still ends.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy.exc import OperationalError
+
+from ingest.api.errors import ApiError, AuthError, RateLimitedError, TransientError
+from ingest.jobs.errors import InputError
+from ingest.settings import Settings
+
+RATE_LIMIT_ATTEMPT_FACTOR = 10
+
+
+class Action(StrEnum):
+    RETRY = "retry"
+    HOLD = "hold"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    countdown: float = 0.0
+    counts: bool = True  # does this retry use up one of max_attempts?
+    reason: str = ""
+
+
+def backoff(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (AWS architecture blog)."""
+    ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** max(attempt, 0)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def reason_of(exc: BaseException) -> str:
+    if isinstance(exc, ApiError | InputError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def decide(exc: BaseException, attempts: int, rate_limited: int, settings: Settings) -> Decision:
+    """``attempts``: counted attempts so far including this one; ``rate_limited``: 429s so far."""
+    reason = reason_of(exc)
+    if isinstance(exc, InputError):
+        return Decision(Action.FAIL, counts=False, reason=f"bad input: {reason}")
+    if isinstance(exc, AuthError):
+        return Decision(Action.HOLD, settings.auth_hold_recheck, counts=False, reason=reason)
+    if isinstance(exc, RateLimitedError):
+        if rate_limited >= RATE_LIMIT_ATTEMPT_FACTOR * settings.max_attempts:
+            return Decision(Action.FAIL, reason=f"still rate limited after {rate_limited} tries: {reason}")
+        if exc.retry_after is None:
+            wait = backoff(rate_limited, settings)
+        else:
+            # The API said when: come back then, spread over one more such window so the waiting
+            # jobs do not all return in the same instant. Growing it with each 429 (as backoff does)
+            # would starve the queue under a steady limit.
+            wait = exc.retry_after + random.uniform(0, max(exc.retry_after, 1.0))
+        return Decision(Action.RETRY, min(wait, settings.backoff_max), False, reason)
+    if isinstance(exc, TransientError | OperationalError):
+        if attempts >= settings.max_attempts:
+            return Decision(Action.FAIL, reason=f"gave up after {attempts} attempts: {reason}")
+        return Decision(Action.RETRY, backoff(attempts, settings), True, reason)
+    return Decision(Action.FAIL, reason=reason)

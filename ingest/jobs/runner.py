@@ -1,0 +1,166 @@
+"""Running a job: the operation row, validation, the auth hold and the retry policy around a handler.
+
+Handlers (uploads, metadata, batches) do the work and raise; this module turns what they raise into
+a recorded state: waiting (retry later), held (token rejected) or failed with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from ingest.api.errors import RateLimitedError
+from ingest.jobs.context import JobContext
+from ingest.jobs.errors import InputError, RetryLater
+from ingest.jobs.inputs import VALIDATORS
+from ingest.jobs.retry_policy import Action, decide, reason_of
+from ingest.store import auth_hold
+from ingest.store.db import session_scope
+from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
+
+log = logging.getLogger("ingest.jobs")
+
+FINAL = {OpStatus.SUCCEEDED, OpStatus.PARTIAL, OpStatus.FAILED}
+Handler = Callable[[Any, int, JobContext], dict[str, Any]]
+
+
+def ensure_operation(session: Session, kind: str, args: dict[str, Any], task_id: str) -> Operation:
+    """The operation of this task: written by our producer, or created here for a message sent by
+    another system."""
+    op = session.exec(select(Operation).where(Operation.task_id == task_id)).first()
+    if op is not None:
+        return op
+    bucket = args.get("bucket_id")
+    op = Operation(kind=kind, args=args, task_id=task_id,
+                   bucket_id=bucket if isinstance(bucket, int) and not isinstance(bucket, bool) else None)
+    session.add(op)
+    try:
+        session.commit()
+    except IntegrityError:  # the same message running twice: take the row the other one wrote
+        session.rollback()
+        op = session.exec(select(Operation).where(Operation.task_id == task_id)).one()
+    return op
+
+
+def summary(op: Operation) -> dict[str, Any]:
+    return {"operation_id": op.id, "status": op.status, "error": op.error, "result": op.result}
+
+
+def _set(session: Session, op_id: int, **values: Any) -> Operation:
+    op = session.get(Operation, op_id)
+    assert op is not None
+    for key, value in values.items():
+        setattr(op, key, value)
+    op.updated_at = utcnow()
+    if values.get("status") in FINAL:
+        op.finished_at = op.updated_at
+    session.add(op)
+    session.commit()
+    return op
+
+
+UPLOAD_KINDS = (OpKind.UPLOAD_URL, OpKind.UPLOAD_FILE)
+
+
+def fail_file(session: Session, op: Operation, reason: str) -> None:
+    """An upload that will not be retried: keep the row as failed with the reason."""
+    if op.file_id is None or op.kind not in UPLOAD_KINDS:
+        return
+    file_id = op.file_id
+    row = session.get(TrackFile, file_id)
+    if row is not None and row.remote_id is None and row.status in (FileStatus.QUEUED, FileStatus.UPLOADING):
+        row.status = FileStatus.FAILED
+        row.reason = reason
+        row.updated_at = utcnow()
+        session.add(row)
+        session.commit()
+
+
+def run_job(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) -> dict[str, Any]:
+    settings = ctx.settings
+    with session_scope() as s:
+        op = ensure_operation(s, kind, args, ctx.task_id)
+        if op.status in FINAL:  # a redelivered message whose work is already recorded
+            return summary(op)
+        op_id = op.id
+        assert op_id is not None
+        _set(s, op_id, status=OpStatus.RUNNING)
+
+    try:
+        job = VALIDATORS[kind](args, settings)
+    except InputError as exc:  # the policy fails it at once, naming the field
+        return _handle_failure(kind, op_id, exc, ctx)
+
+    try:
+        with session_scope() as s:
+            if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
+                hold = auth_hold.current(s)
+                raise RetryLater(settings.auth_hold_recheck,
+                                 f"held: the API rejects the access token ({hold.reason if hold else ''})",
+                                 held=True)
+        result = handler(job, op_id, ctx)
+    except RetryLater as wait:
+        with session_scope() as s:
+            _set(s, op_id, status=OpStatus.HELD if wait.held else OpStatus.WAITING, error=wait.reason)
+        raise
+    except Exception as exc:
+        return _handle_failure(kind, op_id, exc, ctx)
+
+    with session_scope() as s:
+        auth_hold.lift(s)
+        status = result.pop("status", OpStatus.SUCCEEDED)
+        op = _set(s, op_id, status=status, result=result or None, error=result.get("error"))
+        return summary(op)
+
+
+def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> dict[str, Any]:
+    settings = ctx.settings
+    with session_scope() as s:
+        op = s.get(Operation, op_id)
+        assert op is not None
+        throttled = op.throttled + (1 if isinstance(exc, RateLimitedError) else 0)
+        if isinstance(exc, RateLimitedError) and ctx.limiter is not None:
+            ctx.limiter.penalize(exc.retry_after or 1.0)  # every worker holds off, not just this one
+        decision = decide(exc, op.attempts + 1, throttled, settings)
+        attempts = op.attempts + (1 if decision.counts else 0)
+        if decision.action is Action.HOLD:
+            auth_hold.hold(s, settings.current_token(), reason_of(exc))
+            _set(s, op_id, status=OpStatus.HELD, error=decision.reason)
+            raise RetryLater(decision.countdown, decision.reason, held=True) from None
+        if decision.action is Action.RETRY:
+            log.info("%s %s: retry in %.1fs (attempt %d): %s", kind, ctx.task_id, decision.countdown,
+                     attempts, decision.reason)
+            _set(s, op_id, status=OpStatus.WAITING, error=decision.reason, attempts=attempts,
+                 throttled=throttled)
+            raise RetryLater(decision.countdown, decision.reason, counts=decision.counts) from None
+        log.error("%s %s failed: %s", kind, ctx.task_id, decision.reason)
+        op = _set(s, op_id, status=OpStatus.FAILED, error=decision.reason, attempts=attempts,
+                  throttled=throttled)
+        fail_file(s, op, decision.reason)
+        return summary(op)
+
+
+UNFINISHED = (OpStatus.QUEUED, OpStatus.RUNNING, OpStatus.WAITING, OpStatus.HELD)
+
+
+def claim_stale(session: Session, older_than: float, limit: int = 500) -> list[Operation]:
+    """Unfinished operations nobody has touched for ``older_than`` seconds: their message was lost.
+    Marks them touched (so the next cycle does not send them again) and returns them to resend."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    ops = list(session.exec(select(Operation).where(
+        Operation.status.in_(UNFINISHED), Operation.updated_at < cutoff,  # type: ignore[attr-defined]
+        Operation.task_id.is_not(None),  # type: ignore[union-attr]
+    ).order_by(Operation.id).limit(limit)).all())
+    for op in ops:
+        op.updated_at = utcnow()
+        session.add(op)
+    session.commit()
+    if ops:
+        log.warning("resending %d operation(s) whose message was lost: %s", len(ops),
+                    ", ".join(str(op.id) for op in ops[:20]))
+    return ops

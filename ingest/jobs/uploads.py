@@ -1,0 +1,174 @@
+"""The upload handler: exactly one file in the bucket per (bucket, ref), whatever fails on the way.
+
+Before a POST the row is marked ``post_started_at`` and committed; an attempt that finds that mark
+(a timeout or 5xx after the server created the file, or a worker killed after the POST) first searches
+the bucket for a file whose ``audio_id`` is our ref and adopts it instead of posting again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from ingest.api.client import AcrCloudClient
+from ingest.api.errors import ApiError, TransientError
+from ingest.api.schemas import BucketFile
+from ingest.jobs.context import JobContext
+from ingest.jobs.errors import InputError, RetryLater
+from ingest.jobs.inputs import resolve_media_path
+from ingest.jobs.managed_files import (
+    UploadJob,
+    UploadPlan,
+    adopt,
+    by_ref,
+    file_lease,
+    files_with_ref,
+    plan_upload,
+    prepare_upload_row,
+    sync_meta,
+    verify_if_ambiguous,
+    verify_later,
+)
+from ingest.jobs.updates import update_row_meta
+from ingest.settings import Settings
+from ingest.store.db import session_scope
+from ingest.store.models import FileStatus, Operation, TrackFile, utcnow
+
+log = logging.getLogger("ingest.jobs.uploads")
+
+
+def find_in_bucket(client: AcrCloudClient, row: TrackFile) -> BucketFile | None:
+    """The file an earlier attempt may have created (the lowest id, if several)."""
+    matches = files_with_ref(client, row)
+    if len(matches) > 1:
+        log.warning("ref %r has %d files (%s); adopting the first, the poll removes the rest",
+                    row.ref, len(matches), ", ".join(str(m.id) for m in matches))
+    return min(matches, key=lambda f: f.id) if matches else None
+
+
+def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile:
+    if row.data_type == "audio_url":
+        return client.upload_url(row.bucket_id, row.source, title=row.title,
+                                 user_defined=row.user_defined, audio_id=row.ref)
+    resolved = resolve_media_path(row.source, ctx.settings)
+    assert resolved is not None
+    return client.upload_file(row.bucket_id, resolved[0], title=row.title, data_type=row.data_type,
+                              user_defined=row.user_defined, audio_id=row.ref)
+
+
+def _own_row(job: UploadJob, op_id: int) -> tuple[int | None, dict[str, Any]]:
+    """The row this operation uploads, planning it first for a message another system sent."""
+    with session_scope() as s:
+        op = s.get(Operation, op_id)
+        assert op is not None
+        if op.file_id is not None:
+            return op.file_id, {}
+        existing = by_ref(s, job.bucket_id, job.ref)
+        plan = plan_upload(existing, job)
+        if plan in (UploadPlan.NEW, UploadPlan.REUPLOAD):
+            try:
+                row = prepare_upload_row(s, existing, job)
+                op.file_id = row.id
+                s.add(op)
+                s.commit()
+            except IntegrityError:  # a twin message created the row in between: plan again
+                s.rollback()
+                return _own_row(job, op_id)
+            return op.file_id, {}
+        assert existing is not None
+        op.file_id = existing.id
+        s.add(op)
+        s.commit()
+        return None, {"plan": str(plan), "file_id": existing.id}
+
+
+def _wait_for_earlier_post(row: TrackFile, settings: Settings) -> None:
+    """An earlier POST may still be on its way (its worker was killed, or we timed out on it): look
+    for its file only once it must have ended, or we would post a twin."""
+    since = (utcnow() - row.post_started_at).total_seconds() if row.post_started_at else 0.0
+    in_flight = settings.connect_timeout + settings.read_timeout - since
+    if in_flight > 0:
+        raise RetryLater(in_flight + 0.1, f"ref {row.ref!r}: an earlier upload may still be in flight; "
+                                          "looking for its file once it has ended")
+
+
+def _adopt_earlier(s: Session, row: TrackFile, client: AcrCloudClient) -> bool:
+    found = find_in_bucket(client, row)
+    if found is None:
+        return False
+    log.info("ref %r: adopting file %d created by an earlier attempt", row.ref, found.id)
+    same_meta = (found.title, found.user_defined) == (row.title, row.user_defined)
+    adopt(row, found, synced_version=row.meta_version if same_meta else 0)
+    s.add(row)
+    s.commit()
+    return True
+
+
+def _may_have_created(exc: Exception) -> bool:
+    """Whether a failed POST may still have created the file. Answers (4xx, 429, 401), refusals before
+    sending (connection refused, our rate limit, bad input) did not; timeouts, resets, 5xx and the
+    unexpected may have."""
+    if isinstance(exc, RetryLater | InputError):
+        return False
+    if isinstance(exc, ApiError):
+        return isinstance(exc, TransientError) and exc.maybe_applied
+    return True
+
+
+def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
+    version = row.meta_version
+    earlier = row.post_started_at
+    if earlier is not None:
+        # Posting again after an attempt that may have landed: the poll checks for a late twin.
+        verify_later(s, row, ctx.settings)
+    row.post_started_at = utcnow()
+    row.posted_bucket_id, row.posted_title = row.bucket_id, row.title
+    row.status = FileStatus.UPLOADING
+    row.updated_at = utcnow()
+    s.add(row)
+    s.commit()  # committed before the POST: a later attempt knows to look first
+    try:
+        with verify_if_ambiguous(s, row, ctx.settings):
+            remote = _post(ctx.client, row, ctx)
+    except Exception as exc:
+        if not _may_have_created(exc):  # e.g. a 429: no file to look for, no need to wait next time
+            row.post_started_at = earlier
+            if isinstance(exc, RetryLater):  # deferred by our own rate limit: not a try at all
+                row.attempts -= 1
+            s.add(row)
+            s.commit()
+        raise
+    adopt(row, remote, synced_version=version)
+    s.add(row)
+    s.commit()
+
+
+def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
+    file_id, planned = _own_row(job, op_id)
+    if file_id is None:  # same ref already here: nothing to post, maybe metadata to update
+        return {**planned, **update_row_meta(planned["file_id"], op_id, job.title, job.user_defined, ctx)}
+
+    with session_scope() as s:
+        row = s.get(TrackFile, file_id)
+        assert row is not None
+        if row.status == FileStatus.CANCELLED:
+            return {"file_id": file_id, "cancelled": True}
+        with file_lease(s, row, ctx):
+            s.refresh(row)
+            if row.status == FileStatus.CANCELLED:
+                return {"file_id": file_id, "cancelled": True}
+            adopted = False
+            if row.remote_id is None:
+                if row.post_started_at is not None:
+                    _wait_for_earlier_post(row, ctx.settings)
+                row.attempts += 1  # one more try at getting this file into the bucket
+                s.add(row)
+                s.commit()
+                adopted = row.post_started_at is not None and _adopt_earlier(s, row, ctx.client)
+                if not adopted:
+                    _post_once(s, row, ctx)
+            sync_meta(s, row, ctx.client, ctx.settings)
+            return {"file_id": row.id, "id": row.remote_id, "acr_id": row.acr_id, "adopted": adopted}

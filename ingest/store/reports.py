@@ -1,0 +1,73 @@
+"""What operators ask: counts by state, recent failures with reasons, whether work is held."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+from sqlmodel.sql.expression import SelectOfScalar
+
+from ingest.store import auth_hold
+from ingest.store.models import Operation, OpStatus, TrackFile
+
+
+def file_counts(session: Session) -> dict[str, int]:
+    rows = session.exec(select(TrackFile.status, func.count()).group_by(TrackFile.status)).all()
+    return {status: n for status, n in rows}
+
+
+def operation_counts(session: Session) -> dict[str, dict[str, int]]:
+    rows = session.exec(
+        select(Operation.kind, Operation.status, func.count()).group_by(Operation.kind, Operation.status)
+    ).all()
+    out: dict[str, dict[str, int]] = {}
+    for kind, status, n in rows:
+        out.setdefault(kind, {})[status] = n
+    return out
+
+
+def failed_operations(*, kind: str | None = None, bucket_id: int | None = None,
+                      since: datetime | None = None) -> SelectOfScalar[Operation]:
+    """The query behind `acr-ingest failures` and `retry-failed`."""
+    query = select(Operation).where(Operation.status == OpStatus.FAILED)
+    if kind:
+        query = query.where(Operation.kind == kind)
+    if bucket_id is not None:
+        query = query.where(Operation.bucket_id == bucket_id)
+    if since is not None:
+        query = query.where(Operation.updated_at >= since)
+    return query
+
+
+def failures(session: Session, *, kind: str | None = None, bucket_id: int | None = None,
+             since: datetime | None = None, limit: int = 50) -> list[Operation]:
+    query = failed_operations(kind=kind, bucket_id=bucket_id, since=since)
+    return list(session.exec(query.order_by(Operation.updated_at.desc()).limit(limit)).all())  # type: ignore[attr-defined]
+
+
+def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any]:
+    hold = auth_hold.current(session)
+    return {
+        "files": file_counts(session),
+        "operations": operation_counts(session),
+        "held": None if hold is None else {
+            "reason": hold.reason, "since": hold.since.isoformat(), "held_tasks": hold.held_tasks,
+        },
+        "recent_failures": [
+            {"operation_id": op.id, "kind": op.kind, "bucket_id": op.bucket_id, "error": op.error,
+             "attempts": op.attempts, "at": op.updated_at.isoformat(), "ref": op.args.get("ref")}
+            for op in failures(session, limit=failure_limit)
+        ],
+    }
+
+
+def files(session: Session, *, bucket_id: int | None = None, status: str | None = None,
+          limit: int = 200) -> list[TrackFile]:
+    query = select(TrackFile)
+    if bucket_id is not None:
+        query = query.where(TrackFile.bucket_id == bucket_id)
+    if status:
+        query = query.where(TrackFile.status == status)
+    return list(session.exec(query.order_by(TrackFile.id).limit(limit)).all())

@@ -1,0 +1,104 @@
+"""The Celery app. Run a worker with ``acr-ingest worker`` (or ``celery -A ingest.worker worker``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from ingest.settings import Settings, get_settings
+
+QUEUE = "ingest"
+# The state poll has a queue of its own: Redis serves queues in turn, so a long backlog of jobs
+# (or of retries) does not delay the poll until its message expires.
+POLL_QUEUE = "ingest.poll"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {
+        # Must exceed the longest task plus the longest retry countdown (backoff_max, auth recheck),
+        # or Redis hands a still-running or waiting message to a second worker.
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.redelivery_check_interval,
+        "unacked_restore_throttle": 1,
+        # A publish on a connection to a vanished broker must fail (and be retried), not hang forever.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 10,
+    }
+    broker = settings.broker_url
+    if broker.startswith("filesystem://"):
+        folder = Path(broker.removeprefix("filesystem://") or "var/broker").expanduser()
+        for sub in ("in", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        broker = "filesystem://"
+        transport = {
+            "data_folder_in": str(folder / "in"),
+            "data_folder_out": str(folder / "in"),
+            "processed_folder": str(folder / "processed"),
+            # kombu's default is ./control, which would litter the directory the command ran from.
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+            "polling_interval": 0.1,
+        }
+    return {
+        "broker_url": broker,
+        "result_backend": settings.result_backend,
+        "task_ignore_result": settings.result_backend is None,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": QUEUE,
+        "task_queues": [Queue(QUEUE), Queue(POLL_QUEUE)],
+        "task_routes": {"ingest.poll_states": {"queue": POLL_QUEUE}},
+        # Delivery: acknowledge after the work, requeue when a worker process dies, one task at a time.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # Producers keep trying to publish while the broker is away instead of losing the job.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5,
+                                      "interval_max": 3},
+        # On a cold shutdown, requeue unfinished tasks after a grace period instead of leaving them to
+        # the visibility timeout (SIGTERM is a warm shutdown: running tasks finish).
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_concurrency": settings.worker_concurrency,
+        "beat_schedule": {
+            "poll-states": {"task": "ingest.poll_states", "schedule": settings.poll_interval,
+                            "options": {"expires": settings.poll_interval}},
+        },
+        "timezone": "UTC",
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app with the tasks of ``ingest.worker.tasks``; ``settings`` read now if given, else lazily."""
+    app = Celery("acr_ingest", task_cls="ingest.worker.base:IngestTask", include=["ingest.worker.tasks"])
+    if settings is not None:
+        app.conf.update(celery_config(settings))
+    else:
+        app.add_defaults(lambda: celery_config(get_settings()))
+    return app
+
+
+app = create_app()
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # Database connections and the HTTP pool must not be shared with the parent across fork.
+    from ingest.store.db import dispose_engines
+    from ingest.worker.base import IngestTask
+
+    dispose_engines()
+    IngestTask.reset_process_state()

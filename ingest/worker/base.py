@@ -1,0 +1,52 @@
+"""The base class of every acr-ingest task (Celery's "Instantiation" pattern, set as the app's
+``task_cls``): it owns the per-process API client and shared rate limit, builds each job's context and
+turns ``RetryLater`` into a Celery retry. Task bodies stay one line."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from celery import Task
+
+from ingest.api.client import AcrCloudClient
+from ingest.jobs.context import JobContext
+from ingest.jobs.errors import RetryLater
+from ingest.jobs.rate_limit import SharedRateLimit
+from ingest.jobs.runner import Handler, run_job
+from ingest.settings import get_settings
+
+
+class IngestTask(Task):  # type: ignore[misc]  # celery ships no type information
+    # One client (one connection pool) and one limiter per worker process, shared by every task class.
+    _client: ClassVar[AcrCloudClient | None] = None
+    _limiter: ClassVar[SharedRateLimit | None] = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def api(cls) -> tuple[AcrCloudClient, SharedRateLimit | None]:
+        with cls._lock:
+            if IngestTask._client is None:
+                settings = get_settings()
+                IngestTask._limiter = SharedRateLimit.from_settings(settings)
+                IngestTask._client = AcrCloudClient.from_settings(settings, gate=IngestTask._limiter)
+            return IngestTask._client, IngestTask._limiter
+
+    @classmethod
+    def reset_process_state(cls) -> None:
+        """Forget the client and limiter (a forked child must not share its parent's sockets)."""
+        with cls._lock:
+            IngestTask._client = IngestTask._limiter = None
+
+    def job_context(self) -> JobContext:
+        client, limiter = self.api()
+        return JobContext(task_id=self.request.id, settings=get_settings(), client=client, limiter=limiter)
+
+    def run_job(self, kind: str, kwargs: dict[str, Any], handler: Handler) -> dict[str, Any]:
+        """Run one job; a job that must wait is retried by Celery after its countdown."""
+        try:
+            return run_job(kind, kwargs, self.job_context(), handler)
+        except RetryLater as wait:
+            # A countdown longer than the visibility timeout would make Redis deliver the message twice.
+            countdown = min(wait.countdown, get_settings().visibility_timeout / 2)
+            raise self.retry(countdown=countdown) from None
