@@ -15,7 +15,7 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from ingest.jobs.errors import EnqueueError, InputError
+from ingest.jobs.errors import EnqueueError
 from ingest.jobs.inputs import (
     validate_delete_batch,
     validate_move_batch,
@@ -23,14 +23,13 @@ from ingest.jobs.inputs import (
     validate_upload_file,
     validate_upload_url,
 )
-from ingest.jobs.managed_files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upload_row
+from ingest.jobs.managed_files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upload_row, unknown_ref
 from ingest.settings import Settings, get_settings
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.reports import failed_operations
 
 log = logging.getLogger("ingest.producer")
-TASK_NAMES = {kind: f"ingest.{kind.value}" for kind in OpKind}
 
 
 @dataclass(frozen=True)
@@ -109,8 +108,7 @@ class Producer:
         if job.ref is not None:
             with session_scope() as s:
                 if by_ref(s, job.bucket_id, job.ref) is None:
-                    raise InputError({"ref": f"unknown ref {job.ref!r} in bucket {job.bucket_id}: "
-                                             "upload it first, or check the id"})
+                    raise unknown_ref(job.ref, job.bucket_id)
         return self._simple(OpKind.UPDATE_META, _compact(job.model_dump()))
 
     def delete(self, *, bucket_id: int | str | None = None, refs: list[str] | None = None,
@@ -150,7 +148,7 @@ class Producer:
                 task_id = str(uuid.uuid4())
                 op.task_id, op.status, op.error = task_id, OpStatus.QUEUED, None
                 op.attempts, op.throttled, op.finished_at, op.updated_at = 0, 0, None, utcnow()
-                if op.file_id is not None and op.kind in (OpKind.UPLOAD_URL, OpKind.UPLOAD_FILE):
+                if op.file_id is not None and op.kind in OpKind.uploads():
                     row = s.get(TrackFile, op.file_id)
                     if row is not None and row.status == FileStatus.FAILED:
                         row.status, row.reason, row.updated_at = FileStatus.QUEUED, None, utcnow()
@@ -175,7 +173,7 @@ class Producer:
 
     def _send(self, op_id: int | None, kind: OpKind, args: dict[str, Any], *, task_id: str | None) -> None:
         try:
-            self.app.send_task(TASK_NAMES[kind], kwargs=args, task_id=task_id)
+            self.app.send_task(kind.task_name, kwargs=args, task_id=task_id)
         except Exception as exc:
             reason = f"could not enqueue ({type(exc).__name__}: {exc}); run `acr-ingest retry-failed`"
             with session_scope() as s:

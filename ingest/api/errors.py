@@ -38,16 +38,6 @@ class ApiError(Exception):
         status = f" [{self.status}]" if self.status is not None else ""
         return f"{self.message}{status}" + (f" ({where})" if where else "")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep errors picklable/rebuildable with their keyword fields (Celery serializes exceptions).
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
-
-
-def _rebuild(cls: type[ApiError], message: str, state: dict[str, Any]) -> ApiError:
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    err.__dict__.update(state)
-    return err
 
 
 class AuthError(ApiError):

@@ -12,8 +12,6 @@ import click
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 
-FILE_ORDER = ("queued", "uploading", "processing", "ready", "error", "failed", "cancelled", "deleted")
-
 
 def _producer() -> Any:
     from ingest.producer import Producer
@@ -141,6 +139,7 @@ def status(as_json: bool) -> None:
     """Counts by state, held work and recent failures."""
     from ingest.cli.render import counts_line, table
     from ingest.store.db import session_scope
+    from ingest.store.models import FileStatus
     from ingest.store.reports import status_report
 
     with session_scope() as s:
@@ -148,7 +147,7 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo("files: " + (counts_line(report["files"], FILE_ORDER) if report["files"] else "none"))
+    click.echo("files: " + (counts_line(report["files"], list(FileStatus)) if report["files"] else "none"))
     for kind, counts in sorted(report["operations"].items()):
         click.echo(f"{kind}: " + counts_line(counts, ("queued", "running", "waiting", "held", "succeeded",
                                                        "partial", "failed")))

@@ -34,7 +34,6 @@ URLS = [
     ("Cartographer", "https://cdn.example.com/catalog/cartographer.mp3"),
 ]
 BAD_URL = ("Corrupt Master", "https://cdn.example.com/catalog/broken-master.mp3")
-ORDER = ("queued", "uploading", "processing", "ready", "error", "failed")
 
 
 def write_tone(path: Path, freq: float, seconds: float = 2.0, rate: int = 8000) -> None:
@@ -96,6 +95,7 @@ def run_demo(*, keep: bool = False, timeout: float = 120.0) -> int:
 def _drive(work: Path, timeout: float, worker: ChildProcess) -> int:
     from ingest.producer import Producer
     from ingest.store.db import session_scope
+    from ingest.store.models import FileStatus
     from ingest.store.reports import file_counts, files
 
     producer = Producer()
@@ -113,7 +113,7 @@ def _drive(work: Path, timeout: float, worker: ChildProcess) -> int:
     while time.monotonic() - start < timeout:
         with session_scope() as s:
             counts = file_counts(s)
-        line = counts_line(counts, ORDER)
+        line = counts_line(counts, list(FileStatus)[:6])  # the states an upload passes through
         if line != last:
             click.echo(f"[{time.monotonic() - start:5.1f}s] {line}")
             last = line

@@ -17,12 +17,9 @@ from ingest.api.schemas import BucketFile
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
 from ingest.jobs.inputs import DeleteBatchJob, MoveBatchJob, Targets
-from ingest.jobs.managed_files import by_ref
-from ingest.jobs.updates import UNKNOWN_REF_WAITS
+from ingest.jobs.managed_files import by_ref, ref_may_still_arrive
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpStatus, TrackFile, utcnow
-
-GONE = (FileStatus.DELETED, FileStatus.CANCELLED)
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -141,14 +138,13 @@ def _run_batch(
         op = s.get(Operation, op_id)
         assert op is not None
         outcomes: dict[str, str] = dict((op.result or {}).get("outcomes", {}))
-        age = utcnow() - op.created_at
         waiting: list[str] = []
         send: list[tuple[str, TrackFile | None, Any]] = []
         for name, row, key in _resolve(s, job.bucket_id, job.targets):
             if name in outcomes:
                 continue
             if row is None and key is None:  # a ref we have never seen
-                if age.total_seconds() < settings.dependency_wait * UNKNOWN_REF_WAITS:
+                if ref_may_still_arrive(op.created_at, settings):
                     waiting.append(name)
                 else:
                     outcomes[name] = "unknown_ref"
@@ -156,7 +152,7 @@ def _run_batch(
             if row is None:
                 send.append((name, None, key))
                 continue
-            if row.status in GONE:
+            if row.status in FileStatus.gone():
                 outcomes[name] = "already_deleted"
             elif row.remote_id is None:
                 if verb.name == "deleted" and _cancel_if_unsent(s, row):

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
+from ingest.api.client import FILE_DATA_TYPES
 from ingest.jobs.errors import InputError
 from ingest.settings import Settings
 
-DATA_TYPES_FILE = ("audio", "fingerprint")
 ACR_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 REF_MAX = 255
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -274,8 +274,8 @@ def validate_upload_file(args: dict[str, Any], settings: Settings) -> UploadFile
     ud = _user_defined(c, args.get("user_defined"), settings)
     ref = _ref(c, args.get("ref"))
     data_type = args.get("data_type") or "audio"
-    if data_type not in DATA_TYPES_FILE:
-        c.add("data_type", f"must be one of {', '.join(DATA_TYPES_FILE)}, got {data_type!r}")
+    if data_type not in FILE_DATA_TYPES:
+        c.add("data_type", f"must be one of {', '.join(FILE_DATA_TYPES)}, got {data_type!r}")
     c.raise_if_any()
     assert resolved is not None and title is not None
     rel = resolved[1]

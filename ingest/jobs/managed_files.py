@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -23,9 +23,21 @@ from ingest.store.leases import claim_file, kept_alive, release_file
 from ingest.store.models import FileStatus, TrackFile, utcnow
 
 UploadJob = UploadUrlJob | UploadFileJob
-ACTIVE = (FileStatus.QUEUED, FileStatus.UPLOADING, FileStatus.PROCESSING, FileStatus.READY, FileStatus.ERROR)
-STATE_STATUS = {0: FileStatus.PROCESSING, 1: FileStatus.READY, -1: FileStatus.ERROR}
 STATE_ERROR_REASON = "the API could not process the audio (state -1)"
+
+
+# How many dependency waits a follow-up naming a ref not seen yet gets before the ref is "unknown": a
+# producer in another system may send the upload and the update back to back to different workers.
+UNKNOWN_REF_WAITS = 6
+
+
+def unknown_ref(ref: str, bucket_id: int) -> InputError:
+    return InputError({"ref": f"unknown ref {ref!r} in bucket {bucket_id}: upload it first, or check the id"})
+
+
+def ref_may_still_arrive(asked_at: datetime, settings: Settings) -> bool:
+    """Whether a follow-up asked for at ``asked_at`` should still wait for its ref's upload."""
+    return utcnow() - asked_at < timedelta(seconds=settings.dependency_wait * UNKNOWN_REF_WAITS)
 
 
 class UploadPlan(StrEnum):
@@ -50,7 +62,7 @@ def by_ref(session: Session, bucket_id: int, ref: str) -> TrackFile | None:
 def plan_upload(existing: TrackFile | None, job: UploadJob) -> UploadPlan:
     if existing is None:
         return UploadPlan.NEW
-    if existing.status not in ACTIVE:
+    if not FileStatus(existing.status).is_active:
         return UploadPlan.REUPLOAD
     if existing.source != source_of(job) or existing.data_type != data_type_of(job):
         raise InputError({"ref": (
@@ -113,7 +125,7 @@ def adopt(row: TrackFile, remote: BucketFile, *, synced_version: int) -> None:
 
 def set_remote_state(row: TrackFile, state: int) -> None:
     row.remote_state = state
-    row.status = STATE_STATUS.get(state, FileStatus.PROCESSING)
+    row.status = FileStatus.of_remote_state(state)
     row.reason = STATE_ERROR_REASON if state == -1 else None
     row.updated_at = utcnow()
 
@@ -166,7 +178,7 @@ def sync_meta(session: Session, row: TrackFile, client: AcrCloudClient, settings
     with verify_if_ambiguous(session, row, settings):
         remote = client.update_file(row.bucket_id, row.remote_id, title=row.title, user_defined=row.user_defined)
     row.synced_meta_version = version
-    if remote.state in STATE_STATUS:
+    if remote.state in (0, 1, -1):
         set_remote_state(row, remote.state)
     row.updated_at = utcnow()
     session.add(row)

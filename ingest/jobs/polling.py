@@ -17,17 +17,16 @@ from ingest.api.schemas import BucketFile
 from ingest.jobs.batches import chunks
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
-from ingest.jobs.managed_files import STATE_ERROR_REASON, STATE_STATUS, file_lease, files_with_ref, sync_meta
+from ingest.jobs.managed_files import STATE_ERROR_REASON, file_lease, files_with_ref, sync_meta
 from ingest.jobs.runner import claim_stale
 from ingest.settings import Settings
 from ingest.store import auth_hold, leases
 from ingest.store.db import session_scope
-from ingest.store.models import FileStatus, TrackFile, utcnow
+from ingest.store.models import FileStatus, OpKind, TrackFile, utcnow
 
 log = logging.getLogger("ingest.poll")
 LEASE = "poll_states"
 VANISHED = "no longer in the bucket (deleted outside acr-ingest?)"
-VERIFIABLE = (FileStatus.PROCESSING, FileStatus.READY, FileStatus.ERROR, FileStatus.DELETED)
 VERIFY_BATCH = 50  # files checked per cycle (a few calls each); the rest wait for the next one
 # Longer than a cycle can take; a poll whose worker died frees the lease after this.
 POLL_LEASE_SECONDS = 120
@@ -105,7 +104,7 @@ def _record_state(s: Session, file_id: int, asked_bucket: int, remote: BucketFil
     elif remote.state == 0:
         values = {"remote_state": 0, "missing_since": None}
     else:
-        status = STATE_STATUS.get(remote.state, FileStatus.PROCESSING)
+        status = FileStatus.of_remote_state(remote.state)
         values = {"remote_state": remote.state, "status": status, "missing_since": None, "updated_at": utcnow(),
                   "reason": STATE_ERROR_REASON if remote.state == -1 else None}
         counts["ready" if status == FileStatus.READY else "error"] += 1
@@ -127,7 +126,7 @@ def _verify_due(s: Session, ctx: JobContext, counts: dict[str, Any], bucket_id: 
     query = select(TrackFile).where(
         TrackFile.verify_after <= utcnow(),  # type: ignore[operator]
         TrackFile.remote_id.is_not(None),  # type: ignore[union-attr]
-        TrackFile.status.in_(VERIFIABLE),  # type: ignore[attr-defined]
+        TrackFile.status.in_(FileStatus.verifiable()),  # type: ignore[attr-defined]
     )
     if bucket_id is not None:
         query = query.where(TrackFile.bucket_id == bucket_id)
@@ -180,6 +179,6 @@ def poll_cycle(ctx: JobContext, send: Callable[[str, dict[str, Any], str], Any])
             stale = claim_stale(s, ctx.settings.resend_after_seconds)
             for op in stale:
                 assert op.task_id is not None
-                send(f"ingest.{op.kind}", op.args, op.task_id)
+                send(OpKind(op.kind).task_name, op.args, op.task_id)
         counts["resent"] = len(stale)
     return counts

@@ -24,7 +24,7 @@ from enum import StrEnum
 
 from sqlalchemy.exc import OperationalError
 
-from ingest.api.errors import ApiError, AuthError, RateLimitedError, TransientError
+from ingest.api.errors import ApiError, AuthError, RateLimitedError
 from ingest.jobs.errors import InputError
 from ingest.settings import Settings
 
@@ -75,7 +75,7 @@ def decide(exc: BaseException, attempts: int, rate_limited: int, settings: Setti
             # would starve the queue under a steady limit.
             wait = exc.retry_after + random.uniform(0, max(exc.retry_after, 1.0))
         return Decision(Action.RETRY, min(wait, settings.backoff_max), False, reason)
-    if isinstance(exc, TransientError | OperationalError):
+    if (isinstance(exc, ApiError) and exc.transient) or isinstance(exc, OperationalError):
         if attempts >= settings.max_attempts:
             return Decision(Action.FAIL, reason=f"gave up after {attempts} attempts: {reason}")
         return Decision(Action.RETRY, backoff(attempts, settings), True, reason)

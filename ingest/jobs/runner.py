@@ -25,7 +25,6 @@ from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFi
 
 log = logging.getLogger("ingest.jobs")
 
-FINAL = {OpStatus.SUCCEEDED, OpStatus.PARTIAL, OpStatus.FAILED}
 Handler = Callable[[Any, int, JobContext], dict[str, Any]]
 
 
@@ -57,19 +56,16 @@ def _set(session: Session, op_id: int, **values: Any) -> Operation:
     for key, value in values.items():
         setattr(op, key, value)
     op.updated_at = utcnow()
-    if values.get("status") in FINAL:
+    if values.get("status") in OpStatus.final():
         op.finished_at = op.updated_at
     session.add(op)
     session.commit()
     return op
 
 
-UPLOAD_KINDS = (OpKind.UPLOAD_URL, OpKind.UPLOAD_FILE)
-
-
 def fail_file(session: Session, op: Operation, reason: str) -> None:
     """An upload that will not be retried: keep the row as failed with the reason."""
-    if op.file_id is None or op.kind not in UPLOAD_KINDS:
+    if op.file_id is None or op.kind not in OpKind.uploads():
         return
     file_id = op.file_id
     row = session.get(TrackFile, file_id)
@@ -85,7 +81,7 @@ def run_job(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) 
     settings = ctx.settings
     with session_scope() as s:
         op = ensure_operation(s, kind, args, ctx.task_id)
-        if op.status in FINAL:  # a redelivered message whose work is already recorded
+        if op.status in OpStatus.final():  # a redelivered message whose work is already recorded
             return summary(op)
         op_id = op.id
         assert op_id is not None
@@ -145,15 +141,12 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
         return summary(op)
 
 
-UNFINISHED = (OpStatus.QUEUED, OpStatus.RUNNING, OpStatus.WAITING, OpStatus.HELD)
-
-
 def claim_stale(session: Session, older_than: float, limit: int = 500) -> list[Operation]:
     """Unfinished operations nobody has touched for ``older_than`` seconds: their message was lost.
     Marks them touched (so the next cycle does not send them again) and returns them to resend."""
     cutoff = utcnow() - timedelta(seconds=older_than)
     ops = list(session.exec(select(Operation).where(
-        Operation.status.in_(UNFINISHED), Operation.updated_at < cutoff,  # type: ignore[attr-defined]
+        Operation.status.in_(OpStatus.unfinished()), Operation.updated_at < cutoff,  # type: ignore[attr-defined]
         Operation.task_id.is_not(None),  # type: ignore[union-attr]
     ).order_by(Operation.id).limit(limit)).all())
     for op in ops:

@@ -4,7 +4,6 @@ never put an older title back."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session, select
@@ -12,13 +11,10 @@ from sqlmodel import Session, select
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import UpdateMetaJob
-from ingest.jobs.managed_files import apply_meta, by_ref, file_lease, sync_meta
+from ingest.jobs.managed_files import apply_meta, by_ref, file_lease, ref_may_still_arrive, sync_meta, unknown_ref
+from ingest.settings import Settings
 from ingest.store.db import session_scope
-from ingest.store.models import FileStatus, Operation, TrackFile, utcnow
-
-# How many dependency waits a job naming a ref not seen yet gets before it is "unknown": a producer in
-# another system may send the upload and the update back to back to different workers.
-UNKNOWN_REF_WAITS = 6
+from ingest.store.models import FileStatus, Operation, TrackFile
 
 
 def find_managed(session: Session, bucket_id: int, *, ref: str | None = None, file_id: int | None = None,
@@ -31,13 +27,14 @@ def find_managed(session: Session, bucket_id: int, *, ref: str | None = None, fi
     return session.exec(query).first()
 
 
-def wait_for_unknown_ref(session: Session, op_id: int, bucket_id: int, ref: str, wait: float) -> None:
+def wait_for_unknown_ref(session: Session, op_id: int, bucket_id: int, ref: str, settings: Settings) -> None:
     """Wait a while for a ref whose upload may still be on its way; then it is bad input."""
     op = session.get(Operation, op_id)
     assert op is not None
-    if utcnow() - op.created_at < timedelta(seconds=wait * UNKNOWN_REF_WAITS):
-        raise RetryLater(wait, f"ref {ref!r} not known yet in bucket {bucket_id}: waiting for its upload")
-    raise InputError({"ref": f"unknown ref {ref!r} in bucket {bucket_id}: upload it first, or check the id"})
+    if ref_may_still_arrive(op.created_at, settings):
+        raise RetryLater(settings.dependency_wait,
+                         f"ref {ref!r} not known yet in bucket {bucket_id}: waiting for its upload")
+    raise unknown_ref(ref, bucket_id)
 
 
 def handle_update(job: UpdateMetaJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
@@ -45,7 +42,7 @@ def handle_update(job: UpdateMetaJob, op_id: int, ctx: JobContext) -> dict[str, 
         row = find_managed(s, job.bucket_id, ref=job.ref, file_id=job.file_id, acr_id=job.acr_id)
         if row is None:
             if job.ref is not None:
-                wait_for_unknown_ref(s, op_id, job.bucket_id, job.ref, ctx.settings.dependency_wait)
+                wait_for_unknown_ref(s, op_id, job.bucket_id, job.ref, ctx.settings)
             # A file this tool does not manage: update it as asked.
             target = job.file_id if job.file_id is not None else job.acr_id
             assert target is not None

@@ -29,6 +29,30 @@ class FileStatus(StrEnum):
     CANCELLED = "cancelled"  # deleted before it was ever uploaded
     DELETED = "deleted"  # deleted from the bucket
 
+    @classmethod
+    def active(cls) -> tuple[FileStatus, ...]:
+        """A row that holds its ref: enqueueing the ref again is a no-op or an update, not a new upload."""
+        return (cls.QUEUED, cls.UPLOADING, cls.PROCESSING, cls.READY, cls.ERROR)
+
+    @classmethod
+    def gone(cls) -> tuple[FileStatus, ...]:
+        """No file in the bucket, on purpose."""
+        return (cls.DELETED, cls.CANCELLED)
+
+    @classmethod
+    def verifiable(cls) -> tuple[FileStatus, ...]:
+        """States in which the poll may check a file for late requests (a twin, an older title)."""
+        return (cls.PROCESSING, cls.READY, cls.ERROR, cls.DELETED)
+
+    @classmethod
+    def of_remote_state(cls, state: int) -> FileStatus:
+        """The API's processing state (0 processing, 1 ready, -1 error) as our status."""
+        return {1: cls.READY, -1: cls.ERROR}.get(state, cls.PROCESSING)
+
+    @property
+    def is_active(self) -> bool:
+        return self in FileStatus.active()
+
 
 class OpStatus(StrEnum):
     QUEUED = "queued"
@@ -39,6 +63,18 @@ class OpStatus(StrEnum):
     PARTIAL = "partial"  # a batch where some ids were unknown (see ``result``)
     FAILED = "failed"
 
+    @classmethod
+    def final(cls) -> tuple[OpStatus, ...]:
+        return (cls.SUCCEEDED, cls.PARTIAL, cls.FAILED)
+
+    @classmethod
+    def unfinished(cls) -> tuple[OpStatus, ...]:
+        return (cls.QUEUED, cls.RUNNING, cls.WAITING, cls.HELD)
+
+    @property
+    def is_final(self) -> bool:
+        return self in OpStatus.final()
+
 
 class OpKind(StrEnum):
     UPLOAD_URL = "upload_url"
@@ -46,6 +82,15 @@ class OpKind(StrEnum):
     UPDATE_META = "update_meta"
     DELETE_BATCH = "delete_batch"
     MOVE_BATCH = "move_batch"
+
+    @classmethod
+    def uploads(cls) -> tuple[OpKind, ...]:
+        return (cls.UPLOAD_URL, cls.UPLOAD_FILE)
+
+    @property
+    def task_name(self) -> str:
+        """The stable Celery task name producers send it by."""
+        return f"ingest.{self.value}"
 
 
 class TrackFile(SQLModel, table=True):
