@@ -100,22 +100,43 @@ def _url(tag: str, i: int) -> str:
 
 
 @contextmanager
-def workers(app_module: str, label: str, count: int, concurrency: int, env: dict[str, str], work: Path,
-            *, beat: bool) -> Iterator[list[ChildProcess]]:
+def workers(
+    app_module: str, label: str, count: int, concurrency: int, env: dict[str, str], work: Path, *, beat: bool
+) -> Iterator[list[ChildProcess]]:
     kids: list[ChildProcess] = []
     CODE[label] = git_state()  # what these processes import
     try:
         for n in range(1, count + 1):
             name = f"bench-{label}-{n}"
-            kids.append(ChildProcess(name, celery_command("worker", "--pool=threads", f"--concurrency={concurrency}",
-                                                          "--loglevel=WARNING", f"--hostname={name}@%h",
-                                                          "--without-gossip", "--without-mingle", app=app_module),
-                                     log=work / f"{name}.log", env=env, cwd=ROOT))
+            kids.append(
+                ChildProcess(
+                    name,
+                    celery_command(
+                        "worker",
+                        "--pool=threads",
+                        f"--concurrency={concurrency}",
+                        "--loglevel=WARNING",
+                        f"--hostname={name}@%h",
+                        "--without-gossip",
+                        "--without-mingle",
+                        app=app_module,
+                    ),
+                    log=work / f"{name}.log",
+                    env=env,
+                    cwd=ROOT,
+                )
+            )
         if beat:
             name = f"beat-{label}"
-            kids.append(ChildProcess(name, celery_command("beat", "--loglevel=WARNING", f"--schedule={work / name}",
-                                                          app=app_module),
-                                     log=work / f"{name}.log", env=env, cwd=ROOT))
+            kids.append(
+                ChildProcess(
+                    name,
+                    celery_command("beat", "--loglevel=WARNING", f"--schedule={work / name}", app=app_module),
+                    log=work / f"{name}.log",
+                    env=env,
+                    cwd=ROOT,
+                )
+            )
         yield kids
     finally:
         # Beat first: otherwise it publishes polls that no worker is left to consume.
@@ -203,8 +224,9 @@ def naive_loop(base_url: str, token: str, n: int) -> float:
     with AcrCloudClient(base_url, token) as client:
         started = time.perf_counter()
         for i in range(n):
-            client.upload_url(NAIVE_BUCKET, _url("naive", i), title=f"naive {i}", user_defined=USER_DEFINED,
-                              audio_id=f"NAIVE-{i:05d}")
+            client.upload_url(
+                NAIVE_BUCKET, _url("naive", i), title=f"naive {i}", user_defined=USER_DEFINED, audio_id=f"NAIVE-{i:05d}"
+            )
         return time.perf_counter() - started
 
 
@@ -248,17 +270,29 @@ def progress(bucket: int) -> Progress:
 
     status: Any = TrackFile.status
     with session_scope() as s:
-        total, remote, ready, bad = s.exec(select(
-            func.count(),
-            func.sum(case((status.in_([FileStatus.PROCESSING, FileStatus.READY]), 1), else_=0)),
-            func.sum(case((status == FileStatus.READY, 1), else_=0)),
-            func.sum(case((status.in_([FileStatus.FAILED, FileStatus.ERROR, FileStatus.CANCELLED]), 1), else_=0)),
-        ).where(TrackFile.bucket_id == bucket)).one()
+        total, remote, ready, bad = s.exec(
+            select(
+                func.count(),
+                func.sum(case((status.in_([FileStatus.PROCESSING, FileStatus.READY]), 1), else_=0)),
+                func.sum(case((status == FileStatus.READY, 1), else_=0)),
+                func.sum(case((status.in_([FileStatus.FAILED, FileStatus.ERROR, FileStatus.CANCELLED]), 1), else_=0)),
+            ).where(TrackFile.bucket_id == bucket)
+        ).one()
     return Progress(total, remote or 0, ready or 0, bad or 0)
 
 
-def ingest_uploads(producer: Any, emu: Any, bucket: int, n: int, tag: str, workers: int, kids: list[ChildProcess],
-                   timeout: float, *, backlog: bool = False) -> Timing:
+def ingest_uploads(
+    producer: Any,
+    emu: Any,
+    bucket: int,
+    n: int,
+    tag: str,
+    workers: int,
+    kids: list[ChildProcess],
+    timeout: float,
+    *,
+    backlog: bool = False,
+) -> Timing:
     """``n`` URL uploads through the producer; seconds until every row has a remote id and until every row
     is ready. Pipelined (default): the workers consume while the producer enqueues and the clock starts at
     the first enqueue, so the producer is part of the path. ``backlog``: all are queued first and the clock
@@ -267,8 +301,9 @@ def ingest_uploads(producer: Any, emu: Any, bucket: int, n: int, tag: str, worke
         pause(producer.app, workers)
     started = time.perf_counter()
     for i in range(n):
-        producer.upload_url(_url(tag, i), title=f"{tag} {i}", bucket_id=bucket, ref=f"{tag}-{i:05d}",
-                            user_defined=USER_DEFINED)
+        producer.upload_url(
+            _url(tag, i), title=f"{tag} {i}", bucket_id=bucket, ref=f"{tag}-{i:05d}", user_defined=USER_DEFINED
+        )
     timing = Timing(time.perf_counter() - started)
     if backlog:
         started = time.perf_counter()
@@ -307,24 +342,44 @@ def bucket_check(emu: Any, bucket: int, tag: str, n: int) -> tuple[bool, dict[st
     per_ref = Counter(f["audio_id"] for f in emu.files(bucket))
     expected = {f"{tag}-{i:05d}" for i in range(n)}
     with session_scope() as s:
-        ops = dict(s.exec(select(Operation.status, func.count()).where(Operation.bucket_id == bucket)
-                          .group_by(Operation.status)).all())
+        ops = dict(
+            s.exec(
+                select(Operation.status, func.count()).where(Operation.bucket_id == bucket).group_by(Operation.status)
+            ).all()
+        )
     ok = set(per_ref) == expected and all(c == 1 for c in per_ref.values()) and ops == {"succeeded": n}
-    return ok, {"bucket_files": sum(per_ref.values()), "refs_duplicated": sum(c > 1 for c in per_ref.values()),
-                "refs_missing": len(expected - set(per_ref)), "operations": ops}
+    return ok, {
+        "bucket_files": sum(per_ref.values()),
+        "refs_duplicated": sum(c > 1 for c in per_ref.values()),
+        "refs_missing": len(expected - set(per_ref)),
+        "operations": ops,
+    }
 
 
 def stats_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     def diff(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
         return {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0)}
 
-    return {"requests": after["requests"] - before["requests"],
-            "by_route": diff(after["by_route"], before["by_route"]),
-            "by_status": diff(after["by_status"], before["by_status"])}
+    return {
+        "requests": after["requests"] - before["requests"],
+        "by_route": diff(after["by_route"], before["by_route"]),
+        "by_status": diff(after["by_status"], before["by_status"]),
+    }
 
 
-def rate_limited(report: Report, key: str, label: str, emu: Any, producer: Any, bucket: int, m: int, limit: float,
-                 workers: int, kids: list[ChildProcess], timeout: float) -> list[Row]:
+def rate_limited(
+    report: Report,
+    key: str,
+    label: str,
+    emu: Any,
+    producer: Any,
+    bucket: int,
+    m: int,
+    limit: float,
+    workers: int,
+    kids: list[ChildProcess],
+    timeout: float,
+) -> list[Row]:
     """``m`` uploads against an emulator limited to ``limit`` requests/s: the API requests it accepted per
     second while uploads were being sent (that is when the limit binds), the 429s, and the checks."""
     tag = key.upper()
@@ -338,15 +393,40 @@ def rate_limited(report: Report, key: str, label: str, emu: Any, producer: Any, 
     ok, info = bucket_check(emu, bucket, tag, m)
     report.checks[f"{label}: one file per ref, no job failed, all ready"] = ok and t.ready_s is not None
     report.details[key] = {
-        "limit_per_s": limit, "uploads": m, "enqueue_s": round(t.enqueue_s, 3), "half_remote_s": t.half_s,
-        "p90_remote_s": t.p90_s, "remote_s": t.remote_s, "ready_s": t.ready_s, "accepted_requests_per_s": api_rate,
-        "status_429": whole["by_status"].get("429", 0), "api_until_remote": window, "api_until_ready": whole,
-        **used, **info,
+        "limit_per_s": limit,
+        "uploads": m,
+        "enqueue_s": round(t.enqueue_s, 3),
+        "half_remote_s": t.half_s,
+        "p90_remote_s": t.p90_s,
+        "remote_s": t.remote_s,
+        "ready_s": t.ready_s,
+        "accepted_requests_per_s": api_rate,
+        "status_429": whole["by_status"].get("429", 0),
+        "api_until_remote": window,
+        "api_until_ready": whole,
+        **used,
+        **info,
     }
-    return [Row(f"{label}: accepted API requests", accepted, t.remote_s, api_rate, "req/s", _ratio(api_rate, limit),
-                "x limit"),
-            Row(f"{label}: uploads -> ready", m, t.ready_s, _rate(m, t.ready_s), "files/s",
-                _ratio(_rate(m, t.ready_s), limit), "x limit")]
+    return [
+        Row(
+            f"{label}: accepted API requests",
+            accepted,
+            t.remote_s,
+            api_rate,
+            "req/s",
+            _ratio(api_rate, limit),
+            "x limit",
+        ),
+        Row(
+            f"{label}: uploads -> ready",
+            m,
+            t.ready_s,
+            _rate(m, t.ready_s),
+            "files/s",
+            _ratio(_rate(m, t.ready_s), limit),
+            "x limit",
+        ),
+    ]
 
 
 # --- driver --------------------------------------------------------------------------------------------
@@ -370,8 +450,10 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         }
         # Before anything reads the settings: the producer here and the workers must see the same values.
         os.environ.update(env)
-        child_env = {**os.environ,
-                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        child_env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         from ingest.settings import reset_settings
 
         reset_settings()
@@ -402,24 +484,35 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         report.checks["no-op: every task ran"] = None not in (noop_pipe.remote_s, noop_back.remote_s)
         redis.Redis.from_url(BROKER).flushdb()
 
-        print(f"[3/4] acr-ingest: 2 x {n} uploads through the producer, {w} workers x {args.concurrency} "
-              "threads + beat", flush=True)
+        print(
+            f"[3/4] acr-ingest: 2 x {n} uploads through the producer, {w} workers x {args.concurrency} threads + beat",
+            flush=True,
+        )
         from ingest.producer import Producer
 
         producer = Producer()
         with workers("ingest.worker.app", "ingest", w, args.concurrency, child_env, work, beat=True) as kids:
             report.details["ingest_worker_start_s"] = round(wait_ready(producer.app, kids, w), 2)
-            for label, bucket, tag, backlog in (("pipelined", PIPELINED_BUCKET, "PIPE", False),
-                                                ("backlog", BACKLOG_BUCKET, "BACK", True)):
+            for label, bucket, tag, backlog in (
+                ("pipelined", PIPELINED_BUCKET, "PIPE", False),
+                ("backlog", BACKLOG_BUCKET, "BACK", True),
+            ):
                 before, cpu = emu.stats(), CpuMeter(kids).start()
                 t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog)
                 used = cpu.stop(n)
                 ok, info = bucket_check(emu, bucket, tag, n)
                 report.checks[f"acr-ingest {label}: one file per ref, every job succeeded, all ready"] = (
-                    ok and t.ready_s is not None)
+                    ok and t.ready_s is not None
+                )
                 report.details[f"ingest_{label}"] = {
-                    "enqueue_s": round(t.enqueue_s, 3), "first_remote_s": t.first_s, "remote_s": t.remote_s,
-                    "ready_s": t.ready_s, **used, "api": stats_delta(emu.stats(), before), **info}
+                    "enqueue_s": round(t.enqueue_s, 3),
+                    "first_remote_s": t.first_s,
+                    "remote_s": t.remote_s,
+                    "ready_s": t.ready_s,
+                    **used,
+                    "api": stats_delta(emu.stats(), before),
+                    **info,
+                }
                 if backlog:
                     back = t
                 else:
@@ -431,8 +524,19 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             port = emu.port
             emu.stop()
             emu = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit).start(port=port)
-            limited = rate_limited(report, "rate_limit", f"rate limit {limit:g}/s", emu, producer, LIMIT_BUCKET, m,
-                                   limit, w, kids, args.timeout)
+            limited = rate_limited(
+                report,
+                "rate_limit",
+                f"rate limit {limit:g}/s",
+                emu,
+                producer,
+                LIMIT_BUCKET,
+                m,
+                limit,
+                w,
+                kids,
+                args.timeout,
+            )
 
         if args.shared_limit:
             # The project's own answer to a rate limit (ACR_INGEST_RATE_LIMIT, a token bucket in Redis db 10
@@ -450,9 +554,19 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             shared_env = {**child_env, **fresh, "ACR_INGEST_RATE_LIMIT": f"{args.shared_limit:g}"}
             with workers("ingest.worker.app", "shared", w, args.concurrency, shared_env, work, beat=True) as kids:
                 wait_ready(producer.app, kids, w)
-                limited += rate_limited(report, "shared_rate_limit",
-                                        f"rate limit {limit:g}/s, shared budget {args.shared_limit:g}/s", emu,
-                                        producer, SHARED_BUCKET, m, limit, w, kids, args.timeout)
+                limited += rate_limited(
+                    report,
+                    "shared_rate_limit",
+                    f"rate limit {limit:g}/s, shared budget {args.shared_limit:g}/s",
+                    emu,
+                    producer,
+                    SHARED_BUCKET,
+                    m,
+                    limit,
+                    w,
+                    kids,
+                    args.timeout,
+                )
 
     pipe_rate, back_rate, noop_back_rate = _rate(n, pipe.remote_s), back.drain_rate(n), noop_back.drain_rate(n)
 
@@ -460,18 +574,60 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         return None if t.remote_s is None or t.first_s is None else t.remote_s - t.first_s
 
     rows = [
-        Row("acr-ingest: producer enqueue (DB row + publish)", n, pipe.enqueue_s, _rate(n, pipe.enqueue_s), "jobs/s",
-            _ratio(_rate(n, pipe.enqueue_s), naive), "x naive"),
-        Row(f"acr-ingest pipelined -> remote id ({threads} thr)", n, pipe.remote_s, pipe_rate, "files/s",
-            _ratio(pipe_rate, naive), "x naive"),
-        Row(f"acr-ingest pipelined -> ready (poll {args.poll_interval:g} s)", n, pipe.ready_s,
-            _rate(n, pipe.ready_s), "files/s", _ratio(_rate(n, pipe.ready_s), naive), "x naive"),
-        Row(f"acr-ingest backlog drain -> remote id ({threads} thr)", n - 1, span(back), back_rate, "files/s",
-            _ratio(back_rate, naive), "x naive"),
-        Row(f"no-op tasks pipelined ({threads} thr)", n, noop_pipe.remote_s, _rate(n, noop_pipe.remote_s),
-            "tasks/s", _ratio(pipe_rate, _rate(n, noop_pipe.remote_s)), "acr-ingest / no-op"),
-        Row(f"no-op tasks backlog drain ({threads} thr)", n - 1, span(noop_back), noop_back_rate, "tasks/s",
-            _ratio(back_rate, noop_back_rate), "acr-ingest / no-op"),
+        Row(
+            "acr-ingest: producer enqueue (DB row + publish)",
+            n,
+            pipe.enqueue_s,
+            _rate(n, pipe.enqueue_s),
+            "jobs/s",
+            _ratio(_rate(n, pipe.enqueue_s), naive),
+            "x naive",
+        ),
+        Row(
+            f"acr-ingest pipelined -> remote id ({threads} thr)",
+            n,
+            pipe.remote_s,
+            pipe_rate,
+            "files/s",
+            _ratio(pipe_rate, naive),
+            "x naive",
+        ),
+        Row(
+            f"acr-ingest pipelined -> ready (poll {args.poll_interval:g} s)",
+            n,
+            pipe.ready_s,
+            _rate(n, pipe.ready_s),
+            "files/s",
+            _ratio(_rate(n, pipe.ready_s), naive),
+            "x naive",
+        ),
+        Row(
+            f"acr-ingest backlog drain -> remote id ({threads} thr)",
+            n - 1,
+            span(back),
+            back_rate,
+            "files/s",
+            _ratio(back_rate, naive),
+            "x naive",
+        ),
+        Row(
+            f"no-op tasks pipelined ({threads} thr)",
+            n,
+            noop_pipe.remote_s,
+            _rate(n, noop_pipe.remote_s),
+            "tasks/s",
+            _ratio(pipe_rate, _rate(n, noop_pipe.remote_s)),
+            "acr-ingest / no-op",
+        ),
+        Row(
+            f"no-op tasks backlog drain ({threads} thr)",
+            n - 1,
+            span(noop_back),
+            noop_back_rate,
+            "tasks/s",
+            _ratio(back_rate, noop_back_rate),
+            "acr-ingest / no-op",
+        ),
         *limited,
     ]
     for row in rows:
@@ -483,19 +639,29 @@ def table(report: Report) -> str:
         return "-" if v is None else format(v, spec)
 
     head = ("scenario", "count", "seconds", "rate", "ratio")
-    body = [(r.scenario, str(r.count), num(r.seconds, ".2f"), f"{num(r.rate, '.1f')} {r.unit}",
-             f"{num(r.ratio, '.2f')} {r.ratio_of}".strip()) for r in report.rows]
+    body = [
+        (
+            r.scenario,
+            str(r.count),
+            num(r.seconds, ".2f"),
+            f"{num(r.rate, '.1f')} {r.unit}",
+            f"{num(r.ratio, '.2f')} {r.ratio_of}".strip(),
+        )
+        for r in report.rows
+    ]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(row: tuple[str, ...]) -> str:
-        return "  ".join(c.rjust(wd) if i in (1, 2) else c.ljust(wd)
-                         for i, (c, wd) in enumerate(zip(row, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.rjust(wd) if i in (1, 2) else c.ljust(wd) for i, (c, wd) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(head), "  ".join("-" * wd for wd in widths), *map(line, body)])
 
 
 def notes(report: Report) -> str:
     """What the table cannot show: the tail and the API calls under a rate limit, and CPU per job."""
+
     def sec(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f} s"
 
@@ -503,28 +669,38 @@ def notes(report: Report) -> str:
     for key in ("rate_limit", "shared_rate_limit"):
         if (lim := d.get(key)) is None:
             continue
-        out.append(f"{key}: half the uploads had an id after {sec(lim['half_remote_s'])}, 90 % after "
-                   f"{sec(lim['p90_remote_s'])}, all after {sec(lim['remote_s'])}; {lim['status_429']} x 429; "
-                   f"API calls until then {lim['api_until_remote']['by_route']}; {lim['bucket_files']} files in the "
-                   f"bucket for {lim['uploads']} refs; operations {lim['operations']}")
-    out.append(f"CPU ms per job: naive loop (client + emulator) {d['naive']['driver_cpu_ms_per_job']}; no-op workers "
-               f"{d['noop_backlog']['workers_cpu_ms_per_job']}; acr-ingest workers "
-               f"{d['ingest_backlog']['workers_cpu_ms_per_job']} (backlog), producer + emulator "
-               f"{d['ingest_pipelined']['driver_cpu_ms_per_job']} (pipelined); rate-limited workers "
-               f"{d['rate_limit']['workers_cpu_ms_per_job']}")
+        out.append(
+            f"{key}: half the uploads had an id after {sec(lim['half_remote_s'])}, 90 % after "
+            f"{sec(lim['p90_remote_s'])}, all after {sec(lim['remote_s'])}; {lim['status_429']} x 429; "
+            f"API calls until then {lim['api_until_remote']['by_route']}; {lim['bucket_files']} files in the "
+            f"bucket for {lim['uploads']} refs; operations {lim['operations']}"
+        )
+    out.append(
+        f"CPU ms per job: naive loop (client + emulator) {d['naive']['driver_cpu_ms_per_job']}; no-op workers "
+        f"{d['noop_backlog']['workers_cpu_ms_per_job']}; acr-ingest workers "
+        f"{d['ingest_backlog']['workers_cpu_ms_per_job']} (backlog), producer + emulator "
+        f"{d['ingest_pipelined']['driver_cpu_ms_per_job']} (pipelined); rate-limited workers "
+        f"{d['rate_limit']['workers_cpu_ms_per_job']}"
+    )
     return "\n".join(out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput",
-                                description="acr-ingest throughput as ratios to baselines measured in the same run")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description="acr-ingest throughput as ratios to baselines measured in the same run",
+    )
     p.add_argument("--jobs", type=int, default=300, help="uploads (and no-op tasks) per scenario")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--concurrency", type=int, default=8, help="threads per worker")
     p.add_argument("--rate-limit", type=float, default=20.0, help="emulator limit in the last scenario, requests/s")
     p.add_argument("--limited-jobs", type=int, default=200, help="uploads in the rate-limit scenario")
-    p.add_argument("--shared-limit", type=float, default=0.0,
-                   help="also run the rate-limit scenario on workers with ACR_INGEST_RATE_LIMIT=this (0: skip)")
+    p.add_argument(
+        "--shared-limit",
+        type=float,
+        default=0.0,
+        help="also run the rate-limit scenario on workers with ACR_INGEST_RATE_LIMIT=this (0: skip)",
+    )
     p.add_argument("--processing-delay", type=float, default=0.2, help="emulator processing time, s")
     p.add_argument("--poll-interval", type=float, default=0.5, help="ACR_INGEST_POLL_INTERVAL, s")
     p.add_argument("--timeout", type=float, default=300.0, help="give up waiting on a scenario after this, s")
@@ -535,14 +711,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def git_state() -> dict[str, Any]:
     """The code being measured. The project changes under a benchmark: every result names its commit and
     a hash of any uncommitted change to ingest/ and tasks/."""
+
     def git(*cmd: str) -> str:
         out = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
         return out.stdout.strip()
 
     try:
         diff = git("diff", "HEAD", "--", "ingest", "tasks")
-        return {"commit": git("rev-parse", "--short", "HEAD"),
-                "uncommitted": hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None}
+        return {
+            "commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted": hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None,
+        }
     except (OSError, subprocess.SubprocessError):
         return {}
 
@@ -578,8 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     import celery
 
     d = report.details
-    d["machine"] = {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "celery": celery.__version__}
+    d["machine"] = {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+    }
     d["args"] = vars(args)
     d["total_s"] = round(time.perf_counter() - started, 1)
     d["code"] = CODE
@@ -592,9 +775,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "latest.json"
-    out.write_text(json.dumps({"when": datetime.now(UTC).isoformat(timespec="seconds"),
-                               "rows": [asdict(r) for r in report.rows], "checks": report.checks,
-                               "details": report.details}, indent=2, default=str) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "rows": [asdict(r) for r in report.rows],
+                "checks": report.checks,
+                "details": report.details,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     code = ", ".join(f"{c}{f' + uncommitted {u}' if u else ''}" for c, u in sorted(states, key=str))
     print(f"\n{out.relative_to(ROOT)} written; whole run {d['total_s']} s on {os.cpu_count()} cores; code {code}")
     if len(states) > 1:

@@ -57,23 +57,54 @@ class Producer:
 
     # --- uploads -----------------------------------------------------------------------------
 
-    def upload_url(self, url: str | None = None, *, title: str | None = None, bucket_id: int | str | None = None,
-                   user_defined: dict[str, Any] | str | None = None, ref: str | None = None) -> Enqueued:
-        job = validate_upload_url(_compact({"url": url, "bucket_id": bucket_id, "title": title,
-                                            "user_defined": user_defined, "ref": ref}), self.settings)
+    def upload_url(
+        self,
+        url: str | None = None,
+        *,
+        title: str | None = None,
+        bucket_id: int | str | None = None,
+        user_defined: dict[str, Any] | str | None = None,
+        ref: str | None = None,
+    ) -> Enqueued:
+        job = validate_upload_url(
+            _compact({"url": url, "bucket_id": bucket_id, "title": title, "user_defined": user_defined, "ref": ref}),
+            self.settings,
+        )
         return self._upload(OpKind.UPLOAD_URL, job, {"url": job.url})
 
-    def upload_file(self, path: str | None = None, *, title: str | None = None, bucket_id: int | str | None = None,
-                    user_defined: dict[str, Any] | str | None = None, ref: str | None = None,
-                    data_type: str = "audio") -> Enqueued:
-        job = validate_upload_file(_compact({"path": path, "bucket_id": bucket_id, "title": title,
-                                             "user_defined": user_defined, "ref": ref,
-                                             "data_type": data_type}), self.settings)
+    def upload_file(
+        self,
+        path: str | None = None,
+        *,
+        title: str | None = None,
+        bucket_id: int | str | None = None,
+        user_defined: dict[str, Any] | str | None = None,
+        ref: str | None = None,
+        data_type: str = "audio",
+    ) -> Enqueued:
+        job = validate_upload_file(
+            _compact(
+                {
+                    "path": path,
+                    "bucket_id": bucket_id,
+                    "title": title,
+                    "user_defined": user_defined,
+                    "ref": ref,
+                    "data_type": data_type,
+                }
+            ),
+            self.settings,
+        )
         return self._upload(OpKind.UPLOAD_FILE, job, {"path": job.path, "data_type": job.data_type})
 
     def _upload(self, kind: OpKind, job: UploadJob, source: dict[str, Any]) -> Enqueued:
-        args = {**source, "bucket_id": job.bucket_id, "title": job.title,
-                "user_defined": job.user_defined, "ref": job.ref}
+        args = {
+            **source,
+            "bucket_id": job.bucket_id,
+            "title": job.title,
+            "user_defined": job.user_defined,
+            "ref": job.ref,
+        }
         with session_scope() as s:
             existing = by_ref(s, job.bucket_id, job.ref)
             plan = plan_upload(existing, job)
@@ -81,8 +112,7 @@ class Producer:
                 assert existing is not None
                 return Enqueued(kind, plan, None, None, existing.id, job.ref)
             if plan is UploadPlan.UPDATE:
-                upd = {"bucket_id": job.bucket_id, "ref": job.ref, "title": job.title,
-                       "user_defined": job.user_defined}
+                upd = {"bucket_id": job.bucket_id, "ref": job.ref, "title": job.title, "user_defined": job.user_defined}
                 op = self._record(s, OpKind.UPDATE_META, upd, file_id=existing.id if existing else None)
                 sent = (OpKind.UPDATE_META, upd)
             else:
@@ -99,33 +129,75 @@ class Producer:
 
     # --- metadata and batches --------------------------------------------------------------------
 
-    def update_meta(self, *, bucket_id: int | str | None = None, ref: str | None = None,
-                    file_id: int | str | None = None, acr_id: str | None = None, title: str | None = None,
-                    user_defined: dict[str, Any] | str | None = None) -> Enqueued:
-        job = validate_update_meta(_compact({"bucket_id": bucket_id, "ref": ref, "file_id": file_id,
-                                             "acr_id": acr_id, "title": title,
-                                             "user_defined": user_defined}), self.settings)
+    def update_meta(
+        self,
+        *,
+        bucket_id: int | str | None = None,
+        ref: str | None = None,
+        file_id: int | str | None = None,
+        acr_id: str | None = None,
+        title: str | None = None,
+        user_defined: dict[str, Any] | str | None = None,
+    ) -> Enqueued:
+        job = validate_update_meta(
+            _compact(
+                {
+                    "bucket_id": bucket_id,
+                    "ref": ref,
+                    "file_id": file_id,
+                    "acr_id": acr_id,
+                    "title": title,
+                    "user_defined": user_defined,
+                }
+            ),
+            self.settings,
+        )
         if job.ref is not None:
             with session_scope() as s:
                 if by_ref(s, job.bucket_id, job.ref) is None:
                     raise unknown_ref(job.ref, job.bucket_id)
         return self._simple(OpKind.UPDATE_META, _compact(job.model_dump()))
 
-    def delete(self, *, bucket_id: int | str | None = None, refs: list[str] | None = None,
-               ids: list[int | str] | None = None, acr_ids: list[str] | None = None) -> Enqueued:
-        job = validate_delete_batch(_compact({"bucket_id": bucket_id, "refs": refs, "ids": ids,
-                                              "acr_ids": acr_ids}), self.settings)
-        return self._simple(OpKind.DELETE_BATCH, _compact({"bucket_id": job.bucket_id,
-                                                           **job.targets.model_dump()}))
+    def delete(
+        self,
+        *,
+        bucket_id: int | str | None = None,
+        refs: list[str] | None = None,
+        ids: list[int | str] | None = None,
+        acr_ids: list[str] | None = None,
+    ) -> Enqueued:
+        job = validate_delete_batch(
+            _compact({"bucket_id": bucket_id, "refs": refs, "ids": ids, "acr_ids": acr_ids}), self.settings
+        )
+        return self._simple(OpKind.DELETE_BATCH, _compact({"bucket_id": job.bucket_id, **job.targets.model_dump()}))
 
-    def move(self, *, target_bucket_id: int | str | None = None, bucket_id: int | str | None = None,
-             refs: list[str] | None = None, ids: list[int | str] | None = None,
-             acr_ids: list[str] | None = None) -> Enqueued:
-        job = validate_move_batch(_compact({"bucket_id": bucket_id, "target_bucket_id": target_bucket_id,
-                                            "refs": refs, "ids": ids, "acr_ids": acr_ids}), self.settings)
-        return self._simple(OpKind.MOVE_BATCH, _compact({"bucket_id": job.bucket_id,
-                                                         "target_bucket_id": job.target_bucket_id,
-                                                         **job.targets.model_dump()}))
+    def move(
+        self,
+        *,
+        target_bucket_id: int | str | None = None,
+        bucket_id: int | str | None = None,
+        refs: list[str] | None = None,
+        ids: list[int | str] | None = None,
+        acr_ids: list[str] | None = None,
+    ) -> Enqueued:
+        job = validate_move_batch(
+            _compact(
+                {
+                    "bucket_id": bucket_id,
+                    "target_bucket_id": target_bucket_id,
+                    "refs": refs,
+                    "ids": ids,
+                    "acr_ids": acr_ids,
+                }
+            ),
+            self.settings,
+        )
+        return self._simple(
+            OpKind.MOVE_BATCH,
+            _compact(
+                {"bucket_id": job.bucket_id, "target_bucket_id": job.target_bucket_id, **job.targets.model_dump()}
+            ),
+        )
 
     def _simple(self, kind: OpKind, args: dict[str, Any]) -> Enqueued:
         with session_scope() as s:
@@ -136,8 +208,14 @@ class Producer:
 
     # --- failures --------------------------------------------------------------------------------
 
-    def retry_failed(self, *, kind: str | None = None, bucket_id: int | None = None,
-                     since: datetime | None = None, limit: int | None = None) -> list[Enqueued]:
+    def retry_failed(
+        self,
+        *,
+        kind: str | None = None,
+        bucket_id: int | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Enqueued]:
         """Re-enqueue failed operations (a human decided to try again); uploads look in the bucket first."""
         out: list[tuple[int, OpKind, dict[str, Any], str, int | None]] = []
         with session_scope() as s:
@@ -165,8 +243,9 @@ class Producer:
     # --- plumbing --------------------------------------------------------------------------------
 
     def _record(self, s: Session, kind: OpKind, args: dict[str, Any], file_id: int | None = None) -> Operation:
-        op = Operation(kind=kind, args=args, task_id=str(uuid.uuid4()), file_id=file_id,
-                       bucket_id=args.get("bucket_id"))
+        op = Operation(
+            kind=kind, args=args, task_id=str(uuid.uuid4()), file_id=file_id, bucket_id=args.get("bucket_id")
+        )
         s.add(op)
         s.commit()
         return op

@@ -25,9 +25,7 @@ class Settings(BaseSettings):
 
     # --- ACRCloud API -------------------------------------------------------------------------
     region: Literal["global", "cn"] = "global"
-    api_base_url: str | None = Field(
-        default=None, description="Overrides the region's base URL (e.g. the emulator's)."
-    )
+    api_base_url: str | None = Field(default=None, description="Overrides the region's base URL (e.g. the emulator's).")
     access_token: SecretStr | None = None
     access_token_file: Path | None = Field(
         default=None,

@@ -63,8 +63,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         for url in (REDIS_URL, IDLE_BROKER):
             redis.Redis.from_url(url, socket_connect_timeout=2).flushdb()
     except redis.RedisError as exc:
-        pytest.exit(f"Redis is not reachable at {REDIS_URL} ({exc}): unset ACR_INGEST_TEST_REDIS_URL to have "
-                    "the tests start their own redis-server", returncode=3)
+        pytest.exit(
+            f"Redis is not reachable at {REDIS_URL} ({exc}): unset ACR_INGEST_TEST_REDIS_URL to have "
+            "the tests start their own redis-server",
+            returncode=3,
+        )
     # A database of the tests' own: start from empty tables (a PostgreSQL test database persists).
     from sqlmodel import SQLModel
 
@@ -103,8 +106,11 @@ def celery_app() -> object:
 @pytest.fixture(scope="session")
 def beat() -> Iterator[ChildProcess]:
     """The real ``celery beat`` (a child process) sending ingest.poll_states every poll interval."""
-    proc = ChildProcess("beat", celery_command("beat", "--loglevel=INFO", f"--schedule={WORKDIR / 'beat-schedule'}"),
-                        log=WORKDIR / "beat.log")
+    proc = ChildProcess(
+        "beat",
+        celery_command("beat", "--loglevel=INFO", f"--schedule={WORKDIR / 'beat-schedule'}"),
+        log=WORKDIR / "beat.log",
+    )
     yield proc
     proc.stop()
 
@@ -114,8 +120,9 @@ def worker(celery_app: object, emulator: object, beat: object) -> Iterator[objec
     """A real Celery worker (threads pool) consuming from the real Redis, calling the emulator over HTTP."""
     from celery.contrib.testing.worker import start_worker
 
-    with start_worker(celery_app, pool="threads", concurrency=8, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30) as w:
+    with start_worker(
+        celery_app, pool="threads", concurrency=8, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ) as w:
         yield w
 
 

@@ -14,8 +14,9 @@ from ingest.store.models import Operation, TrackFile
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05,
-             what: str | Callable[[], str] = "") -> T:
+def wait_for(
+    check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str | Callable[[], str] = ""
+) -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` and the last value at the deadline."""
     deadline = time.monotonic() + timeout
     value = check()

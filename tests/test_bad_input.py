@@ -62,8 +62,13 @@ def test_the_table_is_read() -> None:
 
 
 def _python_call(producer: Any, kind: str, args: dict[str, Any]) -> Any:
-    method = {"upload_url": producer.upload_url, "upload_file": producer.upload_file,
-              "update_meta": producer.update_meta, "delete_batch": producer.delete, "move_batch": producer.move}
+    method = {
+        "upload_url": producer.upload_url,
+        "upload_file": producer.upload_file,
+        "update_meta": producer.update_meta,
+        "delete_batch": producer.delete,
+        "move_batch": producer.move,
+    }
     try:
         return method[kind](**args)
     except TypeError as exc:  # an unknown keyword: Python itself names the argument
@@ -71,8 +76,9 @@ def _python_call(producer: Any, kind: str, args: dict[str, Any]) -> Any:
         raise InputError({name.group(1) if name else "?": f"unknown argument ({exc})"}) from None
 
 
-@pytest.mark.parametrize(("kind", "args", "field", "expect"), ROWS, ids=[f"{r[0]}-{r[2]}-{i}" for i, r in
-                                                                          enumerate(ROWS)])
+@pytest.mark.parametrize(
+    ("kind", "args", "field", "expect"), ROWS, ids=[f"{r[0]}-{r[2]}-{i}" for i, r in enumerate(ROWS)]
+)
 def test_python_api_names_the_field(producer, kind, args, field, expect) -> None:
     with pytest.raises(InputError) as err:
         _python_call(producer, kind, args)
@@ -80,11 +86,28 @@ def test_python_api_names_the_field(producer, kind, args, field, expect) -> None
     assert expect in err.value.errors[field]
 
 
-CLI_ARGS = {"url": None, "path": None, "title": "--title", "bucket_id": "--bucket", "user_defined": "--user-defined",
-            "ref": "--ref", "data_type": "--data-type", "file_id": "--id", "acr_id": "--acr-id",
-            "target_bucket_id": "--to", "refs": "--ref", "ids": "--id", "acr_ids": "--acr-id"}
-CLI_NAMES = {"upload_url": "upload-url", "upload_file": "upload-file", "update_meta": "update-meta",
-             "delete_batch": "delete", "move_batch": "move"}
+CLI_ARGS = {
+    "url": None,
+    "path": None,
+    "title": "--title",
+    "bucket_id": "--bucket",
+    "user_defined": "--user-defined",
+    "ref": "--ref",
+    "data_type": "--data-type",
+    "file_id": "--id",
+    "acr_id": "--acr-id",
+    "target_bucket_id": "--to",
+    "refs": "--ref",
+    "ids": "--id",
+    "acr_ids": "--acr-id",
+}
+CLI_NAMES = {
+    "upload_url": "upload-url",
+    "upload_file": "upload-file",
+    "update_meta": "update-meta",
+    "delete_batch": "delete",
+    "move_batch": "move",
+}
 
 
 def _argv(kind: str, args: dict[str, Any]) -> list[str] | None:
@@ -100,8 +123,11 @@ def _argv(kind: str, args: dict[str, Any]) -> list[str] | None:
         flag = CLI_ARGS.get(key, f"--{key}")
         if flag is None:
             continue
-        if key not in CLI_ARGS or isinstance(value, float) or (key == "data_type" and value not in (
-                "audio", "fingerprint")):
+        if (
+            key not in CLI_ARGS
+            or isinstance(value, float)
+            or (key == "data_type" and value not in ("audio", "fingerprint"))
+        ):
             return None  # click refuses these before our code runs (unknown option, choice, type)
         values = value if isinstance(value, list) else [value]
         if not values and key in ("refs", "ids", "acr_ids"):
@@ -111,8 +137,9 @@ def _argv(kind: str, args: dict[str, Any]) -> list[str] | None:
     return argv
 
 
-@pytest.mark.parametrize(("kind", "args", "field", "expect"), ROWS, ids=[f"{r[0]}-{r[2]}-{i}" for i, r in
-                                                                          enumerate(ROWS)])
+@pytest.mark.parametrize(
+    ("kind", "args", "field", "expect"), ROWS, ids=[f"{r[0]}-{r[2]}-{i}" for i, r in enumerate(ROWS)]
+)
 def test_cli_exits_2_naming_the_field(kind, args, field, expect) -> None:
     argv = _argv(kind, args)
     runner = CliRunner()
@@ -134,6 +161,7 @@ def test_worker_checks_messages_sent_by_name_and_never_retries(celery_app) -> No
         celery_app.send_task(f"ingest.{kind}", kwargs=args, task_id=task_id)
         sent.append((task_id, field, expect))
     for task_id, field, expect in sent:
+
         def done(task_id: str = task_id) -> Operation | None:
             with session_scope() as s:
                 op = s.exec(select(Operation).where(Operation.task_id == task_id)).first()
@@ -162,8 +190,12 @@ def test_unreadable_file_is_refused(producer) -> None:
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(title=st.text(min_size=1, max_size=300), user_defined=st.dictionaries(
-    st.text(max_size=20), st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=2000)), max_size=20))
+@given(
+    title=st.text(min_size=1, max_size=300),
+    user_defined=st.dictionaries(
+        st.text(max_size=20), st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=2000)), max_size=20
+    ),
+)
 def test_any_title_and_user_defined_is_accepted_or_refused_by_field(title: str, user_defined: dict) -> None:
     args = {"url": "https://h/a.mp3", "title": title, "bucket_id": 1, "user_defined": user_defined}
     try:
@@ -175,8 +207,9 @@ def test_any_title_and_user_defined_is_accepted_or_refused_by_field(title: str, 
 
 
 def test_unicode_title_is_accepted() -> None:
-    job = validate_upload_url({"url": "https://h/a.mp3", "title": "Für Elise — 夜曲 🎹", "bucket_id": "7"},
-                              get_settings())
+    job = validate_upload_url(
+        {"url": "https://h/a.mp3", "title": "Für Elise — 夜曲 🎹", "bucket_id": "7"}, get_settings()
+    )
     assert (job.title, job.bucket_id) == ("Für Elise — 夜曲 🎹", 7)
 
 

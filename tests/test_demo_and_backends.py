@@ -21,8 +21,14 @@ def _clean_env() -> dict[str, str]:
 
 def test_the_demo_runs_the_whole_path_and_ends_with_every_file(tmp_path: Path) -> None:
     """`acr-ingest demo` with nothing configured: emulator, worker, beat, SQLite, file broker."""
-    demo = subprocess.run([sys.executable, "-m", "ingest.cli.commands", "demo", "--timeout", "90"], cwd=tmp_path,
-                          env=_clean_env(), capture_output=True, text=True, timeout=180)
+    demo = subprocess.run(
+        [sys.executable, "-m", "ingest.cli.commands", "demo", "--timeout", "90"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     rows = [line for line in demo.stdout.splitlines() if re.match(r"^CAT-\d{4}\s", line)]
     assert len(rows) == 13
@@ -46,10 +52,20 @@ def _postgres_reachable() -> bool:
 def test_the_end_to_end_suite_passes_on_postgresql() -> None:
     if not _postgres_reachable():
         pytest.skip(f"no PostgreSQL at {PG_URL} (set ACR_INGEST_TEST_POSTGRES_URL)")
-    env = {**_clean_env(), "ACR_INGEST_TEST_DATABASE_URL": PG_URL, "ACR_INGEST_NESTED_RUN": "1",
-           # a broker database of its own, so this run's worker and the outer session's never meet
-           "ACR_INGEST_TEST_REDIS_URL": "redis://127.0.0.1:6379/15"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "tests/test_end_to_end.py", "-q", "-p", "no:cacheprovider"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **_clean_env(),
+        "ACR_INGEST_TEST_DATABASE_URL": PG_URL,
+        "ACR_INGEST_NESTED_RUN": "1",
+        # a broker database of its own, so this run's worker and the outer session's never meet
+        "ACR_INGEST_TEST_REDIS_URL": "redis://127.0.0.1:6379/15",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_end_to_end.py", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-4000:]
     assert re.search(r"\b1[0-9] passed\b", run.stdout)

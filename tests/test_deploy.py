@@ -312,8 +312,9 @@ def _procfile_run(name: str, tmp: Path) -> Run:
     return Run(f"Procfile {name}", ["bash", "-c", line], env, port, stop_group=True)
 
 
-def _wait_for(what: str, condition: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path,
-              deadline: float = START_DEADLINE) -> None:
+def _wait_for(
+    what: str, condition: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, deadline: float = START_DEADLINE
+) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -334,8 +335,6 @@ def _tail(log: Path, n: int = 40) -> str:
 def _log_has(log: Path, pattern: str) -> Callable[[], bool]:
     rx = re.compile(pattern)
     return lambda: bool(rx.search(log.read_text(encoding="utf-8", errors="replace")))
-
-
 
 
 def _check_up(service: str, run: Run, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -383,8 +382,15 @@ def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> Non
     log = tmp_path / "out.log"
     with log.open("wb") as out:
         # cwd: a folder of its own, as the image's /app is (beat writes celerybeat-schedule there).
-        proc = subprocess.Popen(run.argv, env=run.env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            run.argv,
+            env=run.env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _check_up(service, run, proc, log)
         if run.healthcheck:

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 
 def _ready(bucket: int, ref: str, status: str = "ready", timeout: float = 20.0):
-    return wait_for(lambda: (r := file_row(bucket, ref)) is not None and r.status == status and r,
-                    timeout=timeout, what=lambda: f"{ref} {status} (row: {file_row(bucket, ref)})")
+    return wait_for(
+        lambda: (r := file_row(bucket, ref)) is not None and r.status == status and r,
+        timeout=timeout,
+        what=lambda: f"{ref} {status} (row: {file_row(bucket, ref)})",
+    )
 
 
 def remote(emulator, bucket: int) -> list[dict]:
@@ -24,8 +27,9 @@ def remote(emulator, bucket: int) -> list[dict]:
 
 
 def test_upload_url_reaches_ready_with_ids(producer, emulator, bucket) -> None:
-    sent = producer.upload_url("https://cdn.example.com/a.mp3", title="Alpha", bucket_id=bucket,
-                               user_defined={"artist": "A"}, ref="cat-1")
+    sent = producer.upload_url(
+        "https://cdn.example.com/a.mp3", title="Alpha", bucket_id=bucket, user_defined={"artist": "A"}, ref="cat-1"
+    )
     assert sent.plan == "new"
     row = _ready(bucket, "cat-1")
     files = remote(emulator, bucket)
@@ -98,9 +102,17 @@ def test_same_ref_twice_is_a_noop_and_changed_metadata_an_update(producer, emula
 
 def test_a_message_sent_by_name_from_another_system(celery_app, emulator, bucket) -> None:
     task_id = str(uuid.uuid4())
-    celery_app.send_task("ingest.upload_url", task_id=task_id, kwargs={
-        "url": "https://cdn.example.com/f.mp3", "title": "Foreign", "bucket_id": bucket, "ref": "ext-1",
-        "user_defined": {"src": "java"}})
+    celery_app.send_task(
+        "ingest.upload_url",
+        task_id=task_id,
+        kwargs={
+            "url": "https://cdn.example.com/f.mp3",
+            "title": "Foreign",
+            "bucket_id": bucket,
+            "ref": "ext-1",
+            "user_defined": {"src": "java"},
+        },
+    )
     row = _ready(bucket, "ext-1")
     assert remote(emulator, bucket)[0]["id"] == row.remote_id
 
@@ -109,13 +121,17 @@ def test_delete_batch_with_refs_ids_and_unknown_names(producer, emulator, bucket
     for i in range(3):
         producer.upload_url(f"https://cdn.example.com/g{i}.mp3", title=f"G{i}", bucket_id=bucket, ref=f"g{i}")
     rows = [_ready(bucket, f"g{i}") for i in range(3)]
-    sent = producer.delete(bucket_id=bucket, refs=["g0", "nope"], ids=[rows[1].remote_id, 999999],
-                           acr_ids=[rows[2].acr_id])
+    sent = producer.delete(
+        bucket_id=bucket, refs=["g0", "nope"], ids=[rows[1].remote_id, 999999], acr_ids=[rows[2].acr_id]
+    )
     op = wait_for(lambda: op_done(sent.operation_id), timeout=30)
     assert op.status == "partial"
     assert op.result["outcomes"] == {
-        "ref:g0": "deleted", "ref:nope": "unknown_ref", f"id:{rows[1].remote_id}": "deleted",
-        "id:999999": "not_found", f"acr_id:{rows[2].acr_id}": "deleted",
+        "ref:g0": "deleted",
+        "ref:nope": "unknown_ref",
+        f"id:{rows[1].remote_id}": "deleted",
+        "id:999999": "not_found",
+        f"acr_id:{rows[2].acr_id}": "deleted",
     }
     assert remote(emulator, bucket) == []
     assert {r.status for r in files_in(bucket)} == {FileStatus.DELETED}
@@ -148,9 +164,19 @@ def test_poll_costs_one_get_per_chunk(emulator, bucket) -> None:
     ctx = JobContext(task_id="poll-test", settings=settings, client=client)
     with session_scope() as s:
         for f in created:
-            s.add(TrackFile(ref=f"p{f.id}", bucket_id=bucket, data_type="audio_url", title=f.title,
-                            source="x", remote_id=f.id, acr_id=f.acr_id, remote_state=0,
-                            status=FileStatus.PROCESSING))
+            s.add(
+                TrackFile(
+                    ref=f"p{f.id}",
+                    bucket_id=bucket,
+                    data_type="audio_url",
+                    title=f.title,
+                    source="x",
+                    remote_id=f.id,
+                    acr_id=f.acr_id,
+                    remote_state=0,
+                    status=FileStatus.PROCESSING,
+                )
+            )
         # Hold the poll's lease so the beat's own polls stay out of this count.
         wait_for(lambda: leases.acquire(s, LEASE, ctx.owner, 30), what="the poll lease")
     wait_for(lambda: all(f["state"] == 1 for f in remote(emulator, bucket)))
@@ -180,8 +206,10 @@ def test_failed_jobs_are_kept_listed_and_retried_by_a_human(emulator, bucket) ->
 
     emulator.faults.error_rate = 1.0  # every call 5xx: the job runs out of attempts
     runner = CliRunner()
-    out = runner.invoke(main, ["upload-url", "https://cdn.example.com/f.mp3", "--title", "F", "--bucket",
-                               str(bucket), "--ref", "fail-1"])
+    out = runner.invoke(
+        main,
+        ["upload-url", "https://cdn.example.com/f.mp3", "--title", "F", "--bucket", str(bucket), "--ref", "fail-1"],
+    )
     assert out.exit_code == 0, out.output
     row = _ready(bucket, "fail-1", status="failed")
     assert row.reason.startswith("gave up after 8 attempts") and row.attempts == 8
@@ -205,8 +233,7 @@ def test_an_operation_whose_message_was_lost_is_sent_again(emulator, bucket) -> 
     from ingest.store.models import Operation, utcnow
 
     # The message goes to a broker nobody reads: as if it vanished with a broker that died.
-    lost = idle_producer().upload_url("https://cdn.example.com/lost.mp3", title="Lost", bucket_id=bucket,
-                                      ref="lost-1")
+    lost = idle_producer().upload_url("https://cdn.example.com/lost.mp3", title="Lost", bucket_id=bucket, ref="lost-1")
     with session_scope() as s:
         op = s.get(Operation, lost.operation_id)
         op.updated_at = utcnow() - timedelta(hours=3)  # untouched for longer than resend_after
@@ -216,12 +243,13 @@ def test_an_operation_whose_message_was_lost_is_sent_again(emulator, bucket) -> 
     assert operation(lost.operation_id).task_id == lost.task_id  # same task id: a replay is a no-op
 
 
-def test_an_upload_answered_500_after_the_api_created_it_is_adopted_not_duplicated(producer, emulator,
-                                                                                   bucket) -> None:
+def test_an_upload_answered_500_after_the_api_created_it_is_adopted_not_duplicated(producer, emulator, bucket) -> None:
     emulator.faults.created_then_error_rate = 1.0  # the file is created, the answer is a 500
     sent = producer.upload_url("https://cdn.example.com/amb.mp3", title="Ambiguous", bucket_id=bucket, ref="amb")
-    wait_for(lambda: len(remote(emulator, bucket)) == 1 and operation(sent.operation_id).attempts >= 1,
-             what="the created-then-500 answer")
+    wait_for(
+        lambda: len(remote(emulator, bucket)) == 1 and operation(sent.operation_id).attempts >= 1,
+        what="the created-then-500 answer",
+    )
     emulator.faults.reset()
     row = _ready(bucket, "amb")
     files = remote(emulator, bucket)
@@ -231,8 +259,7 @@ def test_an_upload_answered_500_after_the_api_created_it_is_adopted_not_duplicat
     assert emulator.stats()["searches"].get(f"{bucket}:Ambiguous", 0) >= 1  # it looked before posting again
 
 
-def test_an_upload_refused_with_429_is_posted_again_without_searching_or_waiting(producer, emulator,
-                                                                                   bucket) -> None:
+def test_an_upload_refused_with_429_is_posted_again_without_searching_or_waiting(producer, emulator, bucket) -> None:
     """A 429 is an answer: nothing was created, so the retry neither waits out an 'in flight' POST
     nor searches the bucket for it."""
     emulator.set_faults(burst_429=1, retry_after=0)

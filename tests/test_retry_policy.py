@@ -10,16 +10,20 @@ from ingest.jobs.errors import InputError
 from ingest.jobs.retry_policy import RATE_LIMIT_ATTEMPT_FACTOR, Action, backoff, decide
 from ingest.settings import Settings
 
-S = Settings(_env_file=None, max_attempts=5, backoff_base=2, backoff_max=60, auth_hold_recheck=30,
-             visibility_timeout=3600)
+S = Settings(
+    _env_file=None, max_attempts=5, backoff_base=2, backoff_max=60, auth_hold_recheck=30, visibility_timeout=3600
+)
 
 
-@pytest.mark.parametrize("exc", [
-    TransientError("Server Error", status=500),
-    TransientError("read timeout", maybe_applied=True),
-    TransientError("connection refused", maybe_applied=False),
-    OperationalError("select 1", {}, Exception("database is locked")),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TransientError("Server Error", status=500),
+        TransientError("read timeout", maybe_applied=True),
+        TransientError("connection refused", maybe_applied=False),
+        OperationalError("select 1", {}, Exception("database is locked")),
+    ],
+)
 def test_transient_errors_retry_with_capped_full_jitter_until_attempts_run_out(exc: Exception) -> None:
     for attempt in range(1, S.max_attempts):
         d = decide(exc, attempt, 0, S)
@@ -45,12 +49,15 @@ def test_a_rejected_token_holds_instead_of_failing() -> None:
     assert (d.action, d.countdown, d.counts) == (Action.HOLD, S.auth_hold_recheck, False)
 
 
-@pytest.mark.parametrize("exc", [
-    NotFoundError("No query results", status=404),
-    ValidationError("The given data was invalid.", status=422, errors={"title": ["required"]}),
-    ClientError("Conflict", status=409),
-    KeyError("a bug"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        NotFoundError("No query results", status=404),
+        ValidationError("The given data was invalid.", status=422, errors={"title": ["required"]}),
+        ClientError("Conflict", status=409),
+        KeyError("a bug"),
+    ],
+)
 def test_permanent_errors_fail_at_once_with_their_reason(exc: Exception) -> None:
     d = decide(exc, 1, 0, S)
     assert d.action is Action.FAIL and d.reason
@@ -60,8 +67,11 @@ def test_permanent_errors_fail_at_once_with_their_reason(exc: Exception) -> None
 
 def test_bad_input_fails_at_once_naming_the_field_and_uses_no_attempt() -> None:
     d = decide(InputError({"url": "must be an absolute http:// or https:// URL"}), 1, 0, S)
-    assert d.action is Action.FAIL and not d.counts and d.reason == (
-        "bad input: url: must be an absolute http:// or https:// URL")
+    assert (
+        d.action is Action.FAIL
+        and not d.counts
+        and d.reason == ("bad input: url: must be an absolute http:// or https:// URL")
+    )
 
 
 def test_backoff_grows_then_stays_under_the_cap() -> None:

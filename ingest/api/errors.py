@@ -39,7 +39,6 @@ class ApiError(Exception):
         return f"{self.message}{status}" + (f" ({where})" if where else "")
 
 
-
 class AuthError(ApiError):
     """401/403: the token is missing, invalid or expired. Retrying with the same token is pointless."""
 

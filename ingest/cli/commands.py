@@ -40,7 +40,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 
 def _since(value: str | None) -> datetime | None:
-    """"2026-11-25T10:00", or a duration back from now: 30m, 2h, 1d."""
+    """ "2026-11-25T10:00", or a duration back from now: 30m, 2h, 1d."""
     if not value:
         return None
     units = {"m": "minutes", "h": "hours", "d": "days"}
@@ -116,18 +116,28 @@ def _batch_options(f: Any) -> Any:
 @_batch_options
 def delete(refs: tuple[str, ...], ids: tuple[str, ...], acr_ids: tuple[str, ...], bucket_id: str | None) -> None:
     """Delete files from the bucket (a pending upload is cancelled)."""
-    _enqueue(_producer().delete, bucket_id=bucket_id, refs=_split(refs), ids=_split(ids),
-             acr_ids=_split(acr_ids))
+    _enqueue(_producer().delete, bucket_id=bucket_id, refs=_split(refs), ids=_split(ids), acr_ids=_split(acr_ids))
 
 
 @main.command("move")
 @click.option("--to", "target_bucket_id", help="Target bucket id (required).")
 @_batch_options
-def move(target_bucket_id: str | None, refs: tuple[str, ...], ids: tuple[str, ...], acr_ids: tuple[str, ...],
-         bucket_id: str | None) -> None:
+def move(
+    target_bucket_id: str | None,
+    refs: tuple[str, ...],
+    ids: tuple[str, ...],
+    acr_ids: tuple[str, ...],
+    bucket_id: str | None,
+) -> None:
     """Move files to another bucket."""
-    _enqueue(_producer().move, target_bucket_id=target_bucket_id, bucket_id=bucket_id, refs=_split(refs),
-             ids=_split(ids), acr_ids=_split(acr_ids))
+    _enqueue(
+        _producer().move,
+        target_bucket_id=target_bucket_id,
+        bucket_id=bucket_id,
+        refs=_split(refs),
+        ids=_split(ids),
+        acr_ids=_split(acr_ids),
+    )
 
 
 # --- what happened ---------------------------------------------------------------------------------
@@ -149,16 +159,25 @@ def status(as_json: bool) -> None:
         return
     click.echo("files: " + (counts_line(report["files"], list(FileStatus)) if report["files"] else "none"))
     for kind, counts in sorted(report["operations"].items()):
-        click.echo(f"{kind}: " + counts_line(counts, ("queued", "running", "waiting", "held", "succeeded",
-                                                       "partial", "failed")))
+        click.echo(
+            f"{kind}: "
+            + counts_line(counts, ("queued", "running", "waiting", "held", "succeeded", "partial", "failed"))
+        )
     if report["held"]:
         h = report["held"]
         click.echo(f"HELD since {h['since']}: {h['reason']} — fix the token; work resumes by itself")
     if report["recent_failures"]:
         click.echo("recent failures:")
-        click.echo(table(("op", "kind", "bucket", "ref", "attempts", "error"), [
-            (f["operation_id"], f["kind"], f["bucket_id"], f["ref"], f["attempts"], f["error"])
-            for f in report["recent_failures"]], max_width=90))
+        click.echo(
+            table(
+                ("op", "kind", "bucket", "ref", "attempts", "error"),
+                [
+                    (f["operation_id"], f["kind"], f["bucket_id"], f["ref"], f["attempts"], f["error"])
+                    for f in report["recent_failures"]
+                ],
+                max_width=90,
+            )
+        )
 
 
 @main.command("files")
@@ -172,13 +191,15 @@ def files_cmd(bucket_id: str | None, status_filter: str | None, limit: int) -> N
     from ingest.store.reports import files
 
     with session_scope() as s:
-        click.echo(files_table(files(s, bucket_id=int(bucket_id) if bucket_id else None,
-                                     status=status_filter, limit=limit)))
+        click.echo(
+            files_table(files(s, bucket_id=int(bucket_id) if bucket_id else None, status=status_filter, limit=limit))
+        )
 
 
 def _filters(f: Any) -> Any:
-    f = click.option("--kind", type=click.Choice(["upload_url", "upload_file", "update_meta", "delete_batch",
-                                                  "move_batch"]))(f)
+    f = click.option(
+        "--kind", type=click.Choice(["upload_url", "upload_file", "update_meta", "delete_batch", "move_batch"])
+    )(f)
     f = click.option("--bucket", "bucket_id", type=int)(f)
     return click.option("--since", help="ISO time or a duration back from now (30m, 2h, 1d).")(f)
 
@@ -194,9 +215,24 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, lim
 
     with session_scope() as s:
         ops = failures(s, kind=kind, bucket_id=bucket_id, since=_since(since), limit=limit)
-        click.echo(table(("op", "kind", "bucket", "ref", "attempts", "when", "error"), [
-            (op.id, op.kind, op.bucket_id, op.args.get("ref"), op.attempts, op.updated_at.isoformat(" ", "seconds"),
-             op.error) for op in ops], max_width=100))
+        click.echo(
+            table(
+                ("op", "kind", "bucket", "ref", "attempts", "when", "error"),
+                [
+                    (
+                        op.id,
+                        op.kind,
+                        op.bucket_id,
+                        op.args.get("ref"),
+                        op.attempts,
+                        op.updated_at.isoformat(" ", "seconds"),
+                        op.error,
+                    )
+                    for op in ops
+                ],
+                max_width=100,
+            )
+        )
 
 
 @main.command("retry-failed")
@@ -219,8 +255,14 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str, loglevel: str
     """Run a Celery worker (extra arguments go to celery)."""
     from ingest.worker.app import app
 
-    argv = ["worker", f"--pool={pool}", f"--loglevel={loglevel}", "-E",
-            f"--concurrency={concurrency or get_settings().worker_concurrency}", *ctx.args]
+    argv = [
+        "worker",
+        f"--pool={pool}",
+        f"--loglevel={loglevel}",
+        "-E",
+        f"--concurrency={concurrency or get_settings().worker_concurrency}",
+        *ctx.args,
+    ]
     app.worker_main(argv)
 
 
@@ -240,8 +282,7 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 @click.option("--token", "tokens", multiple=True, help="Accepted token(s) (default: ACR_INGEST_ACCESS_TOKEN).")
 @click.option("--processing-delay", default=2.0, show_default=True, help="Seconds a file stays in state 0.")
 @click.option("--rate-limit", type=float, help="Requests per second per token (default unlimited).")
-def emulator(host: str, port: int, tokens: tuple[str, ...], processing_delay: float,
-             rate_limit: float | None) -> None:
+def emulator(host: str, port: int, tokens: tuple[str, ...], processing_delay: float, rate_limit: float | None) -> None:
     """Serve the ACRCloud API emulator on HOST:PORT (base URL http://HOST:PORT/api)."""
     from ingest.devtools.emulator.server import serve
 

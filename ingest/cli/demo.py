@@ -24,8 +24,14 @@ from ingest.devtools.processes import ChildProcess, celery_command
 
 BUCKET = 8891
 FILES = [
-    ("Morning Raga", 220.0), ("Harbour Lights", 247.0), ("Copper Sky", 262.0), ("Paper Boats", 294.0),
-    ("Night Train", 330.0), ("Glass Garden", 349.0), ("Slow Tide", 392.0), ("Northern Line", 440.0),
+    ("Morning Raga", 220.0),
+    ("Harbour Lights", 247.0),
+    ("Copper Sky", 262.0),
+    ("Paper Boats", 294.0),
+    ("Night Train", 330.0),
+    ("Glass Garden", 349.0),
+    ("Slow Tide", 392.0),
+    ("Northern Line", 440.0),
 ]
 URLS = [
     ("Blue Hour", "https://cdn.example.com/catalog/blue-hour.mp3"),
@@ -75,11 +81,22 @@ def run_demo(*, keep: bool = False, timeout: float = 120.0) -> int:
     click.echo(f"acr-ingest demo — work folder {work}")
     click.echo(f"  emulator  {emulator.url} (processing takes 1.5 s)")
     click.echo("  broker    kombu filesystem transport · database SQLite (WAL) · worker (4 threads) · beat")
-    worker = ChildProcess("worker", celery_command("worker", "--pool=threads", "--concurrency=4", "--loglevel=warning",
-                                                   "--without-gossip", "--without-mingle"),
-                          log=work / "worker.log", env=env, cwd=work)
-    beat = ChildProcess("beat", celery_command("beat", "--loglevel=warning", f"--schedule={work / 'beat-schedule'}"),
-                        log=work / "beat.log", env=env, cwd=work)
+    worker = ChildProcess(
+        "worker",
+        celery_command(
+            "worker", "--pool=threads", "--concurrency=4", "--loglevel=warning", "--without-gossip", "--without-mingle"
+        ),
+        log=work / "worker.log",
+        env=env,
+        cwd=work,
+    )
+    beat = ChildProcess(
+        "beat",
+        celery_command("beat", "--loglevel=warning", f"--schedule={work / 'beat-schedule'}"),
+        log=work / "beat.log",
+        env=env,
+        cwd=work,
+    )
     try:
         return _drive(work, timeout, worker)
     finally:
@@ -100,8 +117,12 @@ def _drive(work: Path, timeout: float, worker: ChildProcess) -> int:
 
     producer = Producer()
     for n, (title, _freq) in enumerate(FILES, 1):
-        producer.upload_file(f"{title.lower().replace(' ', '-')}.wav", title=title, ref=f"CAT-{n:04d}",
-                             user_defined={"artist": "Demo Ensemble", "album": "Loopback Sessions"})
+        producer.upload_file(
+            f"{title.lower().replace(' ', '-')}.wav",
+            title=title,
+            ref=f"CAT-{n:04d}",
+            user_defined={"artist": "Demo Ensemble", "album": "Loopback Sessions"},
+        )
     for n, (title, url) in enumerate([*URLS, BAD_URL], len(FILES) + 1):
         producer.upload_url(url, title=title, ref=f"CAT-{n:04d}", user_defined={"artist": "Demo Ensemble"})
     total = len(FILES) + len(URLS) + 1
@@ -132,6 +153,8 @@ def _drive(work: Path, timeout: float, worker: ChildProcess) -> int:
     ready = sum(r.status == "ready" for r in rows)
     errors = [r for r in rows if r.status == "error"]
     ok = done and ready == total - 1 and len(errors) == 1 and all(r.remote_id and r.acr_id for r in rows)
-    click.echo(f"\n{ready} ready, {len(errors)} error (expected: {total - 1} ready and the bad master in error) "
-               f"in {time.monotonic() - start:.1f}s — {'OK' if ok else 'NOT AS EXPECTED'}")
+    click.echo(
+        f"\n{ready} ready, {len(errors)} error (expected: {total - 1} ready and the bad master in error) "
+        f"in {time.monotonic() - start:.1f}s — {'OK' if ok else 'NOT AS EXPECTED'}"
+    )
     return 0 if ok else 1

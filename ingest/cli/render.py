@@ -24,9 +24,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: i
 
 
 def files_table(rows: Sequence[TrackFile]) -> str:
-    return table(FILE_COLUMNS, [
-        (r.ref, r.title, r.remote_id, r.acr_id, r.remote_state, r.status, r.reason) for r in rows
-    ], max_width=60)
+    return table(
+        FILE_COLUMNS,
+        [(r.ref, r.title, r.remote_id, r.acr_id, r.remote_state, r.status, r.reason) for r in rows],
+        max_width=60,
+    )
 
 
 def counts_line(counts: dict[str, int], order: Sequence[str]) -> str:

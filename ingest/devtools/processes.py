@@ -32,14 +32,27 @@ def celery_command(*args: str, app: str = "ingest.worker") -> list[str]:
 class ChildProcess:
     """A command in its own session, its output in ``log``."""
 
-    def __init__(self, name: str, command: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(list(command), env=dict(env) if env is not None else None, cwd=cwd,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                list(command),
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
@@ -91,9 +104,24 @@ class RedisServer:
         assert self.exe is not None
         self.child = ChildProcess(
             f"redis-{self.port}",
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
-             "--maxmemory-policy", "noeviction", "--dir", str(self.workdir), "--databases", "32"],
-            log=self.workdir / f"redis-{self.port}.log")
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persistence,
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                str(self.workdir),
+                "--databases",
+                "32",
+            ],
+            log=self.workdir / f"redis-{self.port}.log",
+        )
         deadline = time.monotonic() + timeout
         while not self.ping():
             self.child.check()

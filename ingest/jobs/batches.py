@@ -46,12 +46,14 @@ def _cancel_if_unsent(session: Session, row: TrackFile) -> bool:
     now = utcnow()
     result = session.execute(
         update(TrackFile)
-        .where(and_(
-            TrackFile.id == row.id,
-            TrackFile.remote_id.is_(None),  # type: ignore[union-attr]
-            TrackFile.post_started_at.is_(None),  # type: ignore[union-attr]
-            or_(TrackFile.lease_until.is_(None), TrackFile.lease_until < now),  # type: ignore[union-attr]
-        ))
+        .where(
+            and_(
+                TrackFile.id == row.id,
+                TrackFile.remote_id.is_(None),  # type: ignore[union-attr]
+                TrackFile.post_started_at.is_(None),  # type: ignore[union-attr]
+                or_(TrackFile.lease_until.is_(None), TrackFile.lease_until < now),  # type: ignore[union-attr]
+            )
+        )
         .values(status=FileStatus.CANCELLED, reason="deleted before it was uploaded", updated_at=now)
     )
     session.commit()
@@ -71,13 +73,15 @@ def _result(outcomes: dict[str, str]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for outcome in outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
-    problems = {name: o for name, o in outcomes.items()
-                if o in ("not_found", "unknown_ref", "conflict", "upload_failed")}
+    problems = {
+        name: o for name, o in outcomes.items() if o in ("not_found", "unknown_ref", "conflict", "upload_failed")
+    }
     status = OpStatus.PARTIAL if problems else OpStatus.SUCCEEDED
     out: dict[str, Any] = {"status": status, "counts": counts, "outcomes": outcomes}
     if problems:
         out["error"] = f"{len(problems)} of {len(outcomes)} not done: " + ", ".join(
-            f"{n} ({o})" for n, o in list(problems.items())[:20])
+            f"{n} ({o})" for n, o in list(problems.items())[:20]
+        )
     return out
 
 
@@ -182,8 +186,9 @@ def _run_batch(
             _save(s, op_id, outcomes)
 
     if waiting:
-        raise RetryLater(settings.dependency_wait,
-                         f"waiting for the upload of {len(waiting)} file(s): {', '.join(waiting[:5])}")
+        raise RetryLater(
+            settings.dependency_wait, f"waiting for the upload of {len(waiting)} file(s): {', '.join(waiting[:5])}"
+        )
     return _result(outcomes)
 
 
@@ -194,12 +199,19 @@ def handle_delete(job: DeleteBatchJob, op_id: int, ctx: JobContext) -> dict[str,
         s.flush()
 
     client = ctx.client
-    return _run_batch(job, op_id, ctx, BatchVerb(
-        "deleted", lambda keys: client.delete_files(job.bucket_id, keys),
-        pending=lambda keys: _in_bucket(client, job.bucket_id, keys),
-        # A file of ours that is no longer in the bucket is deleted (perhaps by our own timed-out try).
-        already=lambda keys, managed: [k for k in keys if k in managed], on_done=on_done,
-    ))
+    return _run_batch(
+        job,
+        op_id,
+        ctx,
+        BatchVerb(
+            "deleted",
+            lambda keys: client.delete_files(job.bucket_id, keys),
+            pending=lambda keys: _in_bucket(client, job.bucket_id, keys),
+            # A file of ours that is no longer in the bucket is deleted (perhaps by our own timed-out try).
+            already=lambda keys, managed: [k for k in keys if k in managed],
+            on_done=on_done,
+        ),
+    )
 
 
 def handle_move(job: MoveBatchJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
@@ -214,8 +226,16 @@ def handle_move(job: MoveBatchJob, op_id: int, ctx: JobContext) -> dict[str, Any
         s.add(row)
         s.flush()
 
-    return _run_batch(job, op_id, ctx, BatchVerb(
-        "moved", lambda keys: client.move_files(target, keys),
-        pending=lambda keys: _in_bucket(client, job.bucket_id, keys),
-        already=lambda keys, _managed: _in_bucket(client, target, keys), on_done=on_done, check=check,
-    ))
+    return _run_batch(
+        job,
+        op_id,
+        ctx,
+        BatchVerb(
+            "moved",
+            lambda keys: client.move_files(target, keys),
+            pending=lambda keys: _in_bucket(client, job.bucket_id, keys),
+            already=lambda keys, _managed: _in_bucket(client, target, keys),
+            on_done=on_done,
+            check=check,
+        ),
+    )

@@ -226,9 +226,7 @@ def resolve_media_path(value: Any, settings: Settings, c: _Collector | None = No
     return _finish(own, c, None)
 
 
-def _finish(
-    own: _Collector, outer: _Collector | None, result: tuple[Path, str] | None
-) -> tuple[Path, str] | None:
+def _finish(own: _Collector, outer: _Collector | None, result: tuple[Path, str] | None) -> tuple[Path, str] | None:
     if outer is None:
         own.raise_if_any()
     return result
@@ -260,7 +258,10 @@ def validate_upload_url(args: dict[str, Any], settings: Settings) -> UploadUrlJo
     c.raise_if_any()
     assert url is not None and title is not None
     return UploadUrlJob(
-        url=url, bucket_id=bucket, title=title, user_defined=ud or {},
+        url=url,
+        bucket_id=bucket,
+        title=title,
+        user_defined=ud or {},
         ref=ref or generated_ref("audio_url", url),
     )
 
@@ -280,8 +281,12 @@ def validate_upload_file(args: dict[str, Any], settings: Settings) -> UploadFile
     assert resolved is not None and title is not None
     rel = resolved[1]
     return UploadFileJob(
-        path=rel, bucket_id=bucket, title=title, user_defined=ud or {},
-        ref=ref or generated_ref(data_type, rel), data_type=data_type,
+        path=rel,
+        bucket_id=bucket,
+        title=title,
+        user_defined=ud or {},
+        ref=ref or generated_ref(data_type, rel),
+        data_type=data_type,
     )
 
 
@@ -313,16 +318,16 @@ def validate_update_meta(args: dict[str, Any], settings: Settings) -> UpdateMeta
     acr_id = _acr_id(c, "acr_id", args.get("acr_id"))
     named = [k for k in ("ref", "file_id", "acr_id") if args.get(k) is not None]
     if len(named) != 1:
-        c.add("ref", "name the file by exactly one of ref, file_id or acr_id" + (
-            f" (got {', '.join(named)})" if named else ""))
+        c.add(
+            "ref",
+            "name the file by exactly one of ref, file_id or acr_id" + (f" (got {', '.join(named)})" if named else ""),
+        )
     title = _title(c, args.get("title"), settings, required=False)
     ud = _user_defined(c, args.get("user_defined"), settings)
     if args.get("title") is None and args.get("user_defined") is None:
         c.add("title", "nothing to update: give title and/or user_defined")
     c.raise_if_any()
-    return UpdateMetaJob(
-        bucket_id=bucket, ref=ref, file_id=file_id, acr_id=acr_id, title=title, user_defined=ud
-    )
+    return UpdateMetaJob(bucket_id=bucket, ref=ref, file_id=file_id, acr_id=acr_id, title=title, user_defined=ud)
 
 
 def _targets(c: _Collector, args: dict[str, Any], settings: Settings) -> Targets:

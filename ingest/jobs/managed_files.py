@@ -65,9 +65,14 @@ def plan_upload(existing: TrackFile | None, job: UploadJob) -> UploadPlan:
     if not FileStatus(existing.status).is_active:
         return UploadPlan.REUPLOAD
     if existing.source != source_of(job) or existing.data_type != data_type_of(job):
-        raise InputError({"ref": (
-            f"{job.ref!r} is already used in bucket {job.bucket_id} for {existing.source!r}; "
-            "give this file another ref, or delete that one first")})
+        raise InputError(
+            {
+                "ref": (
+                    f"{job.ref!r} is already used in bucket {job.bucket_id} for {existing.source!r}; "
+                    "give this file another ref, or delete that one first"
+                )
+            }
+        )
     if existing.title != job.title or existing.user_defined != job.user_defined:
         return UploadPlan.UPDATE
     return UploadPlan.NOOP
@@ -75,8 +80,9 @@ def plan_upload(existing: TrackFile | None, job: UploadJob) -> UploadPlan:
 
 def prepare_upload_row(session: Session, existing: TrackFile | None, job: UploadJob) -> TrackFile:
     """Write the row an upload will fill in (a new one, or a failed/cancelled/deleted one reset)."""
-    row = existing or TrackFile(ref=job.ref, bucket_id=job.bucket_id, data_type=data_type_of(job),
-                                title=job.title, source=source_of(job))
+    row = existing or TrackFile(
+        ref=job.ref, bucket_id=job.bucket_id, data_type=data_type_of(job), title=job.title, source=source_of(job)
+    )
     if row.status != FileStatus.FAILED or row.source != source_of(job):
         # A failed upload of the same source keeps its post mark: its POST may have created the
         # file, so the new attempt looks for it first. Deleted/cancelled ones start afresh.
@@ -100,18 +106,25 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     return row
 
 
-def apply_meta(session: Session, file_id: int, title: str | None, user_defined: dict[str, Any] | None,
-               seq: int) -> None:
+def apply_meta(
+    session: Session, file_id: int, title: str | None, user_defined: dict[str, Any] | None, seq: int
+) -> None:
     """Merge an update (operation ``seq``) into the desired metadata, each field only if no later
     operation set it already. Conditional UPDATEs, so two workers merging at once cannot overwrite
     each other with what they read before."""
     bump = {"meta_version": TrackFile.meta_version + 1, "updated_at": utcnow()}
     if title is not None:
-        session.execute(update(TrackFile).where(TrackFile.id == file_id, TrackFile.title_seq < seq)
-                        .values(title=title, title_seq=seq, **bump))
+        session.execute(
+            update(TrackFile)
+            .where(TrackFile.id == file_id, TrackFile.title_seq < seq)
+            .values(title=title, title_seq=seq, **bump)
+        )
     if user_defined is not None:
-        session.execute(update(TrackFile).where(TrackFile.id == file_id, TrackFile.user_defined_seq < seq)
-                        .values(user_defined=dict(user_defined), user_defined_seq=seq, **bump))
+        session.execute(
+            update(TrackFile)
+            .where(TrackFile.id == file_id, TrackFile.user_defined_seq < seq)
+            .values(user_defined=dict(user_defined), user_defined_seq=seq, **bump)
+        )
 
 
 def adopt(row: TrackFile, remote: BucketFile, *, synced_version: int) -> None:
@@ -136,8 +149,10 @@ def file_lease(session: Session, row: TrackFile, ctx: JobContext) -> Iterator[No
     assert row.id is not None
     taken, remaining = claim_file(session, row.id, ctx.owner, ctx.settings.lease_seconds)
     if not taken:
-        raise RetryLater(min(max(remaining, 1.0), ctx.settings.dependency_wait),
-                         f"ref {row.ref!r} is being changed by another worker")
+        raise RetryLater(
+            min(max(remaining, 1.0), ctx.settings.dependency_wait),
+            f"ref {row.ref!r} is being changed by another worker",
+        )
     try:
         with kept_alive(row.id, ctx.owner, ctx.settings.lease_seconds):
             yield

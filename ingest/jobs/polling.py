@@ -35,8 +35,16 @@ POLL_LEASE_SECONDS = 120
 def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]:
     """One cycle over every processing file (or one bucket's); returns counts, including API calls."""
     settings = ctx.settings
-    counts = {"checked": 0, "ready": 0, "error": 0, "vanished": 0, "calls": 0, "verified": 0,
-              "duplicates_removed": 0, "metadata_resent": 0}
+    counts = {
+        "checked": 0,
+        "ready": 0,
+        "error": 0,
+        "vanished": 0,
+        "calls": 0,
+        "verified": 0,
+        "duplicates_removed": 0,
+        "metadata_resent": 0,
+    }
     with session_scope() as s:
         if not leases.acquire(s, LEASE, ctx.owner, max(POLL_LEASE_SECONDS, settings.poll_interval * 2)):
             return {"skipped": "another poll is running"}
@@ -44,7 +52,8 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
             if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
                 return {"skipped": "held: the API rejects the access token"}
             query = select(TrackFile.id, TrackFile.bucket_id, TrackFile.remote_id).where(
-                TrackFile.status == FileStatus.PROCESSING, TrackFile.remote_id.is_not(None)  # type: ignore[union-attr]
+                TrackFile.status == FileStatus.PROCESSING,
+                TrackFile.remote_id.is_not(None),  # type: ignore[union-attr]
             )
             if bucket_id is not None:
                 query = query.where(TrackFile.bucket_id == bucket_id)
@@ -86,8 +95,9 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
     return counts
 
 
-def _record_state(s: Session, file_id: int, asked_bucket: int, remote: BucketFile | None,
-                  counts: dict[str, Any], settings: Settings) -> None:
+def _record_state(
+    s: Session, file_id: int, asked_bucket: int, remote: BucketFile | None, counts: dict[str, Any], settings: Settings
+) -> None:
     """Write what the poll saw, only if the row is still processing in that bucket (a delete or move
     committed meanwhile wins)."""
     row = s.get(TrackFile, file_id)
@@ -105,11 +115,19 @@ def _record_state(s: Session, file_id: int, asked_bucket: int, remote: BucketFil
         values = {"remote_state": 0, "missing_since": None}
     else:
         status = FileStatus.of_remote_state(remote.state)
-        values = {"remote_state": remote.state, "status": status, "missing_since": None, "updated_at": utcnow(),
-                  "reason": STATE_ERROR_REASON if remote.state == -1 else None}
+        values = {
+            "remote_state": remote.state,
+            "status": status,
+            "missing_since": None,
+            "updated_at": utcnow(),
+            "reason": STATE_ERROR_REASON if remote.state == -1 else None,
+        }
         counts["ready" if status == FileStatus.READY else "error"] += 1
-    s.execute(update(TrackFile).where(TrackFile.id == file_id, TrackFile.status == FileStatus.PROCESSING,
-                                      TrackFile.bucket_id == asked_bucket).values(**values))
+    s.execute(
+        update(TrackFile)
+        .where(TrackFile.id == file_id, TrackFile.status == FileStatus.PROCESSING, TrackFile.bucket_id == asked_bucket)
+        .values(**values)
+    )
 
 
 def _vanished(row: TrackFile, settings: Settings) -> bool:
@@ -144,8 +162,7 @@ def _verify_one(s: Session, row: TrackFile, ctx: JobContext, counts: dict[str, A
     keep = None if row.status == FileStatus.DELETED else row.remote_id  # a deleted ref keeps no file
     twins = [f.id for f in files_with_ref(client, row) if f.id != keep]
     if twins:
-        log.warning("ref %r: removing %d late duplicate(s) %s of file %s", row.ref, len(twins), twins,
-                    row.remote_id)
+        log.warning("ref %r: removing %d late duplicate(s) %s of file %s", row.ref, len(twins), twins, row.remote_id)
         client.delete_files(row.posted_bucket_id or row.bucket_id, twins)
         counts["duplicates_removed"] += len(twins)
     try:

@@ -59,8 +59,10 @@ class SharedRateLimit:
             return None
         url = settings.rate_limit_redis_url or settings.broker_url
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("ACR_INGEST_RATE_LIMIT needs Redis: set ACR_INGEST_RATE_LIMIT_REDIS_URL "
-                             f"(the broker {url.split('://')[0]}:// cannot hold a shared budget)")
+            raise ValueError(
+                "ACR_INGEST_RATE_LIMIT needs Redis: set ACR_INGEST_RATE_LIMIT_REDIS_URL "
+                f"(the broker {url.split('://')[0]}:// cannot hold a shared budget)"
+            )
         burst = settings.rate_limit_burst or max(1, int(settings.rate_limit))
         return cls(redis.Redis.from_url(url), rate=settings.rate_limit, burst=burst)
 

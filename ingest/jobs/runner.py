@@ -35,8 +35,12 @@ def ensure_operation(session: Session, kind: str, args: dict[str, Any], task_id:
     if op is not None:
         return op
     bucket = args.get("bucket_id")
-    op = Operation(kind=kind, args=args, task_id=task_id,
-                   bucket_id=bucket if isinstance(bucket, int) and not isinstance(bucket, bool) else None)
+    op = Operation(
+        kind=kind,
+        args=args,
+        task_id=task_id,
+        bucket_id=bucket if isinstance(bucket, int) and not isinstance(bucket, bool) else None,
+    )
     session.add(op)
     try:
         session.commit()
@@ -96,9 +100,11 @@ def run_job(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) 
         with session_scope() as s:
             if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
                 hold = auth_hold.current(s)
-                raise RetryLater(settings.auth_hold_recheck,
-                                 f"held: the API rejects the access token ({hold.reason if hold else ''})",
-                                 held=True)
+                raise RetryLater(
+                    settings.auth_hold_recheck,
+                    f"held: the API rejects the access token ({hold.reason if hold else ''})",
+                    held=True,
+                )
         result = handler(job, op_id, ctx)
     except RetryLater as wait:
         with session_scope() as s:
@@ -129,14 +135,18 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
             _set(s, op_id, status=OpStatus.HELD, error=decision.reason)
             raise RetryLater(decision.countdown, decision.reason, held=True) from None
         if decision.action is Action.RETRY:
-            log.info("%s %s: retry in %.1fs (attempt %d): %s", kind, ctx.task_id, decision.countdown,
-                     attempts, decision.reason)
-            _set(s, op_id, status=OpStatus.WAITING, error=decision.reason, attempts=attempts,
-                 throttled=throttled)
+            log.info(
+                "%s %s: retry in %.1fs (attempt %d): %s",
+                kind,
+                ctx.task_id,
+                decision.countdown,
+                attempts,
+                decision.reason,
+            )
+            _set(s, op_id, status=OpStatus.WAITING, error=decision.reason, attempts=attempts, throttled=throttled)
             raise RetryLater(decision.countdown, decision.reason, counts=decision.counts) from None
         log.error("%s %s failed: %s", kind, ctx.task_id, decision.reason)
-        op = _set(s, op_id, status=OpStatus.FAILED, error=decision.reason, attempts=attempts,
-                  throttled=throttled)
+        op = _set(s, op_id, status=OpStatus.FAILED, error=decision.reason, attempts=attempts, throttled=throttled)
         fail_file(s, op, decision.reason)
         return summary(op)
 
@@ -145,15 +155,24 @@ def claim_stale(session: Session, older_than: float, limit: int = 500) -> list[O
     """Unfinished operations nobody has touched for ``older_than`` seconds: their message was lost.
     Marks them touched (so the next cycle does not send them again) and returns them to resend."""
     cutoff = utcnow() - timedelta(seconds=older_than)
-    ops = list(session.exec(select(Operation).where(
-        Operation.status.in_(OpStatus.unfinished()), Operation.updated_at < cutoff,  # type: ignore[attr-defined]
-        Operation.task_id.is_not(None),  # type: ignore[union-attr]
-    ).order_by(Operation.id).limit(limit)).all())
+    ops = list(
+        session.exec(
+            select(Operation)
+            .where(
+                Operation.status.in_(OpStatus.unfinished()),
+                Operation.updated_at < cutoff,  # type: ignore[attr-defined]
+                Operation.task_id.is_not(None),  # type: ignore[union-attr]
+            )
+            .order_by(Operation.id)
+            .limit(limit)
+        ).all()
+    )
     for op in ops:
         op.updated_at = utcnow()
         session.add(op)
     session.commit()
     if ops:
-        log.warning("resending %d operation(s) whose message was lost: %s", len(ops),
-                    ", ".join(str(op.id) for op in ops[:20]))
+        log.warning(
+            "resending %d operation(s) whose message was lost: %s", len(ops), ", ".join(str(op.id) for op in ops[:20])
+        )
     return ops

@@ -17,13 +17,15 @@ from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, TrackFile
 
 
-def find_managed(session: Session, bucket_id: int, *, ref: str | None = None, file_id: int | None = None,
-                 acr_id: str | None = None) -> TrackFile | None:
+def find_managed(
+    session: Session, bucket_id: int, *, ref: str | None = None, file_id: int | None = None, acr_id: str | None = None
+) -> TrackFile | None:
     if ref is not None:
         return by_ref(session, bucket_id, ref)
     query = select(TrackFile).where(TrackFile.bucket_id == bucket_id)
-    query = query.where(TrackFile.remote_id == file_id) if file_id is not None else query.where(
-        TrackFile.acr_id == acr_id)
+    query = (
+        query.where(TrackFile.remote_id == file_id) if file_id is not None else query.where(TrackFile.acr_id == acr_id)
+    )
     return session.exec(query).first()
 
 
@@ -32,8 +34,9 @@ def wait_for_unknown_ref(session: Session, op_id: int, bucket_id: int, ref: str,
     op = session.get(Operation, op_id)
     assert op is not None
     if ref_may_still_arrive(op.created_at, settings):
-        raise RetryLater(settings.dependency_wait,
-                         f"ref {ref!r} not known yet in bucket {bucket_id}: waiting for its upload")
+        raise RetryLater(
+            settings.dependency_wait, f"ref {ref!r} not known yet in bucket {bucket_id}: waiting for its upload"
+        )
     raise unknown_ref(ref, bucket_id)
 
 
@@ -46,16 +49,16 @@ def handle_update(job: UpdateMetaJob, op_id: int, ctx: JobContext) -> dict[str, 
             # A file this tool does not manage: update it as asked.
             target = job.file_id if job.file_id is not None else job.acr_id
             assert target is not None
-            remote = ctx.client.update_file(job.bucket_id, target, title=job.title,
-                                            user_defined=job.user_defined)
+            remote = ctx.client.update_file(job.bucket_id, target, title=job.title, user_defined=job.user_defined)
             return {"id": remote.id, "acr_id": remote.acr_id, "managed": False}
         file_id = row.id
     assert file_id is not None
     return update_row_meta(file_id, op_id, job.title, job.user_defined, ctx)
 
 
-def update_row_meta(file_id: int, op_id: int, title: str | None, user_defined: dict[str, Any] | None,
-                    ctx: JobContext) -> dict[str, Any]:
+def update_row_meta(
+    file_id: int, op_id: int, title: str | None, user_defined: dict[str, Any] | None, ctx: JobContext
+) -> dict[str, Any]:
     with session_scope() as s:
         row = s.get(TrackFile, file_id)
         op = s.get(Operation, op_id)
@@ -71,9 +74,14 @@ def update_row_meta(file_id: int, op_id: int, title: str | None, user_defined: d
         if row.status in (FileStatus.DELETED, FileStatus.CANCELLED):
             raise InputError({"ref": f"{row.ref!r} was deleted from bucket {row.bucket_id}; nothing to update"})
         if row.status == FileStatus.FAILED:
-            raise InputError({"ref": (
-                f"the upload of {row.ref!r} failed ({row.reason}); the new metadata is kept and is sent "
-                "when the upload is retried (acr-ingest retry-failed)")})
+            raise InputError(
+                {
+                    "ref": (
+                        f"the upload of {row.ref!r} failed ({row.reason}); the new metadata is kept and is sent "
+                        "when the upload is retried (acr-ingest retry-failed)"
+                    )
+                }
+            )
         if row.remote_id is None:
             raise RetryLater(ctx.settings.dependency_wait, f"waiting for the upload of ref {row.ref!r}")
         with file_lease(s, row, ctx):

@@ -44,19 +44,30 @@ def find_in_bucket(client: AcrCloudClient, row: TrackFile) -> BucketFile | None:
     """The file an earlier attempt may have created (the lowest id, if several)."""
     matches = files_with_ref(client, row)
     if len(matches) > 1:
-        log.warning("ref %r has %d files (%s); adopting the first, the poll removes the rest",
-                    row.ref, len(matches), ", ".join(str(m.id) for m in matches))
+        log.warning(
+            "ref %r has %d files (%s); adopting the first, the poll removes the rest",
+            row.ref,
+            len(matches),
+            ", ".join(str(m.id) for m in matches),
+        )
     return min(matches, key=lambda f: f.id) if matches else None
 
 
 def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile:
     if row.data_type == "audio_url":
-        return client.upload_url(row.bucket_id, row.source, title=row.title,
-                                 user_defined=row.user_defined, audio_id=row.ref)
+        return client.upload_url(
+            row.bucket_id, row.source, title=row.title, user_defined=row.user_defined, audio_id=row.ref
+        )
     resolved = resolve_media_path(row.source, ctx.settings)
     assert resolved is not None
-    return client.upload_file(row.bucket_id, resolved[0], title=row.title, data_type=row.data_type,
-                              user_defined=row.user_defined, audio_id=row.ref)
+    return client.upload_file(
+        row.bucket_id,
+        resolved[0],
+        title=row.title,
+        data_type=row.data_type,
+        user_defined=row.user_defined,
+        audio_id=row.ref,
+    )
 
 
 def _own_row(job: UploadJob, op_id: int) -> tuple[int | None, dict[str, Any]]:
@@ -91,8 +102,10 @@ def _wait_for_earlier_post(row: TrackFile, settings: Settings) -> None:
     since = (utcnow() - row.post_started_at).total_seconds() if row.post_started_at else 0.0
     in_flight = settings.connect_timeout + settings.read_timeout - since
     if in_flight > 0:
-        raise RetryLater(in_flight + 0.1, f"ref {row.ref!r}: an earlier upload may still be in flight; "
-                                          "looking for its file once it has ended")
+        raise RetryLater(
+            in_flight + 0.1,
+            f"ref {row.ref!r}: an earlier upload may still be in flight; looking for its file once it has ended",
+        )
 
 
 def _adopt_earlier(s: Session, row: TrackFile, client: AcrCloudClient) -> bool:

@@ -38,9 +38,7 @@ def may_call(session: Session, token: str | None, recheck: float) -> bool:
         .values(last_probe=now)
     )
     if probe.rowcount != 1:
-        session.execute(
-            update(AuthHold).where(AuthHold.name == HOLD_NAME).values(held_tasks=AuthHold.held_tasks + 1)
-        )
+        session.execute(update(AuthHold).where(AuthHold.name == HOLD_NAME).values(held_tasks=AuthHold.held_tasks + 1))
     session.commit()
     return probe.rowcount == 1
 
@@ -54,8 +52,11 @@ def hold(session: Session, token: str | None, reason: str) -> None:
             existing.reason = reason
             existing.last_probe = utcnow()
             session.commit()
-            log.error("ACRCloud still rejects the access token (the new one too): %s. Work on the API "
-                      "is held until a valid token is configured.", reason)
+            log.error(
+                "ACRCloud still rejects the access token (the new one too): %s. Work on the API "
+                "is held until a valid token is configured.",
+                reason,
+            )
         return
     session.add(AuthHold(name=HOLD_NAME, token_fingerprint=fp, reason=reason))
     try:
@@ -63,9 +64,11 @@ def hold(session: Session, token: str | None, reason: str) -> None:
     except IntegrityError:  # another worker got there first and logged it
         session.rollback()
         return
-    log.error("ACRCloud rejected the access token: %s. Work on the API is held (jobs wait, none fail) "
-              "until a valid token is configured (ACR_INGEST_ACCESS_TOKEN or ACR_INGEST_ACCESS_TOKEN_FILE).",
-              reason)
+    log.error(
+        "ACRCloud rejected the access token: %s. Work on the API is held (jobs wait, none fail) "
+        "until a valid token is configured (ACR_INGEST_ACCESS_TOKEN or ACR_INGEST_ACCESS_TOKEN_FILE).",
+        reason,
+    )
 
 
 def lift(session: Session) -> None:

@@ -54,8 +54,11 @@ def claim_file(session: Session, file_id: int, owner: str, seconds: float) -> tu
     free = current_owner is None or until is None or until <= now or current_owner == owner
     if not free and not _owner_dead(current_owner):
         return False, max((until - now).total_seconds(), 0.0) if until else 0.0
-    owner_match = TrackFile.lease_owner.is_(None) if current_owner is None else (  # type: ignore[union-attr]
-        TrackFile.lease_owner == current_owner
+    owner_match = (
+        TrackFile.lease_owner.is_(None)
+        if current_owner is None
+        # type: ignore[union-attr]
+        else (TrackFile.lease_owner == current_owner)
     )
     result = session.execute(
         update(TrackFile)
@@ -75,9 +78,11 @@ def kept_alive(file_id: int, owner: str, seconds: float) -> Iterator[None]:
     def renew() -> None:
         while not stop.wait(seconds / 3):
             with session_scope() as s:
-                s.execute(update(TrackFile)
-                          .where(and_(TrackFile.id == file_id, TrackFile.lease_owner == owner))
-                          .values(lease_until=utcnow() + timedelta(seconds=seconds)))
+                s.execute(
+                    update(TrackFile)
+                    .where(and_(TrackFile.id == file_id, TrackFile.lease_owner == owner))
+                    .values(lease_until=utcnow() + timedelta(seconds=seconds))
+                )
 
     thread = threading.Thread(target=renew, name=f"lease-{file_id}", daemon=True)
     thread.start()

@@ -28,8 +28,9 @@ def operation_counts(session: Session) -> dict[str, dict[str, int]]:
     return out
 
 
-def failed_operations(*, kind: str | None = None, bucket_id: int | None = None,
-                      since: datetime | None = None) -> SelectOfScalar[Operation]:
+def failed_operations(
+    *, kind: str | None = None, bucket_id: int | None = None, since: datetime | None = None
+) -> SelectOfScalar[Operation]:
     """The query behind `acr-ingest failures` and `retry-failed`."""
     query = select(Operation).where(Operation.status == OpStatus.FAILED)
     if kind:
@@ -41,8 +42,14 @@ def failed_operations(*, kind: str | None = None, bucket_id: int | None = None,
     return query
 
 
-def failures(session: Session, *, kind: str | None = None, bucket_id: int | None = None,
-             since: datetime | None = None, limit: int = 50) -> list[Operation]:
+def failures(
+    session: Session,
+    *,
+    kind: str | None = None,
+    bucket_id: int | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[Operation]:
     query = failed_operations(kind=kind, bucket_id=bucket_id, since=since)
     return list(session.exec(query.order_by(Operation.updated_at.desc()).limit(limit)).all())  # type: ignore[attr-defined]
 
@@ -52,19 +59,31 @@ def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any
     return {
         "files": file_counts(session),
         "operations": operation_counts(session),
-        "held": None if hold is None else {
-            "reason": hold.reason, "since": hold.since.isoformat(), "held_tasks": hold.held_tasks,
+        "held": None
+        if hold is None
+        else {
+            "reason": hold.reason,
+            "since": hold.since.isoformat(),
+            "held_tasks": hold.held_tasks,
         },
         "recent_failures": [
-            {"operation_id": op.id, "kind": op.kind, "bucket_id": op.bucket_id, "error": op.error,
-             "attempts": op.attempts, "at": op.updated_at.isoformat(), "ref": op.args.get("ref")}
+            {
+                "operation_id": op.id,
+                "kind": op.kind,
+                "bucket_id": op.bucket_id,
+                "error": op.error,
+                "attempts": op.attempts,
+                "at": op.updated_at.isoformat(),
+                "ref": op.args.get("ref"),
+            }
             for op in failures(session, limit=failure_limit)
         ],
     }
 
 
-def files(session: Session, *, bucket_id: int | None = None, status: str | None = None,
-          limit: int = 200) -> list[TrackFile]:
+def files(
+    session: Session, *, bucket_id: int | None = None, status: str | None = None, limit: int = 200
+) -> list[TrackFile]:
     query = select(TrackFile)
     if bucket_id is not None:
         query = query.where(TrackFile.bucket_id == bucket_id)

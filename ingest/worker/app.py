@@ -64,8 +64,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         # Producers keep trying to publish while the broker is away instead of losing the job.
         "task_publish_retry": True,
-        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5,
-                                      "interval_max": 3},
+        "task_publish_retry_policy": {
+            "max_retries": 20,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 3,
+        },
         # On a cold shutdown, requeue unfinished tasks after a grace period instead of leaving them to
         # the visibility timeout (SIGTERM is a warm shutdown: running tasks finish).
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
@@ -74,8 +78,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_concurrency": settings.worker_concurrency,
         "beat_schedule": {
-            "poll-states": {"task": "ingest.poll_states", "schedule": settings.poll_interval,
-                            "options": {"expires": settings.poll_interval}},
+            "poll-states": {
+                "task": "ingest.poll_states",
+                "schedule": settings.poll_interval,
+                "options": {"expires": settings.poll_interval},
+            },
         },
         "timezone": "UTC",
     }

@@ -44,5 +44,6 @@ def move_batch(self: IngestTask, **kwargs: Any) -> dict[str, Any]:
 @app.task(bind=True, name="ingest.poll_states", acks_late=False)
 def poll_states(self: IngestTask) -> dict[str, Any]:
     # Periodic and idempotent: a lost run is simply the next cycle. Lost messages are sent again by name.
-    return poll_cycle(self.job_context(), send=lambda name, kwargs, task_id: self.app.send_task(
-        name, kwargs=kwargs, task_id=task_id))
+    return poll_cycle(
+        self.job_context(), send=lambda name, kwargs, task_id: self.app.send_task(name, kwargs=kwargs, task_id=task_id)
+    )

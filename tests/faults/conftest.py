@@ -30,12 +30,23 @@ FAULT_ENV = {
 class WorkerProcess(ChildProcess):
     """A real ``celery worker`` in its own process group: SIGKILL takes the main process and its pool children."""
 
-    def __init__(self, name: str, env: dict[str, str], *, pool: str = "prefork", concurrency: int = 2,
-                 loglevel: str = "INFO") -> None:
-        super().__init__(name, celery_command("worker", f"--pool={pool}", f"--concurrency={concurrency}",
-                                              f"--loglevel={loglevel}", f"--hostname={name}@%h",
-                                              "--without-gossip", "--without-mingle"),
-                         log=WORKDIR / f"worker-{name}-{time.monotonic_ns()}.log", env=env)
+    def __init__(
+        self, name: str, env: dict[str, str], *, pool: str = "prefork", concurrency: int = 2, loglevel: str = "INFO"
+    ) -> None:
+        super().__init__(
+            name,
+            celery_command(
+                "worker",
+                f"--pool={pool}",
+                f"--concurrency={concurrency}",
+                f"--loglevel={loglevel}",
+                f"--hostname={name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ),
+            log=WORKDIR / f"worker-{name}-{time.monotonic_ns()}.log",
+            env=env,
+        )
 
     def ready(self) -> bool:
         self.check()
@@ -73,9 +84,12 @@ def spawn_worker(fault_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc
 def beat_process(env: dict[str, str]) -> Iterator[ChildProcess]:
     """One beat: the state poll that turns processing files ready."""
     stamp = time.monotonic_ns()
-    proc = ChildProcess("beat", celery_command("beat", "--loglevel=INFO",
-                                               f"--schedule={WORKDIR / f'fault-beat-schedule-{stamp}'}"),
-                        log=WORKDIR / f"fault-beat-{stamp}.log", env=env)
+    proc = ChildProcess(
+        "beat",
+        celery_command("beat", "--loglevel=INFO", f"--schedule={WORKDIR / f'fault-beat-schedule-{stamp}'}"),
+        log=WORKDIR / f"fault-beat-{stamp}.log",
+        env=env,
+    )
     try:
         yield proc
     finally:
@@ -100,5 +114,3 @@ def producer_for(broker_url: str, **overrides: object) -> object:
 
     settings = get_settings().model_copy(update={"broker_url": broker_url, **overrides})
     return Producer(create_app(settings), settings)
-
-

@@ -37,11 +37,16 @@ def test_rejected_token_holds_work_and_a_new_token_resumes_it(
     token_file = tmp_path / "token"
     token_file.write_text("expired-token-0000")
     before_401 = emulator.stats()["by_status"].get("401", 0)
-    worker = spawn_worker("auth", env={"ACR_INGEST_ACCESS_TOKEN_FILE": str(token_file),
-                                       "ACR_INGEST_AUTH_HOLD_RECHECK": "0.5"}, concurrency=2).wait_ready()
+    worker = spawn_worker(
+        "auth",
+        env={"ACR_INGEST_ACCESS_TOKEN_FILE": str(token_file), "ACR_INGEST_AUTH_HOLD_RECHECK": "0.5"},
+        concurrency=2,
+    ).wait_ready()
     refs = [f"a{i}" for i in range(10)]
-    ops = [fault_producer.upload_url(f"https://cdn.example.com/{r}.mp3", title=r, bucket_id=bucket, ref=r).operation_id
-           for r in refs]
+    ops = [
+        fault_producer.upload_url(f"https://cdn.example.com/{r}.mp3", title=r, bucket_id=bucket, ref=r).operation_id
+        for r in refs
+    ]
 
     hold = wait_for(_held, what="the hold")
     held_at = time.monotonic()
@@ -61,8 +66,11 @@ def test_rejected_token_holds_work_and_a_new_token_resumes_it(
     assert "Unauthenticated" in hold.reason  # type: ignore[attr-defined]
 
     token_file.write_text(TOKEN)  # an operator puts a valid token in place; no restart
-    wait_for(lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * len(refs), timeout=60,
-             what="every upload ready after the new token")
+    wait_for(
+        lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * len(refs),
+        timeout=60,
+        what="every upload ready after the new token",
+    )
     assert _held() is None
     assert worker.text().count("ACRCloud rejected the access token") == 1
     assert sorted(f["audio_id"] for f in emulator.files(bucket)) == sorted(refs)
@@ -81,8 +89,10 @@ def test_the_token_never_leaks(spawn_worker, fault_env, fault_producer, emulator
     flower_log = WORKDIR / f"flower-{port}.log"
     flower = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "ingest.worker", "flower", f"--port={port}", "--address=127.0.0.1"],
-        env={**fault_env, "FLOWER_BASIC_AUTH": "ops:secret-pass"}, stdout=flower_log.open("wb"),
-        stderr=subprocess.STDOUT)
+        env={**fault_env, "FLOWER_BASIC_AUTH": "ops:secret-pass"},
+        stdout=flower_log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         # Uploads here are up to two calls each failing ~40% of the time: enough attempts that none
         # runs out (8 would fail one of the 8 uploads in roughly one run out of ten).
@@ -90,20 +100,26 @@ def test_the_token_never_leaks(spawn_worker, fault_env, fault_producer, emulator
         worker.wait_ready()
         emulator.set_faults(error_rate=0.3, created_then_error_rate=0.2)
         for i in range(8):
-            fault_producer.upload_url(f"https://cdn.example.com/x{i}.mp3", title=f"X{i}", bucket_id=bucket,
-                                      ref=f"x{i}", user_defined={"n": i})
+            fault_producer.upload_url(
+                f"https://cdn.example.com/x{i}.mp3", title=f"X{i}", bucket_id=bucket, ref=f"x{i}", user_defined={"n": i}
+            )
         fault_producer.update_meta(bucket_id=bucket, ref="x0", title="X0 renamed")
         fault_producer.delete(bucket_id=bucket, refs=["x1", "nope"])
         emulator.set_tokens({"other"})  # and some 401s on the way
         wait_for(_held, what="a 401 hold")
         emulator.set_tokens({TOKEN})
-        wait_for(lambda: sum(r.status in ("ready", "deleted") for r in files_in(bucket)) == 8, timeout=60,
-                 what=lambda: f"the run finished ({[(r.ref, r.status, r.reason) for r in files_in(bucket)]})")
+        wait_for(
+            lambda: sum(r.status in ("ready", "deleted") for r in files_in(bucket)) == 8,
+            timeout=60,
+            what=lambda: f"the run finished ({[(r.ref, r.status, r.reason) for r in files_in(bucket)]})",
+        )
         auth = ("ops", "secret-pass")
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: requests.get(f"{base}/api/tasks", auth=auth, timeout=5).json(), what="flower saw tasks")
-        flower_views = [requests.get(f"{base}{path}", auth=auth, timeout=5).text
-                        for path in ("/api/tasks", "/api/workers", "/tasks", "/metrics")]
+        flower_views = [
+            requests.get(f"{base}{path}", auth=auth, timeout=5).text
+            for path in ("/api/tasks", "/api/workers", "/tasks", "/metrics")
+        ]
         assert "ingest.upload_url" in flower_views[0]
     finally:
         flower.terminate()
@@ -126,8 +142,13 @@ def _dump_redis(url: str) -> str:
     out = []
     for key in r.scan_iter():
         kind = r.type(key).decode()
-        value = {"string": lambda k: r.get(k), "list": lambda k: r.lrange(k, 0, -1), "hash": r.hgetall,
-                 "set": r.smembers, "zset": lambda k: r.zrange(k, 0, -1)}.get(kind, lambda k: b"")(key)
+        value = {
+            "string": lambda k: r.get(k),
+            "list": lambda k: r.lrange(k, 0, -1),
+            "hash": r.hgetall,
+            "set": r.smembers,
+            "zset": lambda k: r.zrange(k, 0, -1),
+        }.get(kind, lambda k: b"")(key)
         out.append(f"{key!r} {value!r}")
     return "\n".join(out)
 
@@ -137,4 +158,3 @@ def _dump_tables() -> str:
     with engine.connect() as conn:
         names = ["track_files", "operations", "auth_holds", "leases"]
         return "\n".join(repr(row) for name in names for row in conn.execute(text(f"select * from {name}")))
-

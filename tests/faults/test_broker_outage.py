@@ -56,7 +56,10 @@ def _restart_while_sending(own_redis: RedisServer, emulator, bucket: int) -> Non
     sender.join(timeout=90)
     assert not errors and not sender.is_alive()
 
-    wait_for(lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * 20, timeout=90,
-             what=lambda: f"all 20 jobs ready ({Counter(r.status for r in files_in(bucket))})")
+    wait_for(
+        lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * 20,
+        timeout=90,
+        what=lambda: f"all 20 jobs ready ({Counter(r.status for r in files_in(bucket))})",
+    )
     refs = sorted(f["audio_id"] for f in emulator.files(bucket))
     assert refs == sorted(first + later)  # none lost, none duplicated

@@ -39,15 +39,15 @@ SETTLED = ("ready", "deleted", "cancelled", "error", "failed")
 
 
 def _storm_knobs(emulator, stop: threading.Event) -> None:
-    emulator.set_faults(error_rate=0.3, created_then_error_rate=0.1, latency=1.5, latency_rate=0.05,
-                        retry_after=1)
+    emulator.set_faults(error_rate=0.3, created_then_error_rate=0.1, latency=1.5, latency_rate=0.05, retry_after=1)
     emulator.rate_limit = 40  # the real limiter: 429 + Retry-After beyond 40 requests/s
     while not stop.wait(5.0):
         emulator.faults.burst_429 = 3
 
 
-def test_storm_of_500_mixed_jobs_loses_and_duplicates_nothing(spawn_worker, fault_env, emulator, bucket,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_storm_of_500_mixed_jobs_loses_and_duplicates_nothing(
+    spawn_worker, fault_env, emulator, bucket, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = bucket + 700_000
     for _ in range(2):
         spawn_worker(f"storm{_}", env=STORM_ENV, pool="threads", concurrency=8)
@@ -82,11 +82,18 @@ def test_storm_of_500_mixed_jobs_loses_and_duplicates_nothing(spawn_worker, faul
         with session_scope() as s:
             statuses = s.exec(select(Operation.status).where(Operation.id.in_(ops))).all()  # type: ignore[union-attr]
             rows = s.exec(select(TrackFile).where(TrackFile.bucket_id.in_([bucket, target]))).all()  # type: ignore[attr-defined]
-            bad = s.exec(select(Operation.kind, Operation.error).where(
-                Operation.id.in_(ops), Operation.status.in_(["failed", "partial"]))).all()  # type: ignore[union-attr,attr-defined]
-        last.update(ops=Counter(statuses), files=Counter(r.status for r in rows),
-                    verifying=sum(r.verify_after is not None for r in rows), bad_ops=bad[:6],
-                    bad_files=[(r.ref, r.status, r.reason) for r in rows if r.status in ("error", "failed")][:6])
+            bad = s.exec(
+                select(Operation.kind, Operation.error).where(
+                    Operation.id.in_(ops), Operation.status.in_(["failed", "partial"])
+                )
+            ).all()  # type: ignore[union-attr,attr-defined]
+        last.update(
+            ops=Counter(statuses),
+            files=Counter(r.status for r in rows),
+            verifying=sum(r.verify_after is not None for r in rows),
+            bad_ops=bad[:6],
+            bad_files=[(r.ref, r.status, r.reason) for r in rows if r.status in ("error", "failed")][:6],
+        )
         return list(statuses), list(rows)
 
     def jobs_done() -> bool:
@@ -94,8 +101,11 @@ def test_storm_of_500_mixed_jobs_loses_and_duplicates_nothing(spawn_worker, faul
 
     def converged() -> bool:
         statuses, rows = snapshot()
-        return (all(st in FINAL for st in statuses) and len(rows) == UPLOADS
-                and all(r.status in SETTLED and r.verify_after is None for r in rows))
+        return (
+            all(st in FINAL for st in statuses)
+            and len(rows) == UPLOADS
+            and all(r.status in SETTLED and r.verify_after is None for r in rows)
+        )
 
     try:  # every job ends while the storm goes on...
         wait_for(jobs_done, timeout=240, interval=0.5, what=lambda: f"every storm job ended ({last})")
@@ -110,10 +120,10 @@ def test_storm_of_500_mixed_jobs_loses_and_duplicates_nothing(spawn_worker, faul
 
     with session_scope() as s:
         op_rows = s.exec(select(Operation).where(Operation.id.in_(ops))).all()  # type: ignore[union-attr]
-        rows = {r.ref: r for r in s.exec(select(TrackFile).where(
-            TrackFile.bucket_id.in_([bucket, target]))).all()}  # type: ignore[attr-defined]
-    failed = [(op.kind, op.args.get("ref") or op.args.get("refs"), op.error) for op in op_rows
-              if op.status != "succeeded"]
+        rows = {r.ref: r for r in s.exec(select(TrackFile).where(TrackFile.bucket_id.in_([bucket, target]))).all()}  # type: ignore[attr-defined]
+    failed = [
+        (op.kind, op.args.get("ref") or op.args.get("refs"), op.error) for op in op_rows if op.status != "succeeded"
+    ]
     retries = sum(op.attempts + op.throttled for op in op_rows)
 
     remote = {b: emulator.files(b) for b in (bucket, target)}
@@ -121,12 +131,15 @@ def test_storm_of_500_mixed_jobs_loses_and_duplicates_nothing(spawn_worker, faul
     expected_where = {f"s{i}": (None if i in DELETED else target if i in MOVED else bucket) for i in range(UPLOADS)}
     lost = sorted(ref for ref, b in expected_where.items() if b is not None and per_ref[ref] == 0)
     duplicated = sum(n - 1 for n in per_ref.values() if n > 1) + sum(
-        per_ref[ref] for ref, b in expected_where.items() if b is None)
+        per_ref[ref] for ref, b in expected_where.items() if b is None
+    )
     stats = emulator.stats()
     faults = {k: v - before["faults"].get(k, 0) for k, v in stats["faults"].items() if v - before["faults"].get(k, 0)}
     with capsys.disabled():  # the one line reaches the CI log even when the test passes
-        print(f"\nstorm: jobs={len(ops)} faults={faults} retries={retries} lost={len(lost)} duplicated={duplicated} "
-              f"(jobs ended in {storm_seconds:.0f}s under the storm)")
+        print(
+            f"\nstorm: jobs={len(ops)} faults={faults} retries={retries} lost={len(lost)} duplicated={duplicated} "
+            f"(jobs ended in {storm_seconds:.0f}s under the storm)"
+        )
 
     assert not failed, failed[:10]
     assert (lost, duplicated) == ([], 0)
@@ -140,7 +153,9 @@ def test_storm_of_500_mixed_jobs_loses_and_duplicates_nothing(spawn_worker, faul
             continue
         f = by_id[row.remote_id]
         assert (row.bucket_id, f["bucket_id"], f["audio_id"], row.acr_id) == (expected_where[ref],) * 2 + (
-            ref, f["acr_id"])
+            ref,
+            f["acr_id"],
+        )
         assert row.status == "ready" and f["state"] == 1
         want = f"S{i}-u2" if i in UPDATED else f"S{i}"
         assert (row.title, f["title"]) == (want, want), ref

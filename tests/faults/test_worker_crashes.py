@@ -28,14 +28,19 @@ def test_sigkill_mid_upload_is_redelivered_and_adopted_not_posted_twice(
     created_before = emulator.stats()["uploads_created"]
     first: WorkerProcess = spawn_worker("first", concurrency=1).wait_ready()
     fault_producer.upload_url("https://cdn.example.com/kill.mp3", title="Killed", bucket_id=bucket, ref="k1")
-    wait_for(lambda: (r := file_row(bucket, "k1")) is not None and r.status == FileStatus.UPLOADING,
-             what="the upload in flight")
+    wait_for(
+        lambda: (r := file_row(bucket, "k1")) is not None and r.status == FileStatus.UPLOADING,
+        what="the upload in flight",
+    )
     first.kill(signal.SIGKILL)
     first.proc.wait(timeout=10)
 
     second = spawn_worker("second", concurrency=1).wait_ready()
-    row = wait_for(lambda: (r := file_row(bucket, "k1")) is not None and r.status == FileStatus.READY and r,
-                   timeout=60, what="k1 ready after redelivery")
+    row = wait_for(
+        lambda: (r := file_row(bucket, "k1")) is not None and r.status == FileStatus.READY and r,
+        timeout=60,
+        what="k1 ready after redelivery",
+    )
     files = _one_file_per_ref(emulator, bucket)
     assert list(files) == ["k1"] and files["k1"]["id"] == row.remote_id
     # The killed POST reached the emulator; the redelivered task found it instead of posting again.
@@ -53,24 +58,31 @@ def test_sigterm_finishes_or_hands_back_its_tasks(spawn_worker, fault_producer, 
     assert worker.stop(timeout=40) == 0  # warm shutdown: running tasks finish, the rest stay queued
 
     spawn_worker("after", concurrency=2).wait_ready()
-    wait_for(lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * len(refs), timeout=60,
-             what="every upload ready")
+    wait_for(
+        lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * len(refs),
+        timeout=60,
+        what="every upload ready",
+    )
     assert sorted(_one_file_per_ref(emulator, bucket)) == sorted(refs)
 
 
-def test_pool_child_killed_mid_upload_is_requeued_by_its_parent(spawn_worker, fault_producer, emulator,
-                                                                bucket) -> None:
+def test_pool_child_killed_mid_upload_is_requeued_by_its_parent(spawn_worker, fault_producer, emulator, bucket) -> None:
     """Only the child process dies (OOM killer, segfault): task_reject_on_worker_lost requeues at once."""
     emulator.faults.upload_delay = 2.0
     worker = spawn_worker("parent", concurrency=1).wait_ready()
     fault_producer.upload_url("https://cdn.example.com/oom.mp3", title="OOM", bucket_id=bucket, ref="oom")
-    row = wait_for(lambda: (r := file_row(bucket, "oom")) is not None and r.status == FileStatus.UPLOADING and r,
-                   what="the upload in flight")
+    row = wait_for(
+        lambda: (r := file_row(bucket, "oom")) is not None and r.status == FileStatus.UPLOADING and r,
+        what="the upload in flight",
+    )
     child_pid = int(row.lease_owner.split(":")[1])
     assert child_pid != worker.proc.pid
     os.kill(child_pid, signal.SIGKILL)
-    row = wait_for(lambda: (r := file_row(bucket, "oom")) is not None and r.status == FileStatus.READY and r,
-                   timeout=60, what="oom ready after the requeue")
+    row = wait_for(
+        lambda: (r := file_row(bucket, "oom")) is not None and r.status == FileStatus.READY and r,
+        timeout=60,
+        what="oom ready after the requeue",
+    )
     assert list(_one_file_per_ref(emulator, bucket)) == ["oom"]
     assert "WorkerLostError" in worker.text()
     assert worker.proc.poll() is None  # the parent lived on and ran it again
