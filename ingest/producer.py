@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from ingest.jobs.errors import EnqueueError
 from ingest.jobs.inputs import (
@@ -219,7 +219,7 @@ class Producer:
         """Re-enqueue failed operations (a human decided to try again); uploads look in the bucket first."""
         out: list[tuple[int, OpKind, dict[str, Any], str, int | None]] = []
         with session_scope() as s:
-            query = failed_operations(kind=kind, bucket_id=bucket_id, since=since).order_by(Operation.id)
+            query = failed_operations(kind=kind, bucket_id=bucket_id, since=since).order_by(col(Operation.id))
             if limit:
                 query = query.limit(limit)
             for op in s.exec(query).all():

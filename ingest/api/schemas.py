@@ -127,8 +127,9 @@ class Page(BaseModel):
         data = v.get("data")
         if not isinstance(data, list):
             raise ValueError("'data' must be a list of files")
-        meta = v.get("meta") if isinstance(v.get("meta"), dict) else {}
-        links = v.get("links") if isinstance(v.get("links"), dict) else {}
+        raw_meta, raw_links = v.get("meta"), v.get("links")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+        links: dict[str, Any] = raw_links if isinstance(raw_links, dict) else {}
         # Laravel's non-resource paginator puts the meta keys at the top level instead.
         flat: dict[str, Any] = {k: val for k, val in v.items() if k not in ("data", "meta", "links")}
         flat.update(meta)

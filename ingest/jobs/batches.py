@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import and_, or_, update
-from sqlmodel import Session, select
+from sqlalchemy.engine import CursorResult
+from sqlmodel import Session, col, select
 
 from ingest.api.client import AcrCloudClient
 from ingest.api.errors import NotFoundError
@@ -44,17 +45,21 @@ def _resolve(session: Session, bucket_id: int, targets: Targets) -> list[tuple[s
 def _cancel_if_unsent(session: Session, row: TrackFile) -> bool:
     """Cancel an upload that has not reached the API (no POST started, nobody holds it)."""
     now = utcnow()
-    result = session.execute(
-        update(TrackFile)
-        .where(
-            and_(
-                TrackFile.id == row.id,
-                TrackFile.remote_id.is_(None),  # type: ignore[union-attr]
-                TrackFile.post_started_at.is_(None),  # type: ignore[union-attr]
-                or_(TrackFile.lease_until.is_(None), TrackFile.lease_until < now),  # type: ignore[union-attr]
+    # An UPDATE returns a CursorResult (it has rowcount); Session.execute is typed as a plain Result.
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(TrackFile)
+            .where(
+                and_(
+                    col(TrackFile.id) == row.id,
+                    col(TrackFile.remote_id).is_(None),
+                    col(TrackFile.post_started_at).is_(None),
+                    or_(col(TrackFile.lease_until).is_(None), col(TrackFile.lease_until) < now),
+                )
             )
-        )
-        .values(status=FileStatus.CANCELLED, reason="deleted before it was uploaded", updated_at=now)
+            .values(status=FileStatus.CANCELLED, reason="deleted before it was uploaded", updated_at=now)
+        ),
     )
     session.commit()
     return result.rowcount == 1

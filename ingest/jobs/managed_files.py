@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ingest.api.client import AcrCloudClient
 from ingest.api.errors import TransientError
@@ -116,13 +116,13 @@ def apply_meta(
     if title is not None:
         session.execute(
             update(TrackFile)
-            .where(TrackFile.id == file_id, TrackFile.title_seq < seq)
+            .where(col(TrackFile.id) == file_id, col(TrackFile.title_seq) < seq)
             .values(title=title, title_seq=seq, **bump)
         )
     if user_defined is not None:
         session.execute(
             update(TrackFile)
-            .where(TrackFile.id == file_id, TrackFile.user_defined_seq < seq)
+            .where(col(TrackFile.id) == file_id, col(TrackFile.user_defined_seq) < seq)
             .values(user_defined=dict(user_defined), user_defined_seq=seq, **bump)
         )
 

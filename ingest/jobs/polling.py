@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ingest.api.errors import ApiError, AuthError, NotFoundError, RateLimitedError, TransientError
 from ingest.api.schemas import BucketFile
@@ -53,13 +53,15 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
                 return {"skipped": "held: the API rejects the access token"}
             query = select(TrackFile.id, TrackFile.bucket_id, TrackFile.remote_id).where(
                 TrackFile.status == FileStatus.PROCESSING,
-                TrackFile.remote_id.is_not(None),  # type: ignore[union-attr]
+                col(TrackFile.remote_id).is_not(None),
             )
             if bucket_id is not None:
                 query = query.where(TrackFile.bucket_id == bucket_id)
-            rows = s.exec(query.order_by(TrackFile.id)).all()
+            rows = s.exec(query.order_by(col(TrackFile.id))).all()
             by_bucket: dict[int, list[tuple[int, int]]] = defaultdict(list)
             for file_id, bucket, remote_id in rows:
+                # A stored row has an id, and the query excludes a missing remote_id.
+                assert file_id is not None and remote_id is not None
                 by_bucket[bucket].append((file_id, remote_id))
             for bucket, items in by_bucket.items():
                 for chunk in chunks(items, settings.ids_chunk_size):
@@ -125,7 +127,11 @@ def _record_state(
         counts["ready" if status == FileStatus.READY else "error"] += 1
     s.execute(
         update(TrackFile)
-        .where(TrackFile.id == file_id, TrackFile.status == FileStatus.PROCESSING, TrackFile.bucket_id == asked_bucket)
+        .where(
+            col(TrackFile.id) == file_id,
+            col(TrackFile.status) == FileStatus.PROCESSING,
+            col(TrackFile.bucket_id) == asked_bucket,
+        )
         .values(**values)
     )
 
@@ -142,13 +148,13 @@ def _verify_due(s: Session, ctx: JobContext, counts: dict[str, Any], bucket_id: 
     """Files where a request may have landed after we gave up on it: remove a late duplicate upload,
     and send the metadata again if a late update put an older version back."""
     query = select(TrackFile).where(
-        TrackFile.verify_after <= utcnow(),  # type: ignore[operator]
-        TrackFile.remote_id.is_not(None),  # type: ignore[union-attr]
-        TrackFile.status.in_(FileStatus.verifiable()),  # type: ignore[attr-defined]
+        col(TrackFile.verify_after) <= utcnow(),
+        col(TrackFile.remote_id).is_not(None),
+        col(TrackFile.status).in_(FileStatus.verifiable()),
     )
     if bucket_id is not None:
         query = query.where(TrackFile.bucket_id == bucket_id)
-    for row in s.exec(query.order_by(TrackFile.id).limit(VERIFY_BATCH)).all():
+    for row in s.exec(query.order_by(col(TrackFile.id)).limit(VERIFY_BATCH)).all():
         try:
             _verify_one(s, row, ctx, counts)
         except TransientError as exc:  # this file is checked again next cycle
@@ -166,7 +172,7 @@ def _verify_one(s: Session, row: TrackFile, ctx: JobContext, counts: dict[str, A
         client.delete_files(row.posted_bucket_id or row.bucket_id, twins)
         counts["duplicates_removed"] += len(twins)
     try:
-        (remote,) = client.get_files(row.bucket_id, [row.remote_id]) if keep is not None else [None]
+        (remote,) = client.get_files(row.bucket_id, [keep]) if keep is not None else [None]
     except (NotFoundError, ValueError):
         remote = None
     if remote is not None and (remote.title, remote.user_defined) != (row.title, row.user_defined):

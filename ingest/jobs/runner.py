@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ingest.api.errors import RateLimitedError
 from ingest.jobs.context import JobContext
@@ -159,11 +159,11 @@ def claim_stale(session: Session, older_than: float, limit: int = 500) -> list[O
         session.exec(
             select(Operation)
             .where(
-                Operation.status.in_(OpStatus.unfinished()),
-                Operation.updated_at < cutoff,  # type: ignore[attr-defined]
-                Operation.task_id.is_not(None),  # type: ignore[union-attr]
+                col(Operation.status).in_(OpStatus.unfinished()),
+                Operation.updated_at < cutoff,
+                col(Operation.task_id).is_not(None),
             )
-            .order_by(Operation.id)
+            .order_by(col(Operation.id))
             .limit(limit)
         ).all()
     )

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import timedelta
+from typing import Any, cast
 
 from sqlalchemy import and_, delete, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from ingest.store.models import AuthHold, utcnow
 
@@ -32,13 +34,19 @@ def may_call(session: Session, token: str | None, recheck: float) -> bool:
     if hold is None or hold.token_fingerprint != fingerprint(token):
         return True
     now = utcnow()
-    probe = session.execute(
-        update(AuthHold)
-        .where(and_(AuthHold.name == HOLD_NAME, AuthHold.last_probe <= now - timedelta(seconds=recheck)))
-        .values(last_probe=now)
+    # An UPDATE returns a CursorResult (it has rowcount); Session.execute is typed as a plain Result.
+    probe = cast(
+        CursorResult[Any],
+        session.execute(
+            update(AuthHold)
+            .where(and_(col(AuthHold.name) == HOLD_NAME, col(AuthHold.last_probe) <= now - timedelta(seconds=recheck)))
+            .values(last_probe=now)
+        ),
     )
     if probe.rowcount != 1:
-        session.execute(update(AuthHold).where(AuthHold.name == HOLD_NAME).values(held_tasks=AuthHold.held_tasks + 1))
+        session.execute(
+            update(AuthHold).where(col(AuthHold.name) == HOLD_NAME).values(held_tasks=AuthHold.held_tasks + 1)
+        )
     session.commit()
     return probe.rowcount == 1
 
@@ -74,7 +82,8 @@ def hold(session: Session, token: str | None, reason: str) -> None:
 def lift(session: Session) -> None:
     if session.get(AuthHold, HOLD_NAME) is None:
         return
-    result = session.execute(delete(AuthHold).where(AuthHold.name == HOLD_NAME))
+    # A DELETE returns a CursorResult (it has rowcount); Session.execute is typed as a plain Result.
+    result = cast(CursorResult[Any], session.execute(delete(AuthHold).where(col(AuthHold.name) == HOLD_NAME)))
     session.commit()
     if result.rowcount:
         log.warning("ACRCloud accepts the access token again: held work resumes.")

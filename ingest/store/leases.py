@@ -13,9 +13,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import and_, or_, update
-from sqlmodel import Session, select
+from sqlalchemy.engine import CursorResult
+from sqlmodel import Session, col, select
 
 from ingest.store.db import session_scope
 from ingest.store.models import Lease, TrackFile, utcnow
@@ -55,15 +57,16 @@ def claim_file(session: Session, file_id: int, owner: str, seconds: float) -> tu
     if not free and not _owner_dead(current_owner):
         return False, max((until - now).total_seconds(), 0.0) if until else 0.0
     owner_match = (
-        TrackFile.lease_owner.is_(None)
-        if current_owner is None
-        # type: ignore[union-attr]
-        else (TrackFile.lease_owner == current_owner)
+        col(TrackFile.lease_owner).is_(None) if current_owner is None else (col(TrackFile.lease_owner) == current_owner)
     )
-    result = session.execute(
-        update(TrackFile)
-        .where(and_(TrackFile.id == file_id, owner_match))
-        .values(lease_owner=owner, lease_until=now + timedelta(seconds=seconds))
+    # An UPDATE returns a CursorResult (it has rowcount); Session.execute is typed as a plain Result.
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(TrackFile)
+            .where(and_(col(TrackFile.id) == file_id, owner_match))
+            .values(lease_owner=owner, lease_until=now + timedelta(seconds=seconds))
+        ),
     )
     session.commit()
     return result.rowcount == 1, 0.0
@@ -80,7 +83,7 @@ def kept_alive(file_id: int, owner: str, seconds: float) -> Iterator[None]:
             with session_scope() as s:
                 s.execute(
                     update(TrackFile)
-                    .where(and_(TrackFile.id == file_id, TrackFile.lease_owner == owner))
+                    .where(and_(col(TrackFile.id) == file_id, col(TrackFile.lease_owner) == owner))
                     .values(lease_until=utcnow() + timedelta(seconds=seconds))
                 )
 
@@ -96,7 +99,7 @@ def kept_alive(file_id: int, owner: str, seconds: float) -> Iterator[None]:
 def release_file(session: Session, file_id: int, owner: str) -> None:
     session.execute(
         update(TrackFile)
-        .where(and_(TrackFile.id == file_id, TrackFile.lease_owner == owner))
+        .where(and_(col(TrackFile.id) == file_id, col(TrackFile.lease_owner) == owner))
         .values(lease_owner=None, lease_until=None)
     )
     session.commit()
@@ -115,10 +118,14 @@ def acquire(session: Session, name: str, owner: str, seconds: float) -> bool:
         except Exception:  # another worker inserted it first
             session.rollback()
             return False
-    free = or_(Lease.until <= now, Lease.owner == owner)
+    free = or_(col(Lease.until) <= now, col(Lease.owner) == owner)
     if _owner_dead(lease.owner):  # its worker was killed: no need to wait for the expiry
-        free = or_(free, Lease.owner == lease.owner)
-    result = session.execute(update(Lease).where(and_(Lease.name == name, free)).values(owner=owner, until=until))
+        free = or_(free, col(Lease.owner) == lease.owner)
+    # An UPDATE returns a CursorResult (it has rowcount); Session.execute is typed as a plain Result.
+    result = cast(
+        CursorResult[Any],
+        session.execute(update(Lease).where(and_(col(Lease.name) == name, free)).values(owner=owner, until=until)),
+    )
     session.commit()
     return result.rowcount == 1
 
@@ -126,7 +133,7 @@ def acquire(session: Session, name: str, owner: str, seconds: float) -> bool:
 def release(session: Session, name: str, owner: str) -> None:
     session.execute(
         update(Lease)
-        .where(and_(Lease.name == name, Lease.owner == owner))
+        .where(and_(col(Lease.name) == name, col(Lease.owner) == owner))
         .values(until=datetime(1970, 1, 1, tzinfo=UTC))
     )
     session.commit()

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from ingest.store import auth_hold
@@ -51,7 +51,7 @@ def failures(
     limit: int = 50,
 ) -> list[Operation]:
     query = failed_operations(kind=kind, bucket_id=bucket_id, since=since)
-    return list(session.exec(query.order_by(Operation.updated_at.desc()).limit(limit)).all())  # type: ignore[attr-defined]
+    return list(session.exec(query.order_by(col(Operation.updated_at).desc()).limit(limit)).all())
 
 
 def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any]:
@@ -89,4 +89,4 @@ def files(
         query = query.where(TrackFile.bucket_id == bucket_id)
     if status:
         query = query.where(TrackFile.status == status)
-    return list(session.exec(query.order_by(TrackFile.id).limit(limit)).all())
+    return list(session.exec(query.order_by(col(TrackFile.id)).limit(limit)).all())

@@ -17,7 +17,7 @@ from ingest.jobs.runner import Handler, run_job
 from ingest.settings import get_settings
 
 
-class IngestTask(Task):  # type: ignore[misc]  # celery ships no type information
+class IngestTask(Task):
     # One client (one connection pool) and one limiter per worker process, shared by every task class.
     _client: ClassVar[AcrCloudClient | None] = None
     _limiter: ClassVar[SharedRateLimit | None] = None

@@ -222,7 +222,7 @@ class EmulatorApp:
     def _dispatch(self, request: Request) -> Response:
         adapter = self.url_map.bind_to_environ(request.environ)
         endpoint: str | None = None
-        args: dict[str, Any] = {}
+        args: Mapping[str, Any] = {}
         routing_error: HTTPException | None = None
         try:
             endpoint, args = adapter.match()
@@ -255,7 +255,7 @@ class EmulatorApp:
         self,
         request: Request,
         endpoint: str | None,
-        args: dict[str, Any],
+        args: Mapping[str, Any],
         routing_error: HTTPException | None,
     ) -> Response:
         inj = self.injector
