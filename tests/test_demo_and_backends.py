@@ -38,6 +38,7 @@ def test_the_demo_runs_the_whole_path_and_ends_with_every_file(tmp_path: Path) -
     assert all(re.search(r"\s\d+\s+[0-9a-f]{32}\s", r) for r in rows)  # real ids and acr_ids
     assert "OK" in demo.stdout.splitlines()[-1]
     assert "[" in demo.stdout and "s] queued" in demo.stdout  # progress lines
+    assert sorted(os.listdir(tmp_path)) == []  # nothing left behind (no kombu control/ folder, no database)
 
 
 def _postgres_reachable() -> bool:
