@@ -29,15 +29,20 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _resolve(session: Session, bucket_id: int, targets: Targets) -> list[tuple[str, TrackFile | None, Any]]:
-    """(name, managed row or None, the id to send or None for an unknown ref), in the order given."""
+    """(name, managed row or None, the id to send or None for an unknown ref), in the order given. Only rows
+    of the job's bucket are ours to change: a file of another bucket named by id is not in this one."""
     out: list[tuple[str, TrackFile | None, Any]] = []
     for ref in targets.refs:
         out.append((f"ref:{ref}", by_ref(session, bucket_id, ref), None))
     for file_id in targets.ids:
-        row = session.exec(select(TrackFile).where(TrackFile.remote_id == file_id)).first()
+        row = session.exec(
+            select(TrackFile).where(TrackFile.bucket_id == bucket_id, TrackFile.remote_id == file_id)
+        ).first()
         out.append((f"id:{file_id}", row, file_id))
     for acr_id in targets.acr_ids:
-        row = session.exec(select(TrackFile).where(TrackFile.acr_id == acr_id)).first()
+        row = session.exec(
+            select(TrackFile).where(TrackFile.bucket_id == bucket_id, TrackFile.acr_id == acr_id)
+        ).first()
         out.append((f"acr_id:{acr_id}", row, acr_id))
     return out
 

@@ -162,6 +162,8 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
 def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
     file_id, planned = _own_row(job, op_id)
     if file_id is None:  # same ref already here: nothing to post, maybe metadata to update
+        if planned["plan"] == UploadPlan.NOOP:  # same source and metadata: the row's own upload covers it
+            return {**planned, "sent": False}
         return {**planned, **update_row_meta(planned["file_id"], op_id, job.title, job.user_defined, ctx)}
 
     with session_scope() as s:

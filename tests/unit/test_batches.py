@@ -69,11 +69,6 @@ def test_a_file_an_earlier_try_deleted_is_already_deleted_not_missing(ctx, make_
     assert file_row(bucket, "k").status == FileStatus.DELETED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: batches._resolve looks ids/acr_ids up in every bucket, and a 404 in the job's bucket then "
-    "marks the other bucket's row deleted although its file is still there",
-)
 def test_a_delete_naming_a_file_of_another_bucket_leaves_that_file_alone(ctx, make_ctx, emulator, bucket) -> None:
     run("upload_url", url_args(bucket, "x"), ctx)
     row = file_row(bucket, "x")

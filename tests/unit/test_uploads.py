@@ -40,11 +40,6 @@ def test_upload_url_posts_once_and_records_the_ids(ctx, make_ctx, emulator, buck
     assert file_row(bucket, "cat-1").remote_id == f["id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: handle_upload sends the NOOP plan through update_row_meta, whose apply_meta bumps "
-    "meta_version even when the values are equal, so a 'noop' PUTs the same metadata again",
-)
 def test_the_same_upload_sent_again_as_a_new_message_sends_nothing(ctx, make_ctx, emulator, bucket) -> None:
     args = url_args(bucket, "n1", "Same", user_defined={"a": 1})
     run("upload_url", args, ctx)
