@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlmodel import select
 
@@ -60,3 +63,25 @@ def idle_producer() -> object:
 
     settings = get_settings().model_copy(update={"broker_url": IDLE_BROKER})
     return Producer(create_app(settings), settings)
+
+
+VENDOR_PAGE = Path(__file__).parent / "fixtures" / "vendor-files-api.zh.txt"
+
+
+def vendor_examples() -> dict[str, dict[str, Any]]:
+    """The four JSON examples of the vendor page (upload, list, update, get), keyed by what they answer."""
+    text = VENDOR_PAGE.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    found = [decoder.raw_decode(text, m.end())[0] for m in re.finditer(r"^json\s*\n(?=\{)", text, re.M)]
+    examples: dict[str, dict[str, Any]] = {}
+    for ex in found:
+        data = ex["data"]
+        if "links" in ex:
+            examples["list"] = ex
+        elif isinstance(data, list):
+            examples["get"] = ex
+        elif isinstance(data["duration"], str):
+            examples["upload"] = ex
+        else:
+            examples["update"] = ex
+    return examples

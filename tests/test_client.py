@@ -34,11 +34,11 @@ from ingest.api.errors import (
 from ingest.api.schemas import BucketFile, FileState, Page
 from ingest.devtools.emulator import Emulator
 from ingest.settings import Settings
+from tests.helpers import vendor_examples
 
 TOKEN = "tok-S3CRET-7f3a9c-do-not-leak"
 PROCESSING_DELAY = 0.2
 LIST_ROUTE = "GET /buckets/{bucket}/files"  # the emulator's stats key of the list call
-FIXTURE = Path(__file__).parent / "fixtures" / "vendor-files-api.zh.txt"
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +95,9 @@ def _closed_port() -> int:
 # ---- schemas -------------------------------------------------------------------------------------
 
 
-def _vendor_examples() -> list[dict[str, Any]]:
-    """The JSON examples of the vendor page, in order: upload, list, update, get."""
-    text, out, i = FIXTURE.read_text(encoding="utf-8"), [], 0
-    decoder = json.JSONDecoder()
-    while (i := text.find('{\n    "data"', i)) >= 0:
-        obj, end = decoder.raw_decode(text, i)
-        out.append(obj)
-        i = end
-    return out
-
-
 def test_schemas_parse_every_vendor_example() -> None:
-    upload, listing, update, get = _vendor_examples()
+    vendor = vendor_examples()
+    upload, listing, update, get = (vendor[k] for k in ("upload", "list", "update", "get"))
     up = BucketFile.model_validate(upload["data"])
     assert up.duration == pytest.approx(78.524082)  # a string in the upload answer
     assert up.state == FileState.PROCESSING and up.user_defined == {} and up.audio_id == ""

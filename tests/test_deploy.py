@@ -39,6 +39,8 @@ import requests
 import yaml
 from celery import Celery
 
+from ingest.devtools.processes import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROCFILE = ROOT / "Procfile"
@@ -214,12 +216,6 @@ def test_dockerfile_builds_a_non_root_image_with_the_postgres_driver() -> None:
 # --- every command runs here -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -285,7 +281,7 @@ def _compose_run(name: str, tmp: Path) -> Run:
             env[key] = interpolate(str(value), shell_env)
         elif key in shell_env:  # a bare `KEY:` passes the deployer's value through
             env[key] = shell_env[key]
-    port = _free_port()
+    port = free_port()
     env = _localise_env(env, tmp, port)
     # Compose splits a string command like a shell would, but runs no shell.
     argv = shlex.split(interpolate(_command(svc), shell_env))
@@ -303,7 +299,7 @@ def _compose_run(name: str, tmp: Path) -> Run:
 
 
 def _procfile_run(name: str, tmp: Path) -> Run:
-    port = _free_port()
+    port = free_port()
     env = _localise_env(_deployer_env(), tmp, port)
     env["PORT"] = str(port)  # what honcho or Heroku give each process
     line = _procfile()[name]

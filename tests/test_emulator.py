@@ -7,7 +7,6 @@ the emulator or the fixture shows up as a key-set or value-type difference.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import signal
 import subprocess
@@ -23,10 +22,10 @@ import requests
 
 from ingest.devtools.emulator import Emulator, Faults
 from ingest.devtools.emulator.__main__ import _parser
+from tests.helpers import vendor_examples
 
 TOKEN = "emu-test-token"
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).parent / "fixtures" / "vendor-files-api.zh.txt"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 AUDIO = b"ID3" + bytes(range(256)) * 64  # 16 KiB of "audio"
@@ -36,26 +35,7 @@ FILE_404 = {"message": "No query results for model [App\\Models\\File]."}
 # ---- the vendor's examples -------------------------------------------------------------------------
 
 
-def _vendor_examples() -> dict[str, dict[str, Any]]:
-    """The four JSON examples of the page (upload, list, update, get), keyed by what they answer."""
-    text = FIXTURE.read_text(encoding="utf-8")
-    decoder = json.JSONDecoder()
-    found = [decoder.raw_decode(text, m.end())[0] for m in re.finditer(r"^json\s*\n(?=\{)", text, re.M)]
-    examples: dict[str, dict[str, Any]] = {}
-    for ex in found:
-        data = ex["data"]
-        if "links" in ex:
-            examples["list"] = ex
-        elif isinstance(data, list):
-            examples["get"] = ex
-        elif isinstance(data["duration"], str):
-            examples["upload"] = ex
-        else:
-            examples["update"] = ex
-    return examples
-
-
-VENDOR = _vendor_examples()
+VENDOR = vendor_examples()
 
 
 def _kind(value: Any) -> str:

@@ -4,7 +4,6 @@ token never shows up in logs, messages, events, Flower or the tables."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from ingest.cli.commands import main
+from ingest.devtools.processes import free_port
 from ingest.store import auth_hold
 from ingest.store.db import get_engine, session_scope
 from ingest.store.models import FileStatus
@@ -76,16 +76,10 @@ def test_rejected_token_holds_work_and_a_new_token_resumes_it(
     assert sorted(f["audio_id"] for f in emulator.files(bucket)) == sorted(refs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_token_never_leaks(spawn_worker, fault_env, fault_producer, emulator, bucket) -> None:
     """A full run at DEBUG with faults (so errors and retries are logged) and Flower watching; then
     every log, broker key, event, Flower answer and table row is searched for the token."""
-    port = _free_port()
+    port = free_port()
     flower_log = WORKDIR / f"flower-{port}.log"
     flower = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "ingest.worker", "flower", f"--port={port}", "--address=127.0.0.1"],
