@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from ingest.store import auth_hold
+from ingest.store import auth_hold, circuit_breaker
 from ingest.store.models import Operation, OpStatus, ParkedFollowup, TrackFile
 
 
@@ -71,7 +71,16 @@ def parked_followups(session: Session) -> dict[str, Any] | None:
 
 def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any]:
     hold = auth_hold.current(session)
+    outage = circuit_breaker.current(session)
     return {
+        "api_down": None
+        if outage is None or outage.opened_at is None
+        else {
+            "reason": outage.reason,
+            "since": outage.opened_at.isoformat(),
+            "last_probe": outage.last_probe.isoformat(),
+            "held_tasks": outage.held_tasks,
+        },
         "waiting_for_uploads": parked_followups(session),
         "files": file_counts(session),
         "operations": operation_counts(session),
