@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     auth_hold_recheck: float = 30.0
     # An update/delete/move naming an upload still in flight waits this long between checks.
     dependency_wait: float = 5.0
+    # A follow-up naming a ref no worker has seen is kept (parked) this long for its upload to land: an
+    # upload held by a killed worker comes back after the visibility timeout, plus a countdown and its
+    # run. Default: 2 x visibility_timeout. After it the follow-up reports the ref as unknown.
+    unknown_ref_horizon: float | None = Field(default=None, gt=0)
+    # The API down for everyone: after this many transient failures (5xx, unreachable) of different
+    # jobs in a row within breaker_window seconds, jobs are held (no attempt used) and one probe per
+    # breaker_probe_interval seconds checks whether it is back.
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_window: float = Field(default=60.0, gt=0)
+    breaker_probe_interval: float = Field(default=30.0, gt=0)
 
     # --- Storage and polling ----------------------------------------------------------------------
     database_url: str = "sqlite:///acr-ingest.db"
@@ -85,11 +95,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _countdowns_fit_the_visibility_timeout(self) -> Settings:
         # A countdown longer than the visibility timeout makes Redis deliver the message twice.
-        longest = max(self.backoff_max, self.auth_hold_recheck, self.dependency_wait)
+        longest = max(self.backoff_max, self.auth_hold_recheck, self.dependency_wait, self.breaker_probe_interval)
         if self.visibility_timeout < 2 * longest:
             raise ValueError(
                 f"ACR_INGEST_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must be at least twice the longest "
-                f"retry countdown ({longest} s: BACKOFF_MAX, AUTH_HOLD_RECHECK, DEPENDENCY_WAIT); raise it"
+                f"retry countdown ({longest} s: BACKOFF_MAX, AUTH_HOLD_RECHECK, DEPENDENCY_WAIT, "
+                "BREAKER_PROBE_INTERVAL); raise it"
             )
         return self
 
@@ -101,6 +112,10 @@ class Settings(BaseSettings):
     @property
     def resend_after_seconds(self) -> float:
         return self.resend_after if self.resend_after is not None else 2.0 * self.visibility_timeout
+
+    @property
+    def unknown_ref_horizon_seconds(self) -> float:
+        return self.unknown_ref_horizon if self.unknown_ref_horizon is not None else 2.0 * self.visibility_timeout
 
     @property
     def base_url(self) -> str:

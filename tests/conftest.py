@@ -45,7 +45,9 @@ TEST_ENV = {
     "ACR_INGEST_BACKOFF_MAX": "1",
     "ACR_INGEST_MAX_ATTEMPTS": "8",
     "ACR_INGEST_DEPENDENCY_WAIT": "0.3",
+    "ACR_INGEST_UNKNOWN_REF_HORIZON": "20",  # follow-ups of unknown refs: retried 1.8 s, then parked until 20 s
     "ACR_INGEST_AUTH_HOLD_RECHECK": "0.5",
+    "ACR_INGEST_BREAKER_PROBE_INTERVAL": "0.5",  # an outage the breaker opens on is probed every 0.5 s
     "ACR_INGEST_LEASE_SECONDS": "10",
     "ACR_INGEST_POLL_INTERVAL": "0.5",
     "ACR_INGEST_VISIBILITY_TIMEOUT": "60",

@@ -163,6 +163,18 @@ def status(as_json: bool) -> None:
             f"{kind}: "
             + counts_line(counts, ("queued", "running", "waiting", "held", "succeeded", "partial", "failed"))
         )
+    if report["waiting_for_uploads"]:
+        w = report["waiting_for_uploads"]
+        click.echo(
+            f"waiting for uploads: {w['operations']} follow-up(s) naming {w['refs']} ref(s) not seen yet, since "
+            f"{w['since']}; applied when the uploads land, else reported as unknown_ref from {w['first_horizon']}"
+        )
+    if report["api_down"]:
+        d = report["api_down"]
+        click.echo(
+            f"API DOWN since {d['since']} (circuit breaker open): {d['reason']} — work is held, no attempts used; "
+            f"probed every ACR_INGEST_BREAKER_PROBE_INTERVAL s (last {d['last_probe']}), resumes by itself"
+        )
     if report["held"]:
         h = report["held"]
         click.echo(f"HELD since {h['since']}: {h['reason']} — fix the token; work resumes by itself")

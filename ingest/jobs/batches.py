@@ -18,7 +18,8 @@ from ingest.api.schemas import BucketFile
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
 from ingest.jobs.inputs import DeleteBatchJob, MoveBatchJob, Targets
-from ingest.jobs.managed_files import by_ref, ref_may_still_arrive
+from ingest.jobs.managed_files import by_ref
+from ingest.jobs.parked_followups import RefWait, park, ref_wait
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpStatus, TrackFile, utcnow
 
@@ -153,13 +154,17 @@ def _run_batch(
         assert op is not None
         outcomes: dict[str, str] = dict((op.result or {}).get("outcomes", {}))
         waiting: list[str] = []
+        parked: list[str] = []  # refs not seen yet that may still arrive: kept until their upload lands
         send: list[tuple[str, TrackFile | None, Any]] = []
         for name, row, key in _resolve(s, job.bucket_id, job.targets):
             if name in outcomes:
                 continue
             if row is None and key is None:  # a ref we have never seen
-                if ref_may_still_arrive(op.created_at, settings):
+                wait = ref_wait(op.created_at, settings)
+                if wait is RefWait.RETRY:
                     waiting.append(name)
+                elif wait is RefWait.PARK:
+                    parked.append(name.removeprefix("ref:"))
                 else:
                     outcomes[name] = "unknown_ref"
                 continue
@@ -199,6 +204,11 @@ def _run_batch(
         raise RetryLater(
             settings.dependency_wait, f"waiting for the upload of {len(waiting)} file(s): {', '.join(waiting[:5])}"
         )
+    if parked:  # all else is done: the operation waits, as parked rows, for these uploads to land
+        with session_scope() as s:
+            op = s.get(Operation, op_id)
+            assert op is not None
+            return {**park(s, op, job.bucket_id, parked, settings), "outcomes": outcomes}
     return _result(outcomes)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -26,18 +26,8 @@ UploadJob = UploadUrlJob | UploadFileJob
 STATE_ERROR_REASON = "the API could not process the audio (state -1)"
 
 
-# How many dependency waits a follow-up naming a ref not seen yet gets before the ref is "unknown": a
-# producer in another system may send the upload and the update back to back to different workers.
-UNKNOWN_REF_WAITS = 6
-
-
 def unknown_ref(ref: str, bucket_id: int) -> InputError:
     return InputError({"ref": f"unknown ref {ref!r} in bucket {bucket_id}: upload it first, or check the id"})
-
-
-def ref_may_still_arrive(asked_at: datetime, settings: Settings) -> bool:
-    """Whether a follow-up asked for at ``asked_at`` should still wait for its ref's upload."""
-    return utcnow() - asked_at < timedelta(seconds=settings.dependency_wait * UNKNOWN_REF_WAITS)
 
 
 class UploadPlan(StrEnum):

@@ -18,6 +18,7 @@ from ingest.jobs.batches import chunks
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
 from ingest.jobs.managed_files import STATE_ERROR_REASON, file_lease, files_with_ref, sync_meta
+from ingest.jobs.parked_followups import wake_due
 from ingest.jobs.runner import claim_stale
 from ingest.settings import Settings
 from ingest.store import auth_hold, leases
@@ -195,13 +196,15 @@ def _verify_one(s: Session, row: TrackFile, ctx: JobContext, counts: dict[str, A
 
 def poll_cycle(ctx: JobContext, send: Callable[[str, dict[str, Any], str], Any]) -> dict[str, Any]:
     """What the periodic task does: one poll, then (only the poll holding the lease) resend by task name
-    the operations whose message was lost."""
+    the operations whose message was lost, and wake the parked follow-ups whose upload has landed."""
     counts = poll_states(ctx)
     if "skipped" not in counts:
         with session_scope() as s:
             stale = claim_stale(s, ctx.settings.resend_after_seconds)
-            for op in stale:
+            woken = wake_due(s)
+            for op in {op.id: op for op in stale + woken}.values():  # one message each
                 assert op.task_id is not None
                 send(OpKind(op.kind).task_name, op.args, op.task_id)
         counts["resent"] = len(stale)
+        counts["woken"] = len(woken)
     return counts

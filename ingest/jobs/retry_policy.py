@@ -5,6 +5,7 @@
 | 429 RateLimitedError                    | retry  | Retry-After + up to one more; not counted        |
 | 5xx, reset, read timeout (TransientError)| retry | full-jitter exponential backoff, capped          |
 | connect timeout / refused               | retry  | full-jitter exponential backoff, capped          |
+| either, API down for all (breaker open) | pause  | 1-1.5 x ``breaker_probe_interval``; not counted  |
 | database busy/unavailable (OperationalError)| retry | full-jitter exponential backoff, capped      |
 | 401/403 AuthError                       | hold   | re-check every ``auth_hold_recheck`` s; not counted|
 | 404 NotFoundError, 422 ValidationError, other 4xx | fail | —                                      |
@@ -34,6 +35,7 @@ RATE_LIMIT_ATTEMPT_FACTOR = 10
 class Action(StrEnum):
     RETRY = "retry"
     HOLD = "hold"
+    PAUSE = "pause"  # the API is down for everyone (circuit breaker open): wait without using an attempt
     FAIL = "fail"
 
 
@@ -57,8 +59,23 @@ def reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def decide(exc: BaseException, attempts: int, rate_limited: int, settings: Settings) -> Decision:
-    """``attempts``: counted attempts so far including this one; ``rate_limited``: 429s so far."""
+def is_outage_failure(exc: BaseException) -> bool:
+    """A failure that says the API may be down for everyone (counted by the circuit breaker): 5xx,
+    connection refused/reset, timeouts. Not a 429 (the API answers, and says when to come back)."""
+    return isinstance(exc, ApiError) and exc.transient and not isinstance(exc, RateLimitedError)
+
+
+def outage_countdown(settings: Settings) -> float:
+    """When a job held by the open breaker comes back: spread over half an interval more, so the held
+    jobs do not all return in the same instant (only one of them may probe anyway)."""
+    return settings.breaker_probe_interval * random.uniform(1.0, 1.5)
+
+
+def decide(
+    exc: BaseException, attempts: int, rate_limited: int, settings: Settings, *, api_down: bool = False
+) -> Decision:
+    """``attempts``: counted attempts so far including this one; ``rate_limited``: 429s so far;
+    ``api_down``: the circuit breaker is open (this failure may have opened it)."""
     reason = reason_of(exc)
     if isinstance(exc, InputError):
         return Decision(Action.FAIL, counts=False, reason=f"bad input: {reason}")
@@ -75,6 +92,13 @@ def decide(exc: BaseException, attempts: int, rate_limited: int, settings: Setti
             # would starve the queue under a steady limit.
             wait = exc.retry_after + random.uniform(0, max(exc.retry_after, 1.0))
         return Decision(Action.RETRY, min(wait, settings.backoff_max), False, reason)
+    if api_down and is_outage_failure(exc):
+        return Decision(
+            Action.PAUSE,
+            outage_countdown(settings),
+            counts=False,
+            reason=f"held: the API is down for everyone: {reason}",
+        )
     if (isinstance(exc, ApiError) and exc.transient) or isinstance(exc, OperationalError):
         if attempts >= settings.max_attempts:
             return Decision(Action.FAIL, reason=f"gave up after {attempts} attempts: {reason}")

@@ -18,8 +18,8 @@ from ingest.api.errors import RateLimitedError
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import VALIDATORS
-from ingest.jobs.retry_policy import Action, decide, reason_of
-from ingest.store import auth_hold
+from ingest.jobs.retry_policy import Action, decide, is_outage_failure, outage_countdown, reason_of
+from ingest.store import auth_hold, circuit_breaker
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 
@@ -105,6 +105,13 @@ def run_job(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) 
                     f"held: the API rejects the access token ({hold.reason if hold else ''})",
                     held=True,
                 )
+            if not circuit_breaker.may_call(s, settings.breaker_probe_interval):
+                outage = circuit_breaker.current(s)
+                raise RetryLater(
+                    outage_countdown(settings),
+                    f"held: the API is down for everyone ({outage.reason if outage else ''})",
+                    held=True,
+                )
         result = handler(job, op_id, ctx)
     except RetryLater as wait:
         with session_scope() as s:
@@ -114,8 +121,10 @@ def run_job(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) 
         return _handle_failure(kind, op_id, exc, ctx)
 
     with session_scope() as s:
-        auth_hold.lift(s)
         status = result.pop("status", OpStatus.SUCCEEDED)
+        if status in OpStatus.final():  # a parked follow-up may not have called the API at all
+            auth_hold.lift(s)
+            circuit_breaker.record_success(s)
         op = _set(s, op_id, status=status, result=result or None, error=result.get("error"))
         return summary(op)
 
@@ -128,8 +137,14 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
         throttled = op.throttled + (1 if isinstance(exc, RateLimitedError) else 0)
         if isinstance(exc, RateLimitedError) and ctx.limiter is not None:
             ctx.limiter.penalize(exc.retry_after or 1.0)  # every worker holds off, not just this one
-        decision = decide(exc, op.attempts + 1, throttled, settings)
+        api_down = is_outage_failure(exc) and circuit_breaker.record_failure(
+            s, op_id, reason_of(exc), threshold=settings.breaker_threshold, window=settings.breaker_window
+        )
+        decision = decide(exc, op.attempts + 1, throttled, settings, api_down=api_down)
         attempts = op.attempts + (1 if decision.counts else 0)
+        if decision.action is Action.PAUSE:
+            _set(s, op_id, status=OpStatus.HELD, error=decision.reason)
+            raise RetryLater(decision.countdown, decision.reason, held=True) from None
         if decision.action is Action.HOLD:
             auth_hold.hold(s, settings.current_token(), reason_of(exc))
             _set(s, op_id, status=OpStatus.HELD, error=decision.reason)

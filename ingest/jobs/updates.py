@@ -11,7 +11,8 @@ from sqlmodel import Session, select
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import UpdateMetaJob
-from ingest.jobs.managed_files import apply_meta, by_ref, file_lease, ref_may_still_arrive, sync_meta, unknown_ref
+from ingest.jobs.managed_files import apply_meta, by_ref, file_lease, sync_meta, unknown_ref
+from ingest.jobs.parked_followups import RefWait, park, ref_wait
 from ingest.settings import Settings
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, TrackFile
@@ -29,14 +30,18 @@ def find_managed(
     return session.exec(query).first()
 
 
-def wait_for_unknown_ref(session: Session, op_id: int, bucket_id: int, ref: str, settings: Settings) -> None:
-    """Wait a while for a ref whose upload may still be on its way; then it is bad input."""
+def wait_for_unknown_ref(session: Session, op_id: int, bucket_id: int, ref: str, settings: Settings) -> dict[str, Any]:
+    """A ref whose upload may still be on its way: retry a while, then park the update until the upload
+    lands (``parked_followups``); past the horizon it is bad input."""
     op = session.get(Operation, op_id)
     assert op is not None
-    if ref_may_still_arrive(op.created_at, settings):
+    wait = ref_wait(op.created_at, settings)
+    if wait is RefWait.RETRY:
         raise RetryLater(
             settings.dependency_wait, f"ref {ref!r} not known yet in bucket {bucket_id}: waiting for its upload"
         )
+    if wait is RefWait.PARK:
+        return park(session, op, bucket_id, [ref], settings)
     raise unknown_ref(ref, bucket_id)
 
 
@@ -45,7 +50,7 @@ def handle_update(job: UpdateMetaJob, op_id: int, ctx: JobContext) -> dict[str, 
         row = find_managed(s, job.bucket_id, ref=job.ref, file_id=job.file_id, acr_id=job.acr_id)
         if row is None:
             if job.ref is not None:
-                wait_for_unknown_ref(s, op_id, job.bucket_id, job.ref, ctx.settings)
+                return wait_for_unknown_ref(s, op_id, job.bucket_id, job.ref, ctx.settings)
             # A file this tool does not manage: update it as asked.
             target = job.file_id if job.file_id is not None else job.acr_id
             assert target is not None

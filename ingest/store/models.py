@@ -177,3 +177,36 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     owner: str = Field(max_length=255)
     until: datetime
+
+
+class ParkedFollowup(SQLModel, table=True):
+    """An update/delete/move naming a ref no worker has seen yet, kept until the upload lands (or the
+    horizon passes): the operation is woken by the poll then, instead of retrying through the broker."""
+
+    __tablename__ = "parked_followups"
+    __table_args__ = (UniqueConstraint("operation_id", "bucket_id", "ref", name="uq_parked_followups_op_ref"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    operation_id: int = Field(foreign_key="operations.id", index=True)
+    bucket_id: int = Field(index=True)
+    ref: str = Field(index=True, max_length=255)
+    # Past this the ref is not coming: the operation is woken to report it (unknown_ref).
+    until: datetime = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CircuitBreaker(SQLModel, table=True):
+    """Shared by every worker: opens when the API fails for everyone (5xx, unreachable), so jobs wait
+    (held, no attempt used) instead of spending their attempts; one probe per interval closes it."""
+
+    __tablename__ = "circuit_breakers"
+
+    name: str = Field(primary_key=True, max_length=32)
+    # Transient failures of different operations in a row (a success resets it) within the window.
+    failures: int = 0
+    window_started: datetime = Field(default_factory=utcnow)
+    last_failed_op: int | None = None
+    opened_at: datetime | None = None  # None: closed
+    last_probe: datetime = Field(default_factory=utcnow)
+    reason: str | None = None
+    held_tasks: int = 0

@@ -9,8 +9,8 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from ingest.store import auth_hold
-from ingest.store.models import Operation, OpStatus, TrackFile
+from ingest.store import auth_hold, circuit_breaker
+from ingest.store.models import Operation, OpStatus, ParkedFollowup, TrackFile
 
 
 def file_counts(session: Session) -> dict[str, int]:
@@ -54,9 +54,34 @@ def failures(
     return list(session.exec(query.order_by(col(Operation.updated_at).desc()).limit(limit)).all())
 
 
+def parked_followups(session: Session) -> dict[str, Any] | None:
+    """Follow-ups waiting for the upload of a ref not seen yet (see ``ingest.jobs.parked_followups``)."""
+    refs, operations, oldest, until = session.exec(
+        select(
+            func.count(),
+            func.count(func.distinct(ParkedFollowup.operation_id)),
+            func.min(ParkedFollowup.created_at),
+            func.min(ParkedFollowup.until),
+        )
+    ).one()
+    if not refs:
+        return None
+    return {"operations": operations, "refs": refs, "since": oldest.isoformat(), "first_horizon": until.isoformat()}
+
+
 def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any]:
     hold = auth_hold.current(session)
+    outage = circuit_breaker.current(session)
     return {
+        "api_down": None
+        if outage is None or outage.opened_at is None
+        else {
+            "reason": outage.reason,
+            "since": outage.opened_at.isoformat(),
+            "last_probe": outage.last_probe.isoformat(),
+            "held_tasks": outage.held_tasks,
+        },
+        "waiting_for_uploads": parked_followups(session),
         "files": file_counts(session),
         "operations": operation_counts(session),
         "held": None

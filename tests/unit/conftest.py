@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
 from ingest.api.client import AcrCloudClient
 from ingest.jobs.context import JobContext
@@ -25,6 +26,7 @@ from ingest.jobs.polling import LEASE
 from ingest.settings import get_settings
 from ingest.store import auth_hold, leases
 from ingest.store.db import session_scope
+from ingest.store.models import CircuitBreaker
 from tests.conftest import TEST_ENV
 from tests.helpers import wait_for
 from tests.unit.support import POLL_OWNER
@@ -77,6 +79,15 @@ def _no_auth_hold_left() -> Iterator[None]:
     yield
     with session_scope() as s:
         auth_hold.lift(s)
+
+
+@pytest.fixture(autouse=True)
+def _no_open_breaker_left() -> Iterator[None]:
+    """The circuit breaker is one row for every job, like the auth hold: leave it closed and reset."""
+    yield
+    with session_scope() as s:
+        s.execute(delete(CircuitBreaker))
+        s.commit()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
 from ingest.jobs.inputs import VALIDATORS
 from ingest.jobs.managed_files import prepare_upload_row
-from ingest.jobs.polling import LEASE, poll_states
+from ingest.jobs.polling import LEASE, poll_cycle, poll_states
 from ingest.jobs.runner import Handler, ensure_operation, run_job
 from ingest.jobs.updates import handle_update
 from ingest.jobs.uploads import handle_upload
@@ -90,6 +90,18 @@ def poll(ctx: JobContext, bucket_id: int) -> dict[str, Any]:
         wait_for(lambda: leases.acquire(s, LEASE, POLL_OWNER, 60), timeout=20, what="the state-poll lease")
     assert "skipped" not in counts, counts
     return counts
+
+
+def wake(ctx: JobContext) -> list[str]:
+    """One poll cycle (as ``poll``); returns the task ids it sent again (woken or resent), sending none."""
+    sent: list[str] = []
+    counts = poll_cycle(
+        dataclasses.replace(ctx, owner=POLL_OWNER), send=lambda _name, _kw, task_id: sent.append(task_id)
+    )
+    with session_scope() as s:
+        wait_for(lambda: leases.acquire(s, LEASE, POLL_OWNER, 60), timeout=20, what="the state-poll lease")
+    assert "skipped" not in counts, counts
+    return sent
 
 
 def url_args(bucket: int, ref: str, title: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -22,8 +22,9 @@ def test_delete_batch_records_an_outcome_per_name(make_ctx, emulator, bucket) ->
         run("upload_url", url_args(bucket, f"g{i}"), make_ctx())
     g1, g2 = (file_row(bucket, f"g{i}") for i in (1, 2))
     record("upload_url", url_args(bucket, "h"), make_ctx())  # enqueued, not sent yet
-    # "nope" may be an upload still on its way: the job waits for it DEPENDENCY_WAIT * 6 (0.3 s here).
-    delete = make_ctx(dependency_wait=0.05, ids_chunk_size=2)
+    # "nope" may be an upload still on its way: the job retries DEPENDENCY_WAIT * 6 (0.3 s here), and
+    # would then park until the horizon, here the same 0.3 s (parking: test_parked_followups).
+    delete = make_ctx(dependency_wait=0.05, ids_chunk_size=2, unknown_ref_horizon=0.3)
     args = {"bucket_id": bucket, "refs": ["g0", "h", "nope"], "ids": [g1.remote_id, UNKNOWN_ID], "acr_ids": [g2.acr_id]}
     deletes = _calls(emulator, DELETE_IDS)
 

@@ -55,8 +55,9 @@ def test_an_update_waits_for_its_upload_and_is_applied_after_it(make_ctx, emulat
     assert f["title"] == "After" and file_row(bucket, "w").title == "After"
 
 
-def test_an_update_of_a_ref_never_uploaded_waits_a_while_then_fails(make_ctx, bucket) -> None:
-    ctx = make_ctx(dependency_wait=0.05)  # the ref may still arrive for DEPENDENCY_WAIT * 6
+def test_an_update_of_a_ref_never_uploaded_fails_after_the_horizon(make_ctx, bucket) -> None:
+    # Retried for DEPENDENCY_WAIT * 6 (0.3 s), then it would be parked until the horizon: here the same.
+    ctx = make_ctx(dependency_wait=0.05, unknown_ref_horizon=0.3)
     out, waits = run_to_end("update_meta", {"bucket_id": bucket, "ref": "ghost", "title": "T"}, ctx)
     assert waits and all("not known yet" in w.reason for w in waits)
     assert out["status"] == OpStatus.FAILED
