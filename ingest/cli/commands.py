@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ingest.cli.db import db
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 
@@ -302,6 +303,9 @@ def demo(keep: bool, timeout: float) -> None:
 
     sys.exit(run_demo(keep=keep, timeout=timeout))
 
+
+# Groups and commands kept in modules of their own.
+main.add_command(db)
 
 if __name__ == "__main__":
     main()
