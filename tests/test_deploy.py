@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,7 +434,13 @@ def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> Non
         if run.healthcheck:
             # Docker runs it inside the container, where HOSTNAME is the container's (the worker's node name).
             env = {**run.env, "HOSTNAME": socket.gethostname()}
-            check = subprocess.run(run.healthcheck, env=env, cwd=tmp_path, capture_output=True, timeout=30)
+            with ExitStack() as stack:
+                if service == "worker":  # `acr-ingest health` calls the API: an emulator where the env points
+                    from ingest.devtools.emulator import Emulator
+
+                    emu = Emulator(tokens={TOKEN}).start(host="127.0.0.1", port=run.port)
+                    stack.callback(emu.stop)
+                check = subprocess.run(run.healthcheck, env=env, cwd=tmp_path, capture_output=True, timeout=30)
             assert check.returncode == 0, f"healthcheck {run.healthcheck} failed: {check.stdout!r} {check.stderr!r}"
         if run.stop_group:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ingest.cli.db import db
+from ingest.cli.ops import config, health
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 
@@ -305,7 +306,8 @@ def demo(keep: bool, timeout: float) -> None:
 
 
 # Groups and commands kept in modules of their own.
-main.add_command(db)
+for _command in (db, health, config):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

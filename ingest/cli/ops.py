@@ -1,0 +1,56 @@
+"""Operator commands: ``health`` (is everything this process needs there?) and ``config`` (the effective
+settings, secrets masked)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from pydantic import SecretStr
+
+from ingest.redact import mask_url_credentials
+from ingest.settings import Settings, get_settings
+
+
+@click.command("health")
+def health() -> None:
+    """Check the broker, the database (schema at head), the API and the token; exit 1 if any fails."""
+    from ingest.worker.health import run_checks
+
+    checks = run_checks(get_settings())
+    for check in checks:
+        click.echo(check.line())
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        click.echo(f"unhealthy: {', '.join(failed)}", err=True)
+        sys.exit(1)
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting as its ACR_INGEST_* variable, the token masked and any URL's password masked."""
+    out: dict[str, Any] = {}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = "***" if value.get_secret_value() else None
+        elif isinstance(value, str):
+            value = mask_url_credentials(value)
+        elif value is not None and not isinstance(value, int | float | bool):
+            value = str(value)
+        out[f"ACR_INGEST_{name.upper()}"] = value
+    out["(effective api url)"] = settings.base_url
+    out["(token in force)"] = "set" if settings.current_token() else "NOT SET"
+    return out
+
+
+@click.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def config(as_json: bool) -> None:
+    """Print the effective settings (environment, .env and defaults), the token and URL passwords masked."""
+    values = effective_settings(get_settings())
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    for key, value in values.items():
+        click.echo(f"{key}={'' if value is None else value}")
