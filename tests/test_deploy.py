@@ -112,7 +112,7 @@ def test_services_and_their_wiring() -> None:
     for name in ("redis", "postgres", "flower"):
         assert services[name]["healthcheck"]["test"], f"{name} has no healthcheck"
     assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
-    assert "5555:5555" in services["flower"]["ports"]
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"], "Flower is published on loopback only"
 
     assert services["emulator"]["profiles"] == ["dev"], "the emulator must not start in production"
     for name in (*APP_SERVICES, *ONE_SHOT):
@@ -205,7 +205,7 @@ def test_every_app_command_is_ours_and_the_procfile_matches() -> None:
 
     def same(cmd: str) -> list[str]:
         # Host and port may differ (the Procfile serves on loopback and takes honcho's $PORT).
-        return re.sub(r"\s--(host|port)[= ]\S+", "", cmd).split()
+        return re.sub(r"\s--(host|address|port)[= ]\S+", "", cmd).split()
 
     for name in APP_SERVICES:
         assert same(procfile[name]) == same(compose_cmds[name]), f"Procfile {name} differs from compose"
@@ -307,7 +307,7 @@ def _compose_run(name: str, tmp: Path) -> Run:
     for i, arg in enumerate(localised[:-1]):
         if arg == "--port":
             localised[i + 1] = str(port)
-        if arg == "--host":
+        if arg in ("--host", "--address"):
             localised[i + 1] = "127.0.0.1"
     healthcheck = None
     if test := (svc.get("healthcheck") or {}).get("test"):
@@ -458,3 +458,15 @@ def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> Non
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def test_flower_refuses_to_start_without_basic_auth_and_listens_on_loopback(tmp_path: Path) -> None:
+    run = _procfile_run("flower", tmp_path)
+    env = {k: v for k, v in run.env.items() if k != "FLOWER_BASIC_AUTH"}
+    refused = subprocess.run(run.argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH is not set" in refused.stderr, refused.stderr
+    assert "--address" not in _procfile()["flower"], "the Procfile's Flower keeps the loopback default"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "ingest.cli.commands", "flower", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "[default: 127.0.0.1]" in help_text

@@ -11,7 +11,7 @@ import click
 
 from ingest.cli.db import db
 from ingest.cli.history import show
-from ingest.cli.ops import config, health
+from ingest.cli.ops import config, flower, health
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 from ingest.store.models import FileStatus
@@ -312,7 +312,7 @@ def demo(keep: bool, timeout: float) -> None:
 
 
 # Groups and commands kept in modules of their own.
-for _command in (db, health, config, show):
+for _command in (db, health, config, show, flower):
     main.add_command(_command)
 
 if __name__ == "__main__":

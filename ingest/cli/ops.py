@@ -54,3 +54,29 @@ def config(as_json: bool) -> None:
         return
     for key, value in values.items():
         click.echo(f"{key}={'' if value is None else value}")
+
+
+@click.command("flower", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="FLOWER_ADDRESS",
+    help="Interface to listen on (0.0.0.0 only inside a container whose port is published on loopback).",
+)
+@click.option("--port", default=5555, show_default=True, envvar="FLOWER_PORT")
+@click.pass_context
+def flower(ctx: click.Context, address: str, port: int) -> None:
+    """Run Flower with safe defaults: loopback only, and never without FLOWER_BASIC_AUTH (extra args go to it).
+
+    Flower's /healthcheck and /metrics are never behind its auth: keep its port off public networks."""
+    import os
+
+    from ingest.worker.app import app
+
+    if not os.environ.get("FLOWER_BASIC_AUTH", "").strip():
+        raise click.UsageError(
+            "FLOWER_BASIC_AUTH is not set: set it to user:password (comma-separate several); "
+            "without it anyone who reaches the port sees every task's arguments"
+        )
+    app.start(["flower", f"--address={address}", f"--port={port}", *ctx.args])
