@@ -457,9 +457,9 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         from ingest.settings import reset_settings
 
         reset_settings()
-        from ingest.store.db import get_engine
+        from ingest.store.schema import upgrade
 
-        get_engine()  # creates the tables here once, rather than in a race between the workers
+        upgrade()  # the tables, once, before the workers (which refuse a schema not at head)
         report.details["settings"] = {k: v for k, v in env.items() if k != "ACR_INGEST_ACCESS_TOKEN"}
 
         print(f"[1/4] naive loop: {n} sequential upload_url calls", flush=True)
@@ -549,7 +549,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             fresh = {"ACR_INGEST_DATABASE_URL": f"sqlite:///{work / 'shared.db'}"}
             os.environ.update(fresh)
             reset_settings()
-            get_engine()
+            upgrade()
             producer = Producer()
             shared_env = {**child_env, **fresh, "ACR_INGEST_RATE_LIMIT": f"{args.shared_limit:g}"}
             with workers("ingest.worker.app", "shared", w, args.concurrency, shared_env, work, beat=True) as kids:

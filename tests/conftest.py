@@ -70,14 +70,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "the tests start their own redis-server",
             returncode=3,
         )
-    # A database of the tests' own: start from empty tables (a PostgreSQL test database persists).
+    # A database of the tests' own: start from empty tables (a PostgreSQL test database persists), made by
+    # the migrations, as `acr-ingest db upgrade` makes them (the workers refuse a schema not at head).
+    from sqlalchemy import text
     from sqlmodel import SQLModel
 
+    from ingest.store import schema
     from ingest.store.db import get_engine
 
     engine = get_engine()
     SQLModel.metadata.drop_all(engine)
-    SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {schema.VERSION_TABLE}"))
+    schema.upgrade()
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "fixtures" / "compose-spec.json"
 SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d496"
 
 APP_SERVICES = ("emulator", "worker", "beat", "flower")
+# One-shot commands: compose's service name -> the Procfile's name for it (Heroku's release phase).
+ONE_SHOT = {"migrate": "release"}
+NEEDS_SCHEMA = ("worker", "beat")  # they refuse to start until the migration ran
 LOCAL_REDIS = os.environ.get("ACR_INGEST_DEPLOY_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 TOKEN = "deploy-test-token-8c41e07a"
 FLOWER_AUTH = ("deploy", "flower-pw-3f9a")
@@ -100,7 +104,7 @@ def test_compose_file_validates_against_the_compose_spec_schema() -> None:
 def test_services_and_their_wiring() -> None:
     doc = _compose()
     services = doc["services"]
-    assert set(services) == {"redis", "postgres", *APP_SERVICES}
+    assert set(services) == {"redis", "postgres", *APP_SERVICES, *ONE_SHOT}
 
     redis_cmd = _command(services["redis"])
     assert services["redis"]["image"].startswith("redis:7")
@@ -110,10 +114,10 @@ def test_services_and_their_wiring() -> None:
     for name in ("redis", "postgres", "flower"):
         assert services[name]["healthcheck"]["test"], f"{name} has no healthcheck"
     assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
-    assert "5555:5555" in services["flower"]["ports"]
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"], "Flower is published on loopback only"
 
     assert services["emulator"]["profiles"] == ["dev"], "the emulator must not start in production"
-    for name in APP_SERVICES:
+    for name in (*APP_SERVICES, *ONE_SHOT):
         svc = services[name]
         assert svc["build"] == "." or svc["build"]["context"] == ".", name
         assert {"path": ".env", "required": False} in svc["env_file"], name
@@ -123,10 +127,18 @@ def test_services_and_their_wiring() -> None:
         assert env["ACR_INGEST_DATABASE_URL"].endswith("@postgres:5432/acr"), name
         assert env["ACR_INGEST_ACCESS_TOKEN"] in ("${ACR_INGEST_ACCESS_TOKEN:-}", "${ACR_INGEST_ACCESS_TOKEN}"), name
         for dep, how in (svc.get("depends_on") or {}).items():
+            if dep in ONE_SHOT:
+                assert how == {"condition": "service_completed_successfully"}, f"{name} -> {dep}"
+                continue
             assert how == {"condition": "service_healthy"}, f"{name} -> {dep}"
             assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no healthcheck"
-    assert set(services["worker"]["depends_on"]) == {"redis", "postgres"}
+    assert set(services["worker"]["depends_on"]) == {"redis", "postgres", "migrate"}
     assert "redis" in services["beat"]["depends_on"] and "redis" in services["flower"]["depends_on"]
+    # The schema is migrated once, before anything that needs it; the one-shot is never restarted.
+    for name in NEEDS_SCHEMA:
+        assert "migrate" in services[name]["depends_on"], f"{name} must wait for the migration"
+    assert services["migrate"]["restart"] == "no"
+    assert _command(services["migrate"]) == "acr-ingest db upgrade"
 
 
 def test_the_worker_scales_and_exactly_one_beat_runs() -> None:
@@ -185,20 +197,22 @@ def test_no_literal_secrets_in_the_compose_file() -> None:
 def test_every_app_command_is_ours_and_the_procfile_matches() -> None:
     services = _compose()["services"]
     ours = re.compile(r"^(acr-ingest \S+|celery -A ingest\.worker \S+)")
-    compose_cmds = {name: _command(services[name]) for name in APP_SERVICES}
+    compose_cmds = {name: _command(services[name]) for name in (*APP_SERVICES, *ONE_SHOT)}
     for name, cmd in compose_cmds.items():
         assert ours.match(cmd), f"{name}: {cmd!r} is not an acr-ingest or `celery -A ingest.worker` command"
         assert not services[name].get("entrypoint"), f"{name} must not wrap the command in an entrypoint"
 
     procfile = _procfile()
-    assert set(procfile) == set(APP_SERVICES)
+    assert set(procfile) == set(APP_SERVICES) | set(ONE_SHOT.values())
 
     def same(cmd: str) -> list[str]:
         # Host and port may differ (the Procfile serves on loopback and takes honcho's $PORT).
-        return re.sub(r"\s--(host|port)[= ]\S+", "", cmd).split()
+        return re.sub(r"\s--(host|address|port)[= ]\S+", "", cmd).split()
 
     for name in APP_SERVICES:
         assert same(procfile[name]) == same(compose_cmds[name]), f"Procfile {name} differs from compose"
+    for name, proc_name in ONE_SHOT.items():
+        assert same(procfile[proc_name]) == same(compose_cmds[name]), f"Procfile {proc_name} differs from compose"
 
 
 def test_dockerfile_builds_a_non_root_image_with_the_postgres_driver() -> None:
@@ -289,7 +303,7 @@ def _compose_run(name: str, tmp: Path) -> Run:
     for i, arg in enumerate(localised[:-1]):
         if arg == "--port":
             localised[i + 1] = str(port)
-        if arg == "--host":
+        if arg in ("--host", "--address"):
             localised[i + 1] = "127.0.0.1"
     healthcheck = None
     if test := (svc.get("healthcheck") or {}).get("test"):
@@ -371,10 +385,34 @@ def local_redis() -> Iterator[None]:
 RUNS = [("compose", name) for name in APP_SERVICES] + [("Procfile", name) for name in APP_SERVICES]
 
 
+def _one_shot(source: str, tmp: Path) -> Run:
+    """The migration as compose (the `migrate` service) or a Procfile runner (`release`) runs it."""
+    return _compose_run("migrate", tmp) if source == "compose" else _procfile_run(ONE_SHOT["migrate"], tmp)
+
+
+def _run_to_end(run: Run, tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(run.argv, env=run.env, cwd=tmp, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("source", ["compose", "Procfile"])
+def test_the_migration_runs_once_and_again(source: str, tmp_path: Path) -> None:
+    """The one-shot makes the tables on an empty database and, run again (a redeploy), changes nothing."""
+    run = _one_shot(source, tmp_path)
+    first = _run_to_end(run, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert re.search(r"upgraded \(empty\) -> \w+", first.stdout), first.stdout
+    again = _run_to_end(run, tmp_path)
+    assert again.returncode == 0 and "already at" in again.stdout, again.stdout + again.stderr
+    assert TOKEN not in first.stdout + first.stderr + again.stdout + again.stderr
+
+
 @pytest.mark.usefixtures("local_redis")
 @pytest.mark.parametrize(("source", "service"), RUNS, ids=[f"{s}-{n}" for s, n in RUNS])
 def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> None:
     run = _compose_run(service, tmp_path) if source == "compose" else _procfile_run(service, tmp_path)
+    if service in NEEDS_SCHEMA:  # compose's depends_on: service_completed_successfully; Heroku's release phase
+        migrated = _run_to_end(_one_shot(source, tmp_path), tmp_path)
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     log = tmp_path / "out.log"
     with log.open("wb") as out:
         # cwd: a folder of its own, as the image's /app is (beat writes celerybeat-schedule there).
@@ -392,7 +430,13 @@ def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> Non
         if run.healthcheck:
             # Docker runs it inside the container, where HOSTNAME is the container's (the worker's node name).
             env = {**run.env, "HOSTNAME": socket.gethostname()}
-            check = subprocess.run(run.healthcheck, env=env, cwd=tmp_path, capture_output=True, timeout=30)
+            with ExitStack() as stack:
+                if service == "worker":  # `acr-ingest health` calls the API: an emulator where the env points
+                    from ingest.devtools.emulator import Emulator
+
+                    emu = Emulator(tokens={TOKEN}).start(host="127.0.0.1", port=run.port)
+                    stack.callback(emu.stop)
+                check = subprocess.run(run.healthcheck, env=env, cwd=tmp_path, capture_output=True, timeout=30)
             assert check.returncode == 0, f"healthcheck {run.healthcheck} failed: {check.stdout!r} {check.stderr!r}"
         if run.stop_group:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -410,3 +454,15 @@ def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> Non
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def test_flower_refuses_to_start_without_basic_auth_and_listens_on_loopback(tmp_path: Path) -> None:
+    run = _procfile_run("flower", tmp_path)
+    env = {k: v for k, v in run.env.items() if k != "FLOWER_BASIC_AUTH"}
+    refused = subprocess.run(run.argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH is not set" in refused.stderr, refused.stderr
+    assert "--address" not in _procfile()["flower"], "the Procfile's Flower keeps the loopback default"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "ingest.cli.commands", "flower", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "[default: 127.0.0.1]" in help_text

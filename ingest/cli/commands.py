@@ -9,8 +9,12 @@ from typing import Any
 
 import click
 
+from ingest.cli.db import db
+from ingest.cli.history import show
+from ingest.cli.ops import config, flower, health
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
+from ingest.store.models import FileStatus
 
 
 def _producer() -> Any:
@@ -193,19 +197,22 @@ def status(as_json: bool) -> None:
 
 
 @main.command("files")
-@bucket_opt
-@click.option("--status", "status_filter", help="Only files in this local status.")
+@click.option("--bucket", "bucket_id", type=int, help="Only files of this bucket.")
+@click.option(
+    "--status",
+    "status_filter",
+    type=click.Choice([s.value for s in FileStatus]),
+    help="Only files in this local status.",
+)
 @click.option("--limit", default=200, show_default=True)
-def files_cmd(bucket_id: str | None, status_filter: str | None, limit: int) -> None:
+def files_cmd(bucket_id: int | None, status_filter: str | None, limit: int) -> None:
     """The managed files with their id, acr_id and state."""
     from ingest.cli.render import files_table
     from ingest.store.db import session_scope
     from ingest.store.reports import files
 
     with session_scope() as s:
-        click.echo(
-            files_table(files(s, bucket_id=int(bucket_id) if bucket_id else None, status=status_filter, limit=limit))
-        )
+        click.echo(files_table(files(s, bucket_id=bucket_id, status=status_filter, limit=limit)))
 
 
 def _filters(f: Any) -> Any:
@@ -220,7 +227,7 @@ def _filters(f: Any) -> Any:
 @_filters
 @click.option("--limit", default=50, show_default=True)
 def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, limit: int) -> None:
-    """Operations that failed for good, with their reasons."""
+    """Operations that failed for good, and batches that were partly done, with their reasons."""
     from ingest.cli.render import table
     from ingest.store.db import session_scope
     from ingest.store.reports import failures
@@ -229,11 +236,12 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, lim
         ops = failures(s, kind=kind, bucket_id=bucket_id, since=_since(since), limit=limit)
         click.echo(
             table(
-                ("op", "kind", "bucket", "ref", "attempts", "when", "error"),
+                ("op", "kind", "status", "bucket", "ref", "attempts", "when", "error"),
                 [
                     (
                         op.id,
                         op.kind,
+                        op.status,
                         op.bucket_id,
                         op.args.get("ref"),
                         op.attempts,
@@ -314,6 +322,10 @@ def demo(keep: bool, timeout: float) -> None:
 
     sys.exit(run_demo(keep=keep, timeout=timeout))
 
+
+# Groups and commands kept in modules of their own.
+for _command in (db, health, config, show, flower):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

@@ -78,6 +78,9 @@ def run_demo(*, keep: bool = False, timeout: float = 120.0) -> int:
     from ingest.settings import reset_settings
 
     reset_settings()
+    from ingest.store.schema import upgrade
+
+    upgrade()  # the embedded mode makes its own tables, before the worker and beat check them
     click.echo(f"acr-ingest demo — work folder {work}")
     click.echo(f"  emulator  {emulator.url} (processing takes 1.5 s)")
     click.echo("  broker    kombu filesystem transport · database SQLite (WAL) · worker (4 threads) · beat")

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from ingest.store.models import TrackFile
 
-FILE_COLUMNS = ("ref", "title", "id", "acr_id", "state", "status", "reason")
+FILE_COLUMNS = ("ref", "bucket", "title", "id", "acr_id", "state", "status", "reason")
+
+
+def printable(text: str) -> str:
+    """Control, format (bidi overrides, zero-width) and line/paragraph-separator characters escaped
+    (``\\n``, ``\\u202e``): a title or reason can neither break a table line nor drive the terminal."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+        for ch in text
+    )
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int = 48) -> str:
     def cell(value: Any) -> str:
-        text = "" if value is None else str(value)
+        text = "" if value is None else printable(str(value))
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
     cells = [[cell(v) for v in row] for row in rows]
@@ -26,7 +36,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: i
 def files_table(rows: Sequence[TrackFile]) -> str:
     return table(
         FILE_COLUMNS,
-        [(r.ref, r.title, r.remote_id, r.acr_id, r.remote_state, r.status, r.reason) for r in rows],
+        [(r.ref, r.bucket_id, r.title, r.remote_id, r.acr_id, r.remote_state, r.status, r.reason) for r in rows],
         max_width=60,
     )
 

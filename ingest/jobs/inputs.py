@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ingest.api.client import FILE_DATA_TYPES
 from ingest.jobs.errors import InputError
+from ingest.redact import mask_url_credentials
 from ingest.settings import Settings
 
 ACR_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -187,7 +188,11 @@ def _http_url(c: _Collector, value: Any) -> str | None:
     url = value.strip()
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        c.add("url", f"must be an absolute http:// or https:// URL, got {url[:100]!r}")
+        c.add("url", f"must be an absolute http:// or https:// URL, got {mask_url_credentials(url)[:100]!r}")
+        return None
+    if parts.username is not None or parts.password is not None:
+        # It would be stored in the operation's row, in the broker message and in Flower's task arguments.
+        c.add("url", "must not carry credentials (user:password@host): use a signed URL or a source that needs none")
         return None
     if len(url) > 2048 or any(ch.isspace() for ch in url):
         c.add("url", "must be at most 2048 characters with no spaces (percent-encode them)")

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from ingest.store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -50,7 +50,7 @@ def _make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine)
+    # No create_all here: tables come from the migrations (ingest.store.schema.upgrade, run once).
     return engine
 
 

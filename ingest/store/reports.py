@@ -29,10 +29,14 @@ def operation_counts(session: Session) -> dict[str, dict[str, int]]:
 
 
 def failed_operations(
-    *, kind: str | None = None, bucket_id: int | None = None, since: datetime | None = None
+    *,
+    kind: str | None = None,
+    bucket_id: int | None = None,
+    since: datetime | None = None,
+    statuses: tuple[OpStatus, ...] = (OpStatus.FAILED,),
 ) -> SelectOfScalar[Operation]:
-    """The query behind `acr-ingest failures` and `retry-failed`."""
-    query = select(Operation).where(Operation.status == OpStatus.FAILED)
+    """The query behind `acr-ingest failures` (failed and partial) and `retry-failed` (failed only)."""
+    query = select(Operation).where(col(Operation.status).in_(statuses))
     if kind:
         query = query.where(Operation.kind == kind)
     if bucket_id is not None:
@@ -50,7 +54,8 @@ def failures(
     since: datetime | None = None,
     limit: int = 50,
 ) -> list[Operation]:
-    query = failed_operations(kind=kind, bucket_id=bucket_id, since=since)
+    # A partial batch (some names not found) is a failure to look at too; retry-failed still only re-sends failed.
+    query = failed_operations(kind=kind, bucket_id=bucket_id, since=since, statuses=(OpStatus.FAILED, OpStatus.PARTIAL))
     return list(session.exec(query.order_by(col(Operation.updated_at).desc()).limit(limit)).all())
 
 

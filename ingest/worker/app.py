@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import beat_init, worker_init, worker_process_init
 from kombu import Queue
 
 from ingest.settings import Settings, get_settings
@@ -109,3 +109,13 @@ def _fresh_connections_after_fork(**_: Any) -> None:
 
     dispose_engines()
     IngestTask.reset_process_state()
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_a_schema_not_at_head(**_: Any) -> None:
+    # Workers never create tables (that raced on a fresh database): `acr-ingest db upgrade` runs once, first.
+    # SystemExit, not an exception: Celery's signal dispatch logs exceptions and carries on.
+    from ingest.worker.startup import require_schema
+
+    require_schema()

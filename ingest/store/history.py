@@ -1,0 +1,103 @@
+"""One file's history for `acr-ingest show`: its rows (a ref may live in several buckets) and every operation
+that touched each, oldest first, with the per-name outcome a batch recorded for it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from sqlalchemy import String, cast, or_
+from sqlmodel import Session, col, select
+
+from ingest.store.models import Operation, OpKind, TrackFile
+
+BATCH_KINDS = (OpKind.DELETE_BATCH, OpKind.MOVE_BATCH)
+
+
+@dataclass
+class FileHistory:
+    file: TrackFile
+    # (operation, the outcomes a batch recorded for the names that mean this file, e.g. {"ref:CAT-1": "deleted"})
+    operations: list[tuple[Operation, dict[str, str]]] = field(default_factory=list)
+
+
+def find_files(
+    session: Session,
+    *,
+    ref: str | None = None,
+    remote_id: int | None = None,
+    acr_id: str | None = None,
+    op_id: int | None = None,
+    bucket_id: int | None = None,
+) -> list[TrackFile]:
+    """The rows named by one of: a ref, the API's id, an acr_id, or an operation (its file, or a batch's files)."""
+    query = select(TrackFile)
+    if ref is not None:
+        query = query.where(TrackFile.ref == ref)
+    elif remote_id is not None:
+        query = query.where(TrackFile.remote_id == remote_id)
+    elif acr_id is not None:
+        query = query.where(TrackFile.acr_id == acr_id)
+    elif op_id is not None:
+        op = session.get(Operation, op_id)
+        if op is None:
+            return []
+        if op.file_id is not None:
+            query = query.where(TrackFile.id == op.file_id)
+        else:
+            args = op.args
+            names = [col(TrackFile.ref).in_(args.get("refs") or [])]
+            names.append(col(TrackFile.remote_id).in_([i for i in args.get("ids") or [] if isinstance(i, int)]))
+            names.append(col(TrackFile.acr_id).in_(args.get("acr_ids") or []))
+            query = query.where(or_(*names))
+    else:
+        raise ValueError("name the file by ref, remote_id, acr_id or op_id")
+    if bucket_id is not None:
+        query = query.where(TrackFile.bucket_id == bucket_id)
+    return list(session.exec(query.order_by(col(TrackFile.id))).all())
+
+
+def _names(row: TrackFile) -> set[str]:
+    """How a batch job may have named this file (the keys of its ``result["outcomes"]``)."""
+    names = {f"ref:{row.ref}"}
+    if row.remote_id is not None:
+        names.add(f"id:{row.remote_id}")
+    if row.acr_id:
+        names.add(f"acr_id:{row.acr_id}")
+    return names
+
+
+def _batch_names_this_file(op: Operation, row: TrackFile, buckets: set[int]) -> set[str]:
+    args = op.args
+    named: set[str] = set()
+    # A ref means a file of the batch's own bucket; ids and acr_ids are the API's, unique across buckets.
+    if row.ref in (args.get("refs") or []) and op.bucket_id in buckets:
+        named.add(f"ref:{row.ref}")
+    if row.remote_id is not None and row.remote_id in (args.get("ids") or []):
+        named.add(f"id:{row.remote_id}")
+    if row.acr_id and row.acr_id in (args.get("acr_ids") or []):
+        named.add(f"acr_id:{row.acr_id}")
+    return named
+
+
+def history(session: Session, row: TrackFile) -> FileHistory:
+    own = list(session.exec(select(Operation).where(Operation.file_id == row.id)).all())
+    buckets = {b for b in (row.bucket_id, row.posted_bucket_id, *(op.bucket_id for op in own)) if b is not None}
+    # Batches name files inside their JSON args: narrow by the names' text (as the JSON column stores it), then
+    # decide exactly in Python.
+    needles = [json.dumps(n.split(":", 1)[1])[1:-1] for n in _names(row)]
+    candidates = session.exec(
+        select(Operation).where(
+            col(Operation.kind).in_(BATCH_KINDS),
+            col(Operation.file_id).is_(None),
+            or_(*(cast(Operation.args, String).contains(n) for n in needles)),
+        )
+    ).all()
+    entries: list[tuple[Operation, dict[str, str]]] = [(op, {}) for op in own]
+    for op in candidates:
+        named = _batch_names_this_file(op, row, buckets)
+        if named:
+            outcomes = (op.result or {}).get("outcomes", {})
+            entries.append((op, {n: outcomes.get(n, "(pending)") for n in sorted(named)}))
+    entries.sort(key=lambda e: e[0].id or 0)
+    return FileHistory(row, entries)

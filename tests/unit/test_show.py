@@ -1,0 +1,100 @@
+"""`acr-ingest show`, `files` and `failures` over the rows the handlers write: one ref's whole history in order,
+the bucket column and filter, partial batches among the failures, and text that cannot break a line or drive
+the terminal."""
+
+from __future__ import annotations
+
+import re
+
+from click.testing import CliRunner, Result
+
+from ingest.cli.commands import main
+from ingest.store.db import session_scope
+from ingest.store.models import OpStatus, TrackFile
+from tests.helpers import file_row
+from tests.unit.support import op_of, run, run_to_end, url_args
+
+UNKNOWN_ID = 999_999_999
+RAW_ESCAPES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _ops_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if re.match(r"^\d+\s+(upload_url|update_meta|delete_batch)\s", line)]
+
+
+def test_show_tells_one_refs_whole_history(make_ctx, emulator, bucket) -> None:
+    ref = f"CAT-{bucket}"
+    run("upload_url", url_args(bucket, ref, title="First Title"), make_ctx())
+    run("update_meta", {"bucket_id": bucket, "ref": ref, "title": "Second Title"}, make_ctx())
+    row = file_row(bucket, ref)
+    assert row is not None and row.remote_id is not None
+    delete = make_ctx()
+    out, _ = run_to_end("delete_batch", {"bucket_id": bucket, "ids": [row.remote_id, UNKNOWN_ID]}, delete)
+    assert out["status"] == OpStatus.PARTIAL
+    delete_op = op_of(delete)
+
+    shown = _cli("show", ref)
+    assert shown.exit_code == 0, shown.output
+    assert f"ref {ref} in bucket {bucket}" in shown.output and "status    deleted" in shown.output
+    lines = _ops_lines(shown.output)
+    assert [line.split()[1] for line in lines] == ["upload_url", "update_meta", "delete_batch"], shown.output
+    assert [line.split()[3] for line in lines] == ["succeeded", "succeeded", "partial"]
+    # The batch's outcome for this file, not for the other name it carried.
+    assert f"id:{row.remote_id} deleted" in lines[2] and str(UNKNOWN_ID) not in lines[2].split("deleted")[0]
+    assert "1 of 2 not done" in lines[2]
+
+    # The same history by the API's id, by acr_id and by the batch's operation id.
+    for how in (["--id", str(row.remote_id)], ["--acr-id", str(row.acr_id)], ["--op", str(delete_op.id)]):
+        again = _cli("show", *how)
+        assert again.exit_code == 0 and _ops_lines(again.output) == lines, (how, again.output)
+
+    missing = _cli("show", "no-such-ref")
+    assert missing.exit_code == 1 and "no managed file matches" in missing.output
+    assert _cli("show", ref, "--id", "1").exit_code == 2  # name exactly one
+
+    failures = _cli("failures", "--bucket", str(bucket))
+    assert failures.exit_code == 0
+    assert any(
+        line.split()[:3] == [str(delete_op.id), "delete_batch", "partial"] for line in failures.output.splitlines()
+    )
+
+
+def test_files_shows_the_bucket_honours_it_and_refuses_an_unknown_status(make_ctx, emulator, bucket) -> None:
+    other = bucket + 500_000
+    run("upload_url", url_args(bucket, "mine"), make_ctx())
+    run("upload_url", url_args(other, "theirs"), make_ctx())
+
+    listed = _cli("files", "--bucket", str(bucket))
+    assert listed.exit_code == 0
+    header, _rule, *rows = listed.output.splitlines()
+    assert header.split()[:3] == ["ref", "bucket", "title"]
+    assert [r.split()[:2] for r in rows] == [["mine", str(bucket)]]
+
+    by_status = _cli("files", "--bucket", str(other), "--status", "processing")
+    assert [r.split()[0] for r in by_status.output.splitlines()[2:]] == ["theirs"], by_status.output
+    assert _cli("files", "--bucket", str(other), "--status", "ready").output.splitlines()[2:] == []
+    bad = _cli("files", "--status", "bogus")
+    assert bad.exit_code == 2 and "'bogus' is not one of" in bad.output and "'ready'" in bad.output
+
+
+def test_control_and_bidi_characters_are_shown_escaped(make_ctx, emulator, bucket) -> None:
+    run("upload_url", url_args(bucket, "evil"), make_ctx())
+    with session_scope() as s:
+        row = s.get(TrackFile, file_row(bucket, "evil").id)  # type: ignore[union-attr]
+        assert row is not None
+        # As if a title or a reason came from somewhere that did not check it (the API, an older version).
+        row.title = "Night\u202eTrain\x1b[2J"
+        row.reason = "line one\nline two\r\u2028three"
+        s.add(row)
+
+    for args in (["files", "--bucket", str(bucket)], ["show", "evil", "--bucket", str(bucket)]):
+        out = _cli(*args).output
+        assert not RAW_ESCAPES.search(out), (args, out)
+        assert "Night\\u202eTrain\\x1b[2J" in out
+        assert "line one\\nline two\\r\\u2028three" in out
+    rows = _cli("files", "--bucket", str(bucket)).output.splitlines()
+    assert len(rows) == 3  # header, rule, one line for the file: the multi-line reason stayed on it
