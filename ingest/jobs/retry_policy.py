@@ -22,7 +22,8 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ingest.api.errors import ApiError, AuthError, RateLimitedError
 from ingest.jobs.errors import InputError
@@ -47,13 +48,25 @@ class Decision:
 
 def backoff(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (AWS architecture blog)."""
-    ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** max(attempt, 0)))
+    # The exponent is capped: a job retried for days while the database is away must not overflow.
+    ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** min(max(attempt, 0), 32)))
     return (rng or random).uniform(0, ceiling)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database is down, unreachable, locked or out of connections: transient, never the job's fault."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def reason_of(exc: BaseException) -> str:
     if isinstance(exc, ApiError | InputError):
         return str(exc)
+    if isinstance(exc, DBAPIError):
+        # The driver's own message: SQLAlchemy's adds the statement and its parameters (job data).
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        return f"{type(exc).__name__}: {first}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -75,7 +88,7 @@ def decide(exc: BaseException, attempts: int, rate_limited: int, settings: Setti
             # would starve the queue under a steady limit.
             wait = exc.retry_after + random.uniform(0, max(exc.retry_after, 1.0))
         return Decision(Action.RETRY, min(wait, settings.backoff_max), False, reason)
-    if (isinstance(exc, ApiError) and exc.transient) or isinstance(exc, OperationalError):
+    if (isinstance(exc, ApiError) and exc.transient) or database_unavailable(exc):
         if attempts >= settings.max_attempts:
             return Decision(Action.FAIL, reason=f"gave up after {attempts} attempts: {reason}")
         return Decision(Action.RETRY, backoff(attempts, settings), True, reason)
