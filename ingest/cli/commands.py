@@ -163,6 +163,8 @@ def status(as_json: bool) -> None:
             f"{kind}: "
             + counts_line(counts, ("queued", "running", "waiting", "held", "succeeded", "partial", "failed"))
         )
+    if report["unpublished"]:
+        click.echo(f"not yet published: {report['unpublished']} job(s) (the broker was away; the poll sends them)")
     if report["held"]:
         h = report["held"]
         click.echo(f"HELD since {h['since']}: {h['reason']} — fix the token; work resumes by itself")

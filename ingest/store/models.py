@@ -177,3 +177,26 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     owner: str = Field(max_length=255)
     until: datetime
+
+
+class OutboxEntry(SQLModel, table=True):
+    """A message to publish, written in the same transaction as the rows it is about (the transactional
+    outbox): a broker that is away when they commit delays the message, it never loses it. Published
+    right after the commit by whoever wrote it; what is still unsent once due is published by the poll's
+    sweeper. Generic: ``kind`` says how to publish (``task``: a Celery task by name), ``destination``
+    where (the task name), ``payload`` what (JSON)."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    destination: str = Field(max_length=255)
+    # The message's own id (a task id): sending the entry again is the same message, not a new job.
+    message_id: str = Field(unique=True, max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Not before: the writer publishes it itself first; the sweeper (or a re-run) takes it after this.
+    due_at: datetime = Field(default_factory=utcnow, index=True)
+    sent_at: datetime | None = Field(default=None, index=True)
+    attempts: int = 0  # publishes that failed
+    last_error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)

@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from ingest.store import auth_hold
+from ingest.store import auth_hold, outbox
 from ingest.store.models import Operation, OpStatus, TrackFile
 
 
@@ -59,6 +59,7 @@ def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any
     return {
         "files": file_counts(session),
         "operations": operation_counts(session),
+        "unpublished": outbox.unsent_count(session),  # jobs whose message has not reached the broker yet
         "held": None
         if hold is None
         else {
