@@ -24,6 +24,7 @@ from ingest.jobs.inputs import (
     validate_upload_url,
 )
 from ingest.jobs.managed_files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upload_row, unknown_ref
+from ingest.jobs.retry_policy import BAD_INPUT_PREFIX
 from ingest.settings import Settings, get_settings
 from ingest.store import outbox
 from ingest.store.db import session_scope
@@ -122,7 +123,13 @@ class Producer:
                 result = Enqueued(kind, "resent", None, unsent[-1].message_id, existing.id, job.ref)
             elif plan is UploadPlan.UPDATE:
                 upd = {"bucket_id": job.bucket_id, "ref": job.ref, "title": job.title, "user_defined": job.user_defined}
-                op, entry_id = self._record(s, OpKind.UPDATE_META, upd, file_id=existing.id if existing else None)
+                op, entry_id = self._record(
+                    s,
+                    OpKind.UPDATE_META,
+                    upd,
+                    file_id=existing.id if existing else None,
+                    file_generation=existing.generation if existing else None,
+                )
                 entry_ids = [entry_id]
                 result = Enqueued(kind, plan, op.id, op.task_id, op.file_id, job.ref)
             else:
@@ -163,11 +170,14 @@ class Producer:
             ),
             self.settings,
         )
+        generation = None
         if job.ref is not None:
             with session_scope() as s:
-                if by_ref(s, job.bucket_id, job.ref) is None:
+                row = by_ref(s, job.bucket_id, job.ref)
+                if row is None:
                     raise unknown_ref(job.ref, job.bucket_id)
-        return self._simple(OpKind.UPDATE_META, _compact(job.model_dump()))
+                generation = row.generation  # the file this update is for, even if the ref is re-uploaded
+        return self._simple(OpKind.UPDATE_META, _compact(job.model_dump()), file_generation=generation)
 
     def delete(
         self,
@@ -210,9 +220,9 @@ class Producer:
             ),
         )
 
-    def _simple(self, kind: OpKind, args: dict[str, Any]) -> Enqueued:
+    def _simple(self, kind: OpKind, args: dict[str, Any], file_generation: int | None = None) -> Enqueued:
         with session_scope() as s:
-            op, entry_id = self._record(s, kind, args)
+            op, entry_id = self._record(s, kind, args, file_generation=file_generation)
             result = Enqueued(kind, "sent", op.id, op.task_id, None, args.get("ref"))
         self._send(entry_id, result.operation_id)
         return result
@@ -226,11 +236,22 @@ class Producer:
         bucket_id: int | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        reason: str | None = None,
+        include_bad_input: bool = False,
     ) -> list[Enqueued]:
-        """Re-enqueue failed operations (a human decided to try again); uploads look in the bucket first."""
+        """Re-enqueue failed operations (a human decided to try again); uploads look in the bucket first.
+        Bad input fails the same way again, so it is left out unless ``include_bad_input``; ``reason``
+        keeps only failures whose error contains it. Each job is judged against the state it finds when
+        it runs (an update from before a re-upload of its ref is skipped, with the reason)."""
         out: list[tuple[int, OpKind, dict[str, Any], str, int | None, int]] = []
         with session_scope() as s:
-            query = failed_operations(kind=kind, bucket_id=bucket_id, since=since).order_by(col(Operation.id))
+            query = failed_operations(
+                kind=kind,
+                bucket_id=bucket_id,
+                since=since,
+                reason=reason,
+                exclude_prefix=None if include_bad_input else BAD_INPUT_PREFIX,
+            ).order_by(col(Operation.id))
             if limit:
                 query = query.limit(limit)
             for op in s.exec(query).all():
@@ -256,11 +277,23 @@ class Producer:
     # --- plumbing --------------------------------------------------------------------------------
 
     def _record(
-        self, s: Session, kind: OpKind, args: dict[str, Any], file_id: int | None = None
+        self,
+        s: Session,
+        kind: OpKind,
+        args: dict[str, Any],
+        file_id: int | None = None,
+        file_generation: int | None = None,
     ) -> tuple[Operation, int]:
         """The operation and its message in the outbox, committed together (with the caller's file row)."""
         task_id = str(uuid.uuid4())
-        op = Operation(kind=kind, args=args, task_id=task_id, file_id=file_id, bucket_id=args.get("bucket_id"))
+        op = Operation(
+            kind=kind,
+            args=args,
+            task_id=task_id,
+            file_id=file_id,
+            bucket_id=args.get("bucket_id"),
+            file_generation=file_generation,
+        )
         s.add(op)
         entry = self._outbox(s, kind, args, task_id)
         s.commit()

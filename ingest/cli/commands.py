@@ -203,20 +203,21 @@ def _filters(f: Any) -> Any:
         "--kind", type=click.Choice(["upload_url", "upload_file", "update_meta", "delete_batch", "move_batch"])
     )(f)
     f = click.option("--bucket", "bucket_id", type=int)(f)
+    f = click.option("--reason", help="Only failures whose error contains this text (any case).")(f)
     return click.option("--since", help="ISO time or a duration back from now (30m, 2h, 1d).")(f)
 
 
 @main.command("failures")
 @_filters
 @click.option("--limit", default=50, show_default=True)
-def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, limit: int) -> None:
+def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, reason: str | None, limit: int) -> None:
     """Operations that failed for good, with their reasons."""
     from ingest.cli.render import table
     from ingest.store.db import session_scope
     from ingest.store.reports import failures
 
     with session_scope() as s:
-        ops = failures(s, kind=kind, bucket_id=bucket_id, since=_since(since), limit=limit)
+        ops = failures(s, kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason, limit=limit)
         click.echo(
             table(
                 ("op", "kind", "bucket", "ref", "attempts", "when", "error"),
@@ -239,9 +240,20 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, lim
 
 @main.command("retry-failed")
 @_filters
-def retry_failed(kind: str | None, bucket_id: int | None, since: str | None) -> None:
+@click.option("--include-bad-input", is_flag=True, help="Also re-send failures for bad input (they fail again as is).")
+def retry_failed(
+    kind: str | None, bucket_id: int | None, since: str | None, reason: str | None, include_bad_input: bool
+) -> None:
     """Re-enqueue failed operations (uploads look in the bucket before posting again)."""
-    done = _producer().retry_failed(kind=kind, bucket_id=bucket_id, since=_since(since))
+    from ingest.jobs.errors import EnqueueError
+
+    try:
+        done = _producer().retry_failed(
+            kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason, include_bad_input=include_bad_input
+        )
+    except EnqueueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     click.echo(f"re-enqueued {len(done)} operation(s)")
 
 

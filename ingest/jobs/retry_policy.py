@@ -30,6 +30,8 @@ from ingest.jobs.errors import InputError
 from ingest.settings import Settings
 
 RATE_LIMIT_ATTEMPT_FACTOR = 10
+# How a failure for bad input is recorded (``retry-failed`` leaves these alone unless asked).
+BAD_INPUT_PREFIX = "bad input: "
 
 
 class Action(StrEnum):
@@ -74,7 +76,7 @@ def decide(exc: BaseException, attempts: int, rate_limited: int, settings: Setti
     """``attempts``: counted attempts so far including this one; ``rate_limited``: 429s so far."""
     reason = reason_of(exc)
     if isinstance(exc, InputError):
-        return Decision(Action.FAIL, counts=False, reason=f"bad input: {reason}")
+        return Decision(Action.FAIL, counts=False, reason=f"{BAD_INPUT_PREFIX}{reason}")
     if isinstance(exc, AuthError):
         return Decision(Action.HOLD, settings.auth_hold_recheck, counts=False, reason=reason)
     if isinstance(exc, RateLimitedError):

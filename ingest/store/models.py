@@ -126,6 +126,9 @@ class TrackFile(SQLModel, table=True):
     # Set when a request may have landed after we gave up on it (read timeout, 5xx): the poll then
     # checks the bucket once it is due: duplicates from a late POST removed, a late PUT undone.
     verify_after: datetime | None = Field(default=None, index=True)
+    # Which file the ref names: 0 for its first upload, +1 for each re-upload (after a delete, a cancel
+    # or a failure). An update asked for an older generation does not apply to this one.
+    generation: int = 0
     # First time the state poll did not find the file where the row says it is.
     missing_since: datetime | None = None
     lease_owner: str | None = Field(default=None, max_length=255)
@@ -149,6 +152,8 @@ class Operation(SQLModel, table=True):
     throttled: int = 0  # 429s seen (they do not use up attempts)
     # Applied once: an update's metadata merged into the file's desired state.
     applied: bool = False
+    # An update's target: the file generation (``TrackFile.generation``) its ref named when it was asked.
+    file_generation: int | None = None
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow, index=True)

@@ -29,10 +29,20 @@ def operation_counts(session: Session) -> dict[str, dict[str, int]]:
 
 
 def failed_operations(
-    *, kind: str | None = None, bucket_id: int | None = None, since: datetime | None = None
+    *,
+    kind: str | None = None,
+    bucket_id: int | None = None,
+    since: datetime | None = None,
+    reason: str | None = None,
+    exclude_prefix: str | None = None,
 ) -> SelectOfScalar[Operation]:
-    """The query behind `acr-ingest failures` and `retry-failed`."""
+    """The query behind `acr-ingest failures` and `retry-failed`. ``reason``: a substring of the error
+    (any case); ``exclude_prefix``: leave out errors starting with it (e.g. bad input)."""
     query = select(Operation).where(Operation.status == OpStatus.FAILED)
+    if reason:
+        query = query.where(func.lower(col(Operation.error)).contains(reason.lower(), autoescape=True))
+    if exclude_prefix:
+        query = query.where(~func.coalesce(col(Operation.error), "").startswith(exclude_prefix, autoescape=True))
     if kind:
         query = query.where(Operation.kind == kind)
     if bucket_id is not None:
@@ -48,9 +58,10 @@ def failures(
     kind: str | None = None,
     bucket_id: int | None = None,
     since: datetime | None = None,
+    reason: str | None = None,
     limit: int = 50,
 ) -> list[Operation]:
-    query = failed_operations(kind=kind, bucket_id=bucket_id, since=since)
+    query = failed_operations(kind=kind, bucket_id=bucket_id, since=since, reason=reason)
     return list(session.exec(query.order_by(col(Operation.updated_at).desc()).limit(limit)).all())
 
 
