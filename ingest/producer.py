@@ -24,10 +24,13 @@ from ingest.jobs.inputs import (
     validate_upload_url,
 )
 from ingest.jobs.managed_files import UploadJob, UploadPlan, by_ref, plan_upload, prepare_upload_row, unknown_ref
+from ingest.jobs.retry_policy import BAD_INPUT_PREFIX
 from ingest.settings import Settings, get_settings
+from ingest.store import outbox
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.reports import failed_operations
+from ingest.worker.outbox import PublishError, publish
 
 log = logging.getLogger("ingest.producer")
 
@@ -35,7 +38,9 @@ log = logging.getLogger("ingest.producer")
 @dataclass(frozen=True)
 class Enqueued:
     kind: str
-    plan: str  # "new", "reupload", "update", "noop" for uploads; "sent" otherwise
+    # Uploads: "new", "reupload", "update", "noop", or "resent" (its message had not left: sent now);
+    # "sent" otherwise.
+    plan: str
     operation_id: int | None
     task_id: str | None
     file_id: int | None = None
@@ -109,22 +114,35 @@ class Producer:
             existing = by_ref(s, job.bucket_id, job.ref)
             plan = plan_upload(existing, job)
             if plan is UploadPlan.NOOP:
-                assert existing is not None
-                return Enqueued(kind, plan, None, None, existing.id, job.ref)
-            if plan is UploadPlan.UPDATE:
+                assert existing is not None and existing.id is not None
+                # Nothing new to do, unless the job's message never reached the broker: send it now.
+                unsent = [e for e in outbox.unsent_of_file(s, existing.id) if e.id and outbox.claim(s, e.id)]
+                if not unsent:
+                    return Enqueued(kind, plan, None, None, existing.id, job.ref)
+                entry_ids = [e.id for e in unsent if e.id is not None]
+                result = Enqueued(kind, "resent", None, unsent[-1].message_id, existing.id, job.ref)
+            elif plan is UploadPlan.UPDATE:
                 upd = {"bucket_id": job.bucket_id, "ref": job.ref, "title": job.title, "user_defined": job.user_defined}
-                op = self._record(s, OpKind.UPDATE_META, upd, file_id=existing.id if existing else None)
-                sent = (OpKind.UPDATE_META, upd)
+                op, entry_id = self._record(
+                    s,
+                    OpKind.UPDATE_META,
+                    upd,
+                    file_id=existing.id if existing else None,
+                    file_generation=existing.generation if existing else None,
+                )
+                entry_ids = [entry_id]
+                result = Enqueued(kind, plan, op.id, op.task_id, op.file_id, job.ref)
             else:
                 try:
                     row = prepare_upload_row(s, existing, job)
+                    op, entry_id = self._record(s, kind, args, file_id=row.id)
                 except IntegrityError:  # another producer wrote this ref a moment ago
                     s.rollback()
                     return self._upload(kind, job, source)
-                op = self._record(s, kind, args, file_id=row.id)
-                sent = (kind, args)
-            result = Enqueued(kind, plan, op.id, op.task_id, op.file_id, job.ref)
-        self._send(result.operation_id, *sent, task_id=result.task_id)
+                entry_ids = [entry_id]
+                result = Enqueued(kind, plan, op.id, op.task_id, op.file_id, job.ref)
+        for entry_id in entry_ids:
+            self._send(entry_id, result.operation_id, rerun_hint=True)
         return result
 
     # --- metadata and batches --------------------------------------------------------------------
@@ -152,11 +170,14 @@ class Producer:
             ),
             self.settings,
         )
+        generation = None
         if job.ref is not None:
             with session_scope() as s:
-                if by_ref(s, job.bucket_id, job.ref) is None:
+                row = by_ref(s, job.bucket_id, job.ref)
+                if row is None:
                     raise unknown_ref(job.ref, job.bucket_id)
-        return self._simple(OpKind.UPDATE_META, _compact(job.model_dump()))
+                generation = row.generation  # the file this update is for, even if the ref is re-uploaded
+        return self._simple(OpKind.UPDATE_META, _compact(job.model_dump()), file_generation=generation)
 
     def delete(
         self,
@@ -199,11 +220,11 @@ class Producer:
             ),
         )
 
-    def _simple(self, kind: OpKind, args: dict[str, Any]) -> Enqueued:
+    def _simple(self, kind: OpKind, args: dict[str, Any], file_generation: int | None = None) -> Enqueued:
         with session_scope() as s:
-            op = self._record(s, kind, args)
+            op, entry_id = self._record(s, kind, args, file_generation=file_generation)
             result = Enqueued(kind, "sent", op.id, op.task_id, None, args.get("ref"))
-        self._send(result.operation_id, kind, args, task_id=result.task_id)
+        self._send(entry_id, result.operation_id)
         return result
 
     # --- failures --------------------------------------------------------------------------------
@@ -215,11 +236,22 @@ class Producer:
         bucket_id: int | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        reason: str | None = None,
+        include_bad_input: bool = False,
     ) -> list[Enqueued]:
-        """Re-enqueue failed operations (a human decided to try again); uploads look in the bucket first."""
-        out: list[tuple[int, OpKind, dict[str, Any], str, int | None]] = []
+        """Re-enqueue failed operations (a human decided to try again); uploads look in the bucket first.
+        Bad input fails the same way again, so it is left out unless ``include_bad_input``; ``reason``
+        keeps only failures whose error contains it. Each job is judged against the state it finds when
+        it runs (an update from before a re-upload of its ref is skipped, with the reason)."""
+        out: list[tuple[int, OpKind, dict[str, Any], str, int | None, int]] = []
         with session_scope() as s:
-            query = failed_operations(kind=kind, bucket_id=bucket_id, since=since).order_by(col(Operation.id))
+            query = failed_operations(
+                kind=kind,
+                bucket_id=bucket_id,
+                since=since,
+                reason=reason,
+                exclude_prefix=None if include_bad_input else BAD_INPUT_PREFIX,
+            ).order_by(col(Operation.id))
             if limit:
                 query = query.limit(limit)
             for op in s.exec(query).all():
@@ -233,31 +265,61 @@ class Producer:
                         s.add(row)
                 s.add(op)
                 assert op.id is not None
-                out.append((op.id, OpKind(op.kind), dict(op.args), task_id, op.file_id))
+                entry = self._outbox(s, OpKind(op.kind), dict(op.args), task_id)
+                assert entry.id is not None
+                out.append((op.id, OpKind(op.kind), dict(op.args), task_id, op.file_id, entry.id))
         results = []
-        for op_id, op_kind, args, task_id, file_id in out:
-            self._send(op_id, op_kind, args, task_id=task_id)
+        for op_id, op_kind, args, task_id, file_id, entry_id in out:
+            self._send(entry_id, op_id)
             results.append(Enqueued(op_kind, "retry", op_id, task_id, file_id, args.get("ref")))
         return results
 
     # --- plumbing --------------------------------------------------------------------------------
 
-    def _record(self, s: Session, kind: OpKind, args: dict[str, Any], file_id: int | None = None) -> Operation:
+    def _record(
+        self,
+        s: Session,
+        kind: OpKind,
+        args: dict[str, Any],
+        file_id: int | None = None,
+        file_generation: int | None = None,
+    ) -> tuple[Operation, int]:
+        """The operation and its message in the outbox, committed together (with the caller's file row)."""
+        task_id = str(uuid.uuid4())
         op = Operation(
-            kind=kind, args=args, task_id=str(uuid.uuid4()), file_id=file_id, bucket_id=args.get("bucket_id")
+            kind=kind,
+            args=args,
+            task_id=task_id,
+            file_id=file_id,
+            bucket_id=args.get("bucket_id"),
+            file_generation=file_generation,
         )
         s.add(op)
+        entry = self._outbox(s, kind, args, task_id)
         s.commit()
-        return op
+        assert entry.id is not None
+        return op, entry.id
 
-    def _send(self, op_id: int | None, kind: OpKind, args: dict[str, Any], *, task_id: str | None) -> None:
+    def _outbox(self, s: Session, kind: OpKind, args: dict[str, Any], task_id: str) -> Any:
+        return outbox.add(
+            s,
+            kind=outbox.TASK,
+            destination=kind.task_name,
+            message_id=task_id,
+            payload=args,
+            grace=self.settings.outbox_grace,
+        )
+
+    def _send(self, entry_id: int, op_id: int | None, *, rerun_hint: bool = False) -> None:
+        """Publish a committed outbox entry. If the broker does not take it the job is kept: the poll's
+        sweeper publishes it later (and, for an upload, running the same command again does it now)."""
         try:
-            self.app.send_task(kind.task_name, kwargs=args, task_id=task_id)
-        except Exception as exc:
-            reason = f"could not enqueue ({type(exc).__name__}: {exc}); run `acr-ingest retry-failed`"
-            with session_scope() as s:
-                op = s.get(Operation, op_id)
-                if op is not None:
-                    op.status, op.error, op.updated_at = OpStatus.FAILED, reason, utcnow()
-                    s.add(op)
+            publish(self.app, entry_id)
+        except PublishError as exc:
+            what = f"operation {op_id}" if op_id is not None else "the job"
+            reason = (
+                f"could not enqueue ({exc}); {what} is kept and is sent when the broker is back "
+                f"(by the state poll, after ACR_INGEST_OUTBOX_GRACE)"
+                + ("; or run the same command again to send it now" if rerun_hint else "")
+            )
             raise EnqueueError(reason) from exc

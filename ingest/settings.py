@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # An unfinished operation untouched this long has lost its message (it can happen in the instant
     # a broker dies); the poll sends it again under the same task id. Default: 2 x visibility_timeout.
     resend_after: float | None = None
+    # A job's message is published right after its rows commit; one still unsent this long after (the
+    # broker was away, the producer died) is published by the poll's outbox sweeper.
+    outbox_grace: float = Field(default=60.0, ge=0)
     worker_concurrency: int = 4
     # On a cold shutdown (SIGQUIT, second SIGTERM) running tasks get this long before they are requeued.
     soft_shutdown_timeout: float = 10.0

@@ -179,6 +179,8 @@ def status(as_json: bool) -> None:
             f"API DOWN since {d['since']} (circuit breaker open): {d['reason']} — work is held, no attempts used; "
             f"probed every ACR_INGEST_BREAKER_PROBE_INTERVAL s (last {d['last_probe']}), resumes by itself"
         )
+    if report["unpublished"]:
+        click.echo(f"not yet published: {report['unpublished']} job(s) (the broker was away; the poll sends them)")
     if report["held"]:
         h = report["held"]
         click.echo(f"HELD since {h['since']}: {h['reason']} — fix the token; work resumes by itself")
@@ -220,20 +222,21 @@ def _filters(f: Any) -> Any:
         "--kind", type=click.Choice(["upload_url", "upload_file", "update_meta", "delete_batch", "move_batch"])
     )(f)
     f = click.option("--bucket", "bucket_id", type=int)(f)
+    f = click.option("--reason", help="Only failures whose error contains this text (any case).")(f)
     return click.option("--since", help="ISO time or a duration back from now (30m, 2h, 1d).")(f)
 
 
 @main.command("failures")
 @_filters
 @click.option("--limit", default=50, show_default=True)
-def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, limit: int) -> None:
+def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, reason: str | None, limit: int) -> None:
     """Operations that failed for good, and batches that were partly done, with their reasons."""
     from ingest.cli.render import table
     from ingest.store.db import session_scope
     from ingest.store.reports import failures
 
     with session_scope() as s:
-        ops = failures(s, kind=kind, bucket_id=bucket_id, since=_since(since), limit=limit)
+        ops = failures(s, kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason, limit=limit)
         click.echo(
             table(
                 ("op", "kind", "status", "bucket", "ref", "attempts", "when", "error"),
@@ -257,9 +260,20 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, lim
 
 @main.command("retry-failed")
 @_filters
-def retry_failed(kind: str | None, bucket_id: int | None, since: str | None) -> None:
+@click.option("--include-bad-input", is_flag=True, help="Also re-send failures for bad input (they fail again as is).")
+def retry_failed(
+    kind: str | None, bucket_id: int | None, since: str | None, reason: str | None, include_bad_input: bool
+) -> None:
     """Re-enqueue failed operations (uploads look in the bucket before posting again)."""
-    done = _producer().retry_failed(kind=kind, bucket_id=bucket_id, since=_since(since))
+    from ingest.jobs.errors import EnqueueError
+
+    try:
+        done = _producer().retry_failed(
+            kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason, include_bad_input=include_bad_input
+        )
+    except EnqueueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     click.echo(f"re-enqueued {len(done)} operation(s)")
 
 

@@ -22,6 +22,7 @@ class JobContext:
     client: AcrCloudClient
     owner: str = field(default="")
     limiter: Limiter | None = None  # the shared budget the client's gate draws on, told about 429s
+    delivery: int = 0  # retries of this message so far (Celery's count; needs no database)
 
     def __post_init__(self) -> None:
         if not self.owner:

@@ -3,7 +3,7 @@
 JobControl
 ├── InputError      bad job input: fail at once, naming each field and its fix (never retried)
 ├── RetryLater      the job cannot go on now (an upload in flight, a lease, a held token): run it later
-└── EnqueueError    the job was recorded but the broker did not take it (resent by ``retry-failed``)
+└── EnqueueError    the job was recorded but the broker did not take it (its outbox entry is sent later)
 
 The retry decision for every error, these and the API's, is made in one place:
 ``ingest.jobs.retry_policy.decide``.
@@ -42,4 +42,5 @@ class RetryLater(JobControl):
 
 
 class EnqueueError(JobControl, RuntimeError):
-    """The job was recorded but could not be handed to the broker; ``acr-ingest retry-failed`` resends it."""
+    """The job was recorded but could not be handed to the broker; it stays in the outbox and is sent
+    when the broker is back."""

@@ -73,6 +73,8 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     row = existing or TrackFile(
         ref=job.ref, bucket_id=job.bucket_id, data_type=data_type_of(job), title=job.title, source=source_of(job)
     )
+    if existing is not None:
+        row.generation += 1  # another file under this ref: updates asked for the old one no longer apply
     if row.status != FileStatus.FAILED or row.source != source_of(job):
         # A failed upload of the same source keeps its post mark: its POST may have created the
         # file, so the new attempt looks for it first. Deleted/cancelled ones start afresh.

@@ -21,7 +21,7 @@ from ingest.jobs.managed_files import STATE_ERROR_REASON, file_lease, files_with
 from ingest.jobs.parked_followups import wake_due
 from ingest.jobs.runner import claim_stale
 from ingest.settings import Settings
-from ingest.store import auth_hold, leases
+from ingest.store import auth_hold, leases, outbox
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, OpKind, TrackFile, utcnow
 
@@ -194,9 +194,11 @@ def _verify_one(s: Session, row: TrackFile, ctx: JobContext, counts: dict[str, A
     counts["verified"] += 1
 
 
-def poll_cycle(ctx: JobContext, send: Callable[[str, dict[str, Any], str], Any]) -> dict[str, Any]:
-    """What the periodic task does: one poll, then (only the poll holding the lease) resend by task name
-    the operations whose message was lost, and wake the parked follow-ups whose upload has landed."""
+def poll_cycle(ctx: JobContext, publish_outbox: Callable[[], int]) -> dict[str, Any]:
+    """What the periodic task does: one poll, then (only the poll holding the lease) put back in the outbox
+    the operations whose message was lost and the parked follow-ups whose upload has landed, and publish
+    what the outbox holds unsent (a message never sent at enqueue time, or one sent again): one publishing
+    path for all."""
     counts = poll_states(ctx)
     if "skipped" not in counts:
         with session_scope() as s:
@@ -204,7 +206,10 @@ def poll_cycle(ctx: JobContext, send: Callable[[str, dict[str, Any], str], Any])
             woken = wake_due(s)
             for op in {op.id: op for op in stale + woken}.values():  # one message each
                 assert op.task_id is not None
-                send(OpKind(op.kind).task_name, op.args, op.task_id)
+                outbox.rearm(
+                    s, kind=outbox.TASK, destination=OpKind(op.kind).task_name, message_id=op.task_id, payload=op.args
+                )
         counts["resent"] = len(stale)
         counts["woken"] = len(woken)
+        counts["published"] = publish_outbox()
     return counts

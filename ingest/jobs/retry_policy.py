@@ -23,13 +23,16 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ingest.api.errors import ApiError, AuthError, RateLimitedError
 from ingest.jobs.errors import InputError
 from ingest.settings import Settings
 
 RATE_LIMIT_ATTEMPT_FACTOR = 10
+# How a failure for bad input is recorded (``retry-failed`` leaves these alone unless asked).
+BAD_INPUT_PREFIX = "bad input: "
 
 
 class Action(StrEnum):
@@ -49,13 +52,25 @@ class Decision:
 
 def backoff(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (AWS architecture blog)."""
-    ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** max(attempt, 0)))
+    # The exponent is capped: a job retried for days while the database is away must not overflow.
+    ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** min(max(attempt, 0), 32)))
     return (rng or random).uniform(0, ceiling)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database is down, unreachable, locked or out of connections: transient, never the job's fault."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def reason_of(exc: BaseException) -> str:
     if isinstance(exc, ApiError | InputError):
         return str(exc)
+    if isinstance(exc, DBAPIError):
+        # The driver's own message: SQLAlchemy's adds the statement and its parameters (job data).
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        return f"{type(exc).__name__}: {first}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -78,7 +93,7 @@ def decide(
     ``api_down``: the circuit breaker is open (this failure may have opened it)."""
     reason = reason_of(exc)
     if isinstance(exc, InputError):
-        return Decision(Action.FAIL, counts=False, reason=f"bad input: {reason}")
+        return Decision(Action.FAIL, counts=False, reason=f"{BAD_INPUT_PREFIX}{reason}")
     if isinstance(exc, AuthError):
         return Decision(Action.HOLD, settings.auth_hold_recheck, counts=False, reason=reason)
     if isinstance(exc, RateLimitedError):
@@ -99,7 +114,7 @@ def decide(
             counts=False,
             reason=f"held: the API is down for everyone: {reason}",
         )
-    if (isinstance(exc, ApiError) and exc.transient) or isinstance(exc, OperationalError):
+    if (isinstance(exc, ApiError) and exc.transient) or database_unavailable(exc):
         if attempts >= settings.max_attempts:
             return Decision(Action.FAIL, reason=f"gave up after {attempts} attempts: {reason}")
         return Decision(Action.RETRY, backoff(attempts, settings), True, reason)

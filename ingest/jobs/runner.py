@@ -18,7 +18,14 @@ from ingest.api.errors import RateLimitedError
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import VALIDATORS
-from ingest.jobs.retry_policy import Action, decide, is_outage_failure, outage_countdown, reason_of
+from ingest.jobs.retry_policy import (
+    Action,
+    database_unavailable,
+    decide,
+    is_outage_failure,
+    outage_countdown,
+    reason_of,
+)
 from ingest.store import auth_hold, circuit_breaker
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
@@ -82,6 +89,35 @@ def fail_file(session: Session, op: Operation, reason: str) -> None:
 
 
 def run_job(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) -> dict[str, Any]:
+    """Run one delivery of a job. A database that is away or locked anywhere (before the row exists, in
+    the handler, while recording a failure) makes the delivery a retry: the message is never
+    acknowledged as done while nothing is recorded."""
+    try:
+        return _run_recorded(kind, args, ctx, handler)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        raise _retry_unrecorded(kind, exc, ctx) from None
+
+
+def _retry_unrecorded(kind: str, exc: Exception, ctx: JobContext) -> RetryLater:
+    """The retry of a delivery whose outcome could not be written. Its attempts are Celery's own count
+    (the row may not exist). Once they run out the job still cannot be failed (that too needs the
+    database), so it keeps coming back at the longest backoff until the database answers."""
+    decision = decide(exc, ctx.delivery + 1, 0, ctx.settings)
+    countdown = decision.countdown if decision.action is Action.RETRY else ctx.settings.backoff_max
+    log.warning(
+        "%s %s: database unavailable, retry in %.1fs (delivery %d): %s",
+        kind,
+        ctx.task_id,
+        countdown,
+        ctx.delivery + 1,
+        reason_of(exc),
+    )
+    return RetryLater(countdown, f"database unavailable: {reason_of(exc)}", counts=True)
+
+
+def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) -> dict[str, Any]:
     settings = ctx.settings
     with session_scope() as s:
         op = ensure_operation(s, kind, args, ctx.task_id)

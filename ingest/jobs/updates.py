@@ -4,6 +4,7 @@ never put an older title back."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlmodel import Session, select
@@ -16,6 +17,8 @@ from ingest.jobs.parked_followups import RefWait, park, ref_wait
 from ingest.settings import Settings
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, TrackFile
+
+log = logging.getLogger("ingest.jobs.updates")
 
 
 def find_managed(
@@ -68,6 +71,15 @@ def update_row_meta(
         row = s.get(TrackFile, file_id)
         op = s.get(Operation, op_id)
         assert row is not None and op is not None
+        if op.file_generation is None:  # a message sent by name: it names the file its ref has now
+            op.file_generation = row.generation
+        elif op.file_generation != row.generation:
+            reason = (
+                f"skipped: ref {row.ref!r} was uploaded again since this update was asked for; "
+                "it applied to the earlier file, not to this one"
+            )
+            log.info("update %s: %s", op_id, reason)
+            return {"file_id": row.id, "skipped": reason}
         if not op.applied:  # merge this update into the desired state exactly once, in enqueue order
             assert op.id is not None
             apply_meta(s, file_id, title, user_defined, op.id)

@@ -126,6 +126,9 @@ class TrackFile(SQLModel, table=True):
     # Set when a request may have landed after we gave up on it (read timeout, 5xx): the poll then
     # checks the bucket once it is due: duplicates from a late POST removed, a late PUT undone.
     verify_after: datetime | None = Field(default=None, index=True)
+    # Which file the ref names: 0 for its first upload, +1 for each re-upload (after a delete, a cancel
+    # or a failure). An update asked for an older generation does not apply to this one.
+    generation: int = 0
     # First time the state poll did not find the file where the row says it is.
     missing_since: datetime | None = None
     lease_owner: str | None = Field(default=None, max_length=255)
@@ -149,6 +152,8 @@ class Operation(SQLModel, table=True):
     throttled: int = 0  # 429s seen (they do not use up attempts)
     # Applied once: an update's metadata merged into the file's desired state.
     applied: bool = False
+    # An update's target: the file generation (``TrackFile.generation``) its ref named when it was asked.
+    file_generation: int | None = None
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow, index=True)
@@ -210,3 +215,26 @@ class CircuitBreaker(SQLModel, table=True):
     last_probe: datetime = Field(default_factory=utcnow)
     reason: str | None = None
     held_tasks: int = 0
+
+
+class OutboxEntry(SQLModel, table=True):
+    """A message to publish, written in the same transaction as the rows it is about (the transactional
+    outbox): a broker that is away when they commit delays the message, it never loses it. Published
+    right after the commit by whoever wrote it; what is still unsent once due is published by the poll's
+    sweeper. Generic: ``kind`` says how to publish (``task``: a Celery task by name), ``destination``
+    where (the task name), ``payload`` what (JSON)."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    destination: str = Field(max_length=255)
+    # The message's own id (a task id): sending the entry again is the same message, not a new job.
+    message_id: str = Field(unique=True, max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Not before: the writer publishes it itself first; the sweeper (or a re-run) takes it after this.
+    due_at: datetime = Field(default_factory=utcnow, index=True)
+    sent_at: datetime | None = Field(default=None, index=True)
+    attempts: int = 0  # publishes that failed
+    last_error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)

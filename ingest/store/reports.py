@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from ingest.store import auth_hold, circuit_breaker
+from ingest.store import auth_hold, circuit_breaker, outbox
 from ingest.store.models import Operation, OpStatus, ParkedFollowup, TrackFile
 
 
@@ -34,9 +34,17 @@ def failed_operations(
     bucket_id: int | None = None,
     since: datetime | None = None,
     statuses: tuple[OpStatus, ...] = (OpStatus.FAILED,),
+    reason: str | None = None,
+    exclude_prefix: str | None = None,
 ) -> SelectOfScalar[Operation]:
-    """The query behind `acr-ingest failures` (failed and partial) and `retry-failed` (failed only)."""
+    """The query behind `acr-ingest failures` (failed and partial) and `retry-failed` (failed only).
+    ``reason``: a substring of the error (any case); ``exclude_prefix``: leave out errors starting with it
+    (e.g. bad input)."""
     query = select(Operation).where(col(Operation.status).in_(statuses))
+    if reason:
+        query = query.where(func.lower(col(Operation.error)).contains(reason.lower(), autoescape=True))
+    if exclude_prefix:
+        query = query.where(~func.coalesce(col(Operation.error), "").startswith(exclude_prefix, autoescape=True))
     if kind:
         query = query.where(Operation.kind == kind)
     if bucket_id is not None:
@@ -52,10 +60,13 @@ def failures(
     kind: str | None = None,
     bucket_id: int | None = None,
     since: datetime | None = None,
+    reason: str | None = None,
     limit: int = 50,
 ) -> list[Operation]:
     # A partial batch (some names not found) is a failure to look at too; retry-failed still only re-sends failed.
-    query = failed_operations(kind=kind, bucket_id=bucket_id, since=since, statuses=(OpStatus.FAILED, OpStatus.PARTIAL))
+    query = failed_operations(
+        kind=kind, bucket_id=bucket_id, since=since, reason=reason, statuses=(OpStatus.FAILED, OpStatus.PARTIAL)
+    )
     return list(session.exec(query.order_by(col(Operation.updated_at).desc()).limit(limit)).all())
 
 
@@ -89,6 +100,7 @@ def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any
         "waiting_for_uploads": parked_followups(session),
         "files": file_counts(session),
         "operations": operation_counts(session),
+        "unpublished": outbox.unsent_count(session),  # jobs whose message has not reached the broker yet
         "held": None
         if hold is None
         else {

@@ -40,7 +40,13 @@ class IngestTask(Task):
 
     def job_context(self) -> JobContext:
         client, limiter = self.api()
-        return JobContext(task_id=self.request.id, settings=get_settings(), client=client, limiter=limiter)
+        return JobContext(
+            task_id=self.request.id,
+            settings=get_settings(),
+            client=client,
+            limiter=limiter,
+            delivery=self.request.retries or 0,
+        )
 
     def run_job(self, kind: str, kwargs: dict[str, Any], handler: Handler) -> dict[str, Any]:
         """Run one job; a job that must wait is retried by Celery after its countdown."""

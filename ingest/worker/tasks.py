@@ -14,6 +14,7 @@ from ingest.jobs.updates import handle_update
 from ingest.jobs.uploads import handle_upload
 from ingest.worker.app import app
 from ingest.worker.base import IngestTask
+from ingest.worker.outbox import sweep
 
 
 @app.task(bind=True, name="ingest.upload_url", max_retries=None)
@@ -43,7 +44,5 @@ def move_batch(self: IngestTask, **kwargs: Any) -> dict[str, Any]:
 
 @app.task(bind=True, name="ingest.poll_states", acks_late=False)
 def poll_states(self: IngestTask) -> dict[str, Any]:
-    # Periodic and idempotent: a lost run is simply the next cycle. Lost messages are sent again by name.
-    return poll_cycle(
-        self.job_context(), send=lambda name, kwargs, task_id: self.app.send_task(name, kwargs=kwargs, task_id=task_id)
-    )
+    # Periodic and idempotent: a lost run is simply the next cycle. Unsent and lost messages go out by name.
+    return poll_cycle(self.job_context(), publish_outbox=lambda: sweep(self.app))

@@ -1,0 +1,100 @@
+"""The outbox table's queries: add an entry in the caller's transaction, claim what is due (one
+publisher per entry at a time), mark it sent or give it back with the error."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from ingest.store.models import Operation, OutboxEntry, utcnow
+
+TASK = "task"  # kind: a Celery task sent by name; destination = the task name, payload = its kwargs
+# How long a claimed entry is left to its publisher (a publish with its retries takes seconds) before
+# another may take it.
+CLAIM_SECONDS = 120.0
+
+
+def add(
+    session: Session, *, kind: str, destination: str, message_id: str, payload: dict[str, Any], grace: float
+) -> OutboxEntry:
+    """A new entry, left to its writer (who publishes it after the commit) for ``grace`` seconds before
+    the sweeper takes it; not committed here: it belongs to the caller's transaction."""
+    entry = OutboxEntry(
+        kind=kind,
+        destination=destination,
+        message_id=message_id,
+        payload=payload,
+        due_at=utcnow() + timedelta(seconds=grace),
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def rearm(session: Session, *, kind: str, destination: str, message_id: str, payload: dict[str, Any]) -> None:
+    """Have a message published again (its first copy was lost): due now, unsent. Not committed here."""
+    entry = session.exec(select(OutboxEntry).where(OutboxEntry.message_id == message_id)).first()
+    if entry is None:  # a message another system sent by name: it has no entry yet
+        entry = OutboxEntry(kind=kind, destination=destination, message_id=message_id, payload=payload)
+    entry.sent_at, entry.due_at = None, utcnow()
+    session.add(entry)
+
+
+def claim(session: Session, entry_id: int) -> bool:
+    """Take a due, unsent entry to publish it (a conditional UPDATE: two publishers never both win)."""
+    now = utcnow()
+    taken = session.execute(
+        update(OutboxEntry)
+        .where(col(OutboxEntry.id) == entry_id, col(OutboxEntry.sent_at).is_(None), col(OutboxEntry.due_at) <= now)
+        .values(due_at=now + timedelta(seconds=CLAIM_SECONDS))
+    )
+    session.commit()
+    return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+
+def due(session: Session, limit: int) -> list[int]:
+    """Ids of unsent entries whose writer did not publish them (oldest first)."""
+    query = (
+        select(OutboxEntry.id)
+        .where(col(OutboxEntry.sent_at).is_(None), col(OutboxEntry.due_at) <= utcnow())
+        .order_by(col(OutboxEntry.id))
+        .limit(limit)
+    )
+    return [i for i in session.exec(query).all() if i is not None]
+
+
+def mark_sent(session: Session, entry_id: int) -> None:
+    session.execute(update(OutboxEntry).where(col(OutboxEntry.id) == entry_id).values(sent_at=utcnow()))
+    session.commit()
+
+
+def give_back(session: Session, entry_id: int, error: str) -> None:
+    """The publish failed: keep the entry, due at once (for the next sweep or a re-run)."""
+    session.execute(
+        update(OutboxEntry)
+        .where(col(OutboxEntry.id) == entry_id)
+        .values(
+            due_at=utcnow(),
+            attempts=OutboxEntry.attempts + 1,
+            last_error=error[:1000],
+        )
+    )
+    session.commit()
+
+
+def unsent_of_file(session: Session, file_id: int) -> list[OutboxEntry]:
+    """Unsent entries of the operations on a managed file (an upload whose message never left)."""
+    query = (
+        select(OutboxEntry)
+        .join(Operation, col(Operation.task_id) == col(OutboxEntry.message_id))
+        .where(Operation.file_id == file_id, col(OutboxEntry.sent_at).is_(None))
+        .order_by(col(OutboxEntry.id))
+    )
+    return list(session.exec(query).all())
+
+
+def unsent_count(session: Session) -> int:
+    return session.exec(select(func.count()).select_from(OutboxEntry).where(col(OutboxEntry.sent_at).is_(None))).one()

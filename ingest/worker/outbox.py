@@ -1,0 +1,65 @@
+"""Publishing the outbox (``ingest.store.outbox``): one entry right after its writer's commit, or every
+due entry from the poll's sweeper. How an entry is published depends on its ``kind``; a new kind of
+message adds its publisher to ``PUBLISHERS``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from celery import Celery
+
+from ingest.store import outbox
+from ingest.store.db import session_scope
+from ingest.store.models import OutboxEntry
+
+log = logging.getLogger("ingest.outbox")
+SWEEP_BATCH = 200
+
+
+def _send_task(app: Celery, entry: OutboxEntry) -> None:
+    app.send_task(entry.destination, kwargs=entry.payload, task_id=entry.message_id)
+
+
+PUBLISHERS: dict[str, Callable[[Celery, OutboxEntry], None]] = {outbox.TASK: _send_task}
+
+
+class PublishError(RuntimeError):
+    """The broker did not take the message; the entry is kept and published later."""
+
+
+def publish(app: Celery, entry_id: int) -> None:
+    """Publish one entry its caller holds (just written, or claimed) and mark it sent; on failure give it
+    back (due at once: the next sweep or a re-run of the command takes it) and raise ``PublishError``."""
+    with session_scope() as s:
+        entry = s.get(OutboxEntry, entry_id)
+        if entry is None or entry.sent_at is not None:
+            return
+        try:
+            PUBLISHERS[entry.kind](app, entry)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            s.rollback()
+            outbox.give_back(s, entry_id, reason)
+            raise PublishError(reason) from exc
+        outbox.mark_sent(s, entry_id)
+
+
+def sweep(app: Celery) -> int:
+    """Publish what is due and unsent (its writer died or the broker was away); the count published.
+    Stops at the first failure: the broker is away, the next sweep tries again."""
+    sent = 0
+    with session_scope() as s:
+        ids = outbox.due(s, SWEEP_BATCH)
+        for entry_id in ids:
+            if not outbox.claim(s, entry_id):
+                continue  # a re-run or another sweeper has it
+            try:
+                publish(app, entry_id)
+            except PublishError as exc:
+                log.warning("outbox: publishing stopped, %d left for the next sweep: %s", len(ids) - sent, exc)
+                break
+            sent += 1
+    if sent:
+        log.info("outbox: published %d message(s) that were not sent at enqueue time", sent)
+    return sent
