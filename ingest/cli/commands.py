@@ -282,15 +282,36 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 @click.option("--token", "tokens", multiple=True, help="Accepted token(s) (default: ACR_INGEST_ACCESS_TOKEN).")
 @click.option("--processing-delay", default=2.0, show_default=True, help="Seconds a file stays in state 0.")
 @click.option("--rate-limit", type=float, help="Requests per second per token (default unlimited).")
-def emulator(host: str, port: int, tokens: tuple[str, ...], processing_delay: float, rate_limit: float | None) -> None:
+@click.option(
+    "--profile",
+    default="lenient",
+    show_default=True,
+    help="How to answer where the vendor page is silent (docs/API.md lists the profiles), e.g. strict.",
+)
+def emulator(
+    host: str, port: int, tokens: tuple[str, ...], processing_delay: float, rate_limit: float | None, profile: str
+) -> None:
     """Serve the ACRCloud API emulator on HOST:PORT (base URL http://HOST:PORT/api)."""
+    from ingest.devtools.emulator.profiles import get_profile
     from ingest.devtools.emulator.server import serve
+
+    try:
+        get_profile(profile)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--profile") from None
 
     accepted = set(tokens) or ({t} if (t := get_settings().current_token()) else set())
     if not accepted:
         raise click.UsageError("give --token or set ACR_INGEST_ACCESS_TOKEN")
     click.echo(f"emulator on http://{host}:{port}/api", err=True)
-    serve(host=host, port=port, tokens=accepted, processing_delay=processing_delay, rate_limit=rate_limit)
+    serve(
+        host=host,
+        port=port,
+        tokens=accepted,
+        processing_delay=processing_delay,
+        rate_limit=rate_limit,
+        profile=profile,
+    )
 
 
 @main.command("demo")
