@@ -26,6 +26,18 @@ UploadJob = UploadUrlJob | UploadFileJob
 STATE_ERROR_REASON = "the API could not process the audio (state -1)"
 
 
+def state_reason(state: int | str) -> str | None:
+    """Why a file in this remote state is an error (None when it is not): -1, or a state we do not know."""
+    if state == -1:
+        return STATE_ERROR_REASON
+    if state in (0, 1):
+        return None
+    return (
+        f"the API reports state {state!r}, none of 0 processing, 1 ready, -1 error "
+        "(the vendor CLI calls such a file inactive): check it in the ACRCloud console"
+    )
+
+
 # How many dependency waits a follow-up naming a ref not seen yet gets before the ref is "unknown": a
 # producer in another system may send the upload and the update back to back to different workers.
 UNKNOWN_REF_WAITS = 6
@@ -136,10 +148,10 @@ def adopt(row: TrackFile, remote: BucketFile, *, synced_version: int) -> None:
     row.synced_meta_version = max(row.synced_meta_version, synced_version)
 
 
-def set_remote_state(row: TrackFile, state: int) -> None:
-    row.remote_state = state
+def set_remote_state(row: TrackFile, state: int | str) -> None:
+    row.remote_state = state if isinstance(state, int) else None  # a named state is kept in the reason
     row.status = FileStatus.of_remote_state(state)
-    row.reason = STATE_ERROR_REASON if state == -1 else None
+    row.reason = state_reason(state)
     row.updated_at = utcnow()
 
 

@@ -17,7 +17,7 @@ from ingest.api.schemas import BucketFile
 from ingest.jobs.batches import chunks
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
-from ingest.jobs.managed_files import STATE_ERROR_REASON, file_lease, files_with_ref, sync_meta
+from ingest.jobs.managed_files import file_lease, files_with_ref, state_reason, sync_meta
 from ingest.jobs.runner import claim_stale
 from ingest.settings import Settings
 from ingest.store import auth_hold, leases
@@ -118,11 +118,11 @@ def _record_state(
     else:
         status = FileStatus.of_remote_state(remote.state)
         values = {
-            "remote_state": remote.state,
+            "remote_state": remote.state if isinstance(remote.state, int) else None,
             "status": status,
             "missing_since": None,
             "updated_at": utcnow(),
-            "reason": STATE_ERROR_REASON if remote.state == -1 else None,
+            "reason": state_reason(remote.state),
         }
         counts["ready" if status == FileStatus.READY else "error"] += 1
     s.execute(
