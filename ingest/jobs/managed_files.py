@@ -17,6 +17,7 @@ from ingest.api.errors import TransientError
 from ingest.api.schemas import BucketFile
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
+from ingest.jobs.identity import carries_ref, tagged
 from ingest.jobs.inputs import UploadFileJob, UploadUrlJob
 from ingest.settings import Settings
 from ingest.store.leases import claim_file, kept_alive, release_file
@@ -173,10 +174,11 @@ def file_lease(session: Session, row: TrackFile, ctx: JobContext) -> Iterator[No
 
 
 def files_with_ref(client: AcrCloudClient, row: TrackFile) -> list[BucketFile]:
-    """The bucket's files carrying this row's ref in ``audio_id``. Search matches titles: look under
-    the title and bucket the last POST used (an update or a move may have changed them since)."""
+    """The bucket's files carrying this row's ref (in ``audio_id`` or user_defined, see identity.py).
+    Search matches titles: look under the title and bucket the last POST used (an update or a move may
+    have changed them since)."""
     bucket = row.posted_bucket_id or row.bucket_id
-    return [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if f.audio_id == row.ref]
+    return [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if carries_ref(f, row.ref)]
 
 
 def verify_later(session: Session, row: TrackFile, settings: Settings) -> None:
@@ -203,7 +205,10 @@ def sync_meta(session: Session, row: TrackFile, client: AcrCloudClient, settings
     if row.remote_id is None or row.synced_meta_version >= version:
         return False
     with verify_if_ambiguous(session, row, settings):
-        remote = client.update_file(row.bucket_id, row.remote_id, title=row.title, user_defined=row.user_defined)
+        # The ref travels with every update: a PUT replaces user_defined, and the key must stay on the file.
+        remote = client.update_file(
+            row.bucket_id, row.remote_id, title=row.title, user_defined=tagged(row.user_defined, row.ref)
+        )
     row.synced_meta_version = version
     if remote.state in (0, 1, -1):
         set_remote_state(row, remote.state)

@@ -17,6 +17,7 @@ from ingest.api.schemas import BucketFile
 from ingest.jobs.batches import chunks
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
+from ingest.jobs.identity import same_meta
 from ingest.jobs.managed_files import file_lease, files_with_ref, state_reason, sync_meta
 from ingest.jobs.runner import claim_stale
 from ingest.settings import Settings
@@ -175,7 +176,7 @@ def _verify_one(s: Session, row: TrackFile, ctx: JobContext, counts: dict[str, A
         (remote,) = client.get_files(row.bucket_id, [keep]) if keep is not None else [None]
     except (NotFoundError, ValueError):
         remote = None
-    if remote is not None and (remote.title, remote.user_defined) != (row.title, row.user_defined):
+    if remote is not None and not same_meta(remote, row.title, row.user_defined):
         try:
             with file_lease(s, row, ctx):
                 row.synced_meta_version = 0
