@@ -19,6 +19,7 @@ from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
 from ingest.jobs.identity import same_meta
 from ingest.jobs.managed_files import file_lease, files_with_ref, state_reason, sync_meta
+from ingest.jobs.presence import files_present
 from ingest.jobs.runner import claim_stale
 from ingest.settings import Settings
 from ingest.store import auth_hold, leases
@@ -68,9 +69,8 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
                 for chunk in chunks(items, settings.ids_chunk_size):
                     counts["calls"] += 1
                     try:
-                        found = {f.id: f for f in ctx.client.get_files(bucket, [r for _, r in chunk])}
-                    except NotFoundError:
-                        found = {}
+                        # A 404 for the chunk is not "all gone": the API may refuse a list for one missing id.
+                        found = {f.id: f for f in files_present(ctx.client, bucket, [r for _, r in chunk])}
                     except TransientError as exc:  # this chunk waits for the next cycle; go on
                         counts["call_errors"] = counts.get("call_errors", 0) + 1
                         log.info("state poll: %s", exc)
