@@ -256,8 +256,10 @@ class AcrCloudClient:
         *,
         title: str | None = None,
         user_defined: dict[str, Any] | None = None,
+        user_defined_as: str = "string",
     ) -> BucketFile:
-        """PUT title and/or user_defined; ``file_id`` is a numeric id or an acr_id."""
+        """PUT title and/or user_defined; ``file_id`` is a numeric id or an acr_id. ``user_defined_as``
+        "object" sends it as a JSON object instead of a JSON string (for ``acr-ingest probe``)."""
         if title is None and user_defined is None:
             raise ValueError("update_file needs title or user_defined")
         payload: dict[str, Any] = {}
@@ -266,7 +268,8 @@ class AcrCloudClient:
         if user_defined is not None:
             # A JSON string, as the English page says and the vendor CLI sends (json.dumps); an API that
             # wants the string refuses an object with a 422, while the string form is the documented one.
-            payload["user_defined"] = json.dumps(user_defined, ensure_ascii=False)
+            as_string = user_defined_as != "object"
+            payload["user_defined"] = json.dumps(user_defined, ensure_ascii=False) if as_string else user_defined
         path = f"{self._files_path(bucket_id)}/{_ids_segment([file_id], name='file_id')}"
         return _one_file(self._request("update", "PUT", path, json=payload))
 
@@ -285,6 +288,12 @@ class AcrCloudClient:
         """The files found among ``ids`` (ids not found are simply absent from the list)."""
         path = f"{self._files_path(bucket_id)}/{_ids_segment(ids)}"
         return _file_list(self._request("get", "GET", path))
+
+    def send(self, op: str, method: str, path: str, *, params: dict[str, Any] | None = None) -> tuple[int, str, Any]:
+        """A request as is, for diagnosis (``acr-ingest probe``): (status, body text, decoded JSON or
+        None) of a 2xx; errors are the usual typed ones. ``path`` is below the base URL."""
+        reply = self._request(op, method, path, params=params, allow_empty=True)
+        return reply.status, reply.text, reply.data
 
     # ---- plumbing --------------------------------------------------------------------------------
 
