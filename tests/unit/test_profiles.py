@@ -156,3 +156,13 @@ def test_the_reserved_key_is_refused_in_job_input(bucket) -> None:
     with pytest.raises(InputError) as bad:
         VALIDATORS["upload_url"](url_args(bucket, "x", user_defined={REF_KEY: "y"}), get_settings())
     assert REF_KEY in str(bad.value) and "user_defined" in str(bad.value)
+
+
+def test_acrid_adds_a_file_by_an_existing_acr_id(api, bucket) -> None:
+    # Runs in whatever profile; the lenient one here (the acrid call's form is the same in all).
+    acrid = "0123456789abcdef0123456789abcdef"
+    f = api.ctx().client.upload_acrid(bucket, acrid, title="By acrid", user_defined={"k": "v"})
+    (stored,) = api.emu.files(bucket)
+    assert (f.id, f.acr_id, stored["acr_id"], stored["title"]) == (stored["id"], acrid, acrid, "By acrid")
+    with pytest.raises(ValueError):
+        api.ctx().client.upload_acrid(bucket, "  ", title="x")
