@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     read_timeout: float = 60.0
     default_bucket: int | None = None
     ids_chunk_size: int = Field(default=100, ge=1, le=1000)
+    # Where `acr-ingest probe` saves what it found out about the real API (docs/API.md).
+    probe_report: Path = Path("acr-ingest-probe.json")
 
     # --- Celery ---------------------------------------------------------------------------------
     broker_url: str = "redis://127.0.0.1:6379/0"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ingest.cli.demo import write_tone
+from ingest.jobs.identity import REF_KEY
 from ingest.store.models import FileStatus
 from tests.helpers import file_row, files_in, idle_producer, op_done, operation, wait_for
 
@@ -36,7 +37,7 @@ def test_upload_url_reaches_ready_with_ids(producer, emulator, bucket) -> None:
     assert len(files) == 1
     assert (row.remote_id, row.acr_id, row.remote_state) == (files[0]["id"], files[0]["acr_id"], 1)
     assert files[0]["audio_id"] == "cat-1" and files[0]["title"] == "Alpha"
-    assert files[0]["user_defined"] == {"artist": "A"}
+    assert files[0]["user_defined"] == {"artist": "A", REF_KEY: "cat-1"}  # the ref rides along (identity.py)
     op = wait_for(lambda: op_done(sent.operation_id))
     assert op.status == "succeeded" and op.result["acr_id"] == row.acr_id
 
@@ -61,7 +62,7 @@ def test_update_meta_by_ref_changes_the_bucket(producer, emulator, bucket) -> No
     sent = producer.update_meta(bucket_id=bucket, ref="r1", title="After", user_defined={"k": "v"})
     assert wait_for(lambda: op_done(sent.operation_id)).status == "succeeded"
     (f,) = remote(emulator, bucket)
-    assert (f["title"], f["user_defined"]) == ("After", {"k": "v"})
+    assert (f["title"], f["user_defined"]) == ("After", {"k": "v", REF_KEY: "r1"})  # an update keeps the ref
     row = file_row(bucket, "r1")
     assert (row.title, row.synced_meta_version) == ("After", row.meta_version)
 
@@ -74,7 +75,7 @@ def test_update_by_acr_id_and_by_file_id(producer, emulator, bucket) -> None:
     b = producer.update_meta(bucket_id=bucket, file_id=row.remote_id, user_defined={"n": 3})
     wait_for(lambda: op_done(b.operation_id))
     (f,) = remote(emulator, bucket)
-    assert (f["title"], f["user_defined"]) == ("Two", {"n": 3})
+    assert (f["title"], f["user_defined"]) == ("Two", {"n": 3, REF_KEY: "r2"})
 
 
 def test_updates_sent_before_the_upload_finishes_wait_and_keep_order(producer, emulator, bucket) -> None:

@@ -35,6 +35,7 @@ from ingest.api.errors import (
     NotFoundError,
     RateLimitedError,
     TransientError,
+    UnconfirmedUploadError,
     ValidationError,
 )
 from ingest.api.schemas import BucketFile, Page
@@ -51,6 +52,8 @@ except PackageNotFoundError:  # running from a source tree that is not pip-insta
 
 USER_AGENT = f"acr-ingest/{__version__}"
 FILE_DATA_TYPES = ("audio", "fingerprint")
+# What is sent by value in a JSON body rather than as a file part (acrid: an ACRCloud music-database id).
+VALUE_DATA_TYPES = ("audio_url", "acrid")
 _MESSAGE_LIMIT = 300
 _SCRUB_MIN = 8
 
@@ -150,7 +153,7 @@ class AcrCloudClient:
                 data=encoder,
                 headers={"Content-Type": encoder.content_type},
             )
-        return _one_file(body)
+        return _created_file(body)
 
     def upload_url(
         self,
@@ -175,7 +178,27 @@ class AcrCloudClient:
             fields = [*_form_fields("audio_url", title, user_defined, audio_id), ("url", url)]
             encoder = MultipartEncoder(fields=fields)
             body = self._request("upload", "POST", path, data=encoder, headers={"Content-Type": encoder.content_type})
-        return _one_file(body)
+        return _created_file(body)
+
+    def upload_acrid(
+        self,
+        bucket_id: int,
+        acrid: str,
+        *,
+        title: str,
+        user_defined: dict[str, Any] | None = None,
+        audio_id: str | None = None,
+    ) -> BucketFile:
+        """Add a file by an existing ACRCloud music-database id (``data_type=acrid``, English page)."""
+        acrid = acrid.strip() if isinstance(acrid, str) else ""
+        if not acrid:
+            raise ValueError("acrid must be a non-empty ACRCloud id")
+        payload: dict[str, Any] = {"data_type": "acrid", "title": title, "acrid": acrid}
+        if user_defined is not None:
+            payload["user_defined"] = user_defined
+        if audio_id is not None:
+            payload["audio_id"] = audio_id
+        return _created_file(self._request("upload", "POST", self._files_path(bucket_id), json=payload))
 
     def list_page(
         self,
@@ -233,32 +256,44 @@ class AcrCloudClient:
         *,
         title: str | None = None,
         user_defined: dict[str, Any] | None = None,
+        user_defined_as: str = "string",
     ) -> BucketFile:
-        """PUT title and/or user_defined; ``file_id`` is a numeric id or an acr_id."""
+        """PUT title and/or user_defined; ``file_id`` is a numeric id or an acr_id. ``user_defined_as``
+        "object" sends it as a JSON object instead of a JSON string (for ``acr-ingest probe``)."""
         if title is None and user_defined is None:
             raise ValueError("update_file needs title or user_defined")
         payload: dict[str, Any] = {}
         if title is not None:
             payload["title"] = title
         if user_defined is not None:
-            payload["user_defined"] = user_defined
+            # A JSON string, as the English page says and the vendor CLI sends (json.dumps); an API that
+            # wants the string refuses an object with a 422, while the string form is the documented one.
+            as_string = user_defined_as != "object"
+            payload["user_defined"] = json.dumps(user_defined, ensure_ascii=False) if as_string else user_defined
         path = f"{self._files_path(bucket_id)}/{_ids_segment([file_id], name='file_id')}"
         return _one_file(self._request("update", "PUT", path, json=payload))
 
     def delete_files(self, bucket_id: int, ids: Sequence[int | str]) -> list[BucketFile]:
-        """The deleted files when the API lists them, else []. The caller chunks long id lists."""
+        """The deleted files when the API lists them, else [] (any other 2xx body is a success that
+        names no files: the page does not document it). The caller chunks long id lists."""
         path = f"{self._files_path(bucket_id)}/{_ids_segment(ids)}"
-        return _file_list(self._request("delete", "DELETE", path, allow_empty=True))
+        return _acted_on(self._request("delete", "DELETE", path, allow_empty=True))
 
     def move_files(self, target_bucket_id: int, ids: Sequence[int | str]) -> list[BucketFile]:
         """Move files into ``target_bucket_id`` (the path's bucket is the TARGET)."""
         path = f"{self._files_path(target_bucket_id)}/{_ids_segment(ids)}/move"
-        return _file_list(self._request("move", "PUT", path, allow_empty=True))
+        return _acted_on(self._request("move", "PUT", path, allow_empty=True))
 
     def get_files(self, bucket_id: int, ids: Sequence[int | str]) -> list[BucketFile]:
         """The files found among ``ids`` (ids not found are simply absent from the list)."""
         path = f"{self._files_path(bucket_id)}/{_ids_segment(ids)}"
         return _file_list(self._request("get", "GET", path))
+
+    def send(self, op: str, method: str, path: str, *, params: dict[str, Any] | None = None) -> tuple[int, str, Any]:
+        """A request as is, for diagnosis (``acr-ingest probe``): (status, body text, decoded JSON or
+        None) of a 2xx; errors are the usual typed ones. ``path`` is below the base URL."""
+        reply = self._request(op, method, path, params=params, allow_empty=True)
+        return reply.status, reply.text, reply.data
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -350,6 +385,37 @@ def _one_file(reply: _Reply) -> BucketFile:
     body = reply.data
     data = body.get("data", body) if isinstance(body, dict) else body
     return _parse(BucketFile, data, reply)
+
+
+def _created_file(reply: _Reply) -> BucketFile:
+    """The file an upload created. An answer that does not name it (no ``id``/``acr_id``) is not a
+    parse error: the file was stored, so the caller must find it rather than post again."""
+    body = reply.data
+    data = body.get("data", body) if isinstance(body, dict) else body
+    if not isinstance(data, dict) or data.get("id") in (None, "") or not data.get("acr_id"):
+        raise UnconfirmedUploadError(
+            "upload answered without the new file's id/acr_id",
+            status=reply.status,
+            body=reply.text,
+            method=reply.method,
+            url=reply.url,
+        )
+    return _parse(BucketFile, data, reply)
+
+
+def _acted_on(reply: _Reply) -> list[BucketFile]:
+    """The files a delete/move answer lists; [] for any other 2xx body (empty, 204, true, a count, an
+    object that is not a file): the API acted, it just does not say on what."""
+    body = reply.data
+    data = body.get("data") if isinstance(body, dict) else body
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        return []
+    try:
+        return [BucketFile.model_validate(item) for item in data]
+    except PydanticValidationError:
+        return []  # e.g. {"data": {"affected": 2}}: not files
 
 
 def _file_list(reply: _Reply) -> list[BucketFile]:

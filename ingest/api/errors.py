@@ -88,3 +88,13 @@ class TransientError(ApiError):
     def __init__(self, message: str, *, maybe_applied: bool = True, **kw: Any) -> None:
         self.maybe_applied = maybe_applied
         super().__init__(message, **kw)
+
+
+class UnconfirmedUploadError(TransientError):
+    """A 2xx to an upload that does not say which file it created (``id``/``acr_id`` missing or null).
+
+    The file almost certainly exists: like a timeout after sending, the caller must look for it (by
+    our ref) rather than post again, so it is transient with ``maybe_applied`` True."""
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, maybe_applied=True, **kw)

@@ -27,8 +27,9 @@ class BucketFile(BaseModel):
     id: int
     acr_id: str
     bucket_id: int
-    # A plain int, not FileState: an unknown future state must not fail parsing.
-    state: int
+    # Not FileState: an unknown state (2, "Inactive" as the vendor CLI prints) must not fail parsing.
+    # Numeric strings become ints; any other string is kept as the API sent it.
+    state: int | str
     title: str = ""
     audio_id: str | None = None
     duration: float | None = None
@@ -36,6 +37,13 @@ class BucketFile(BaseModel):
     uid: int | None = None
     created_at: str | None = None
     updated_at: str | None = None
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            return int(v.strip())
+        return v
 
     @field_validator("title", mode="before")
     @classmethod
@@ -80,10 +88,17 @@ class BucketFile(BaseModel):
 
     @property
     def file_state(self) -> FileState | None:
+        """The state if it is one of the documented three, else None (see ``is_known_state``)."""
+        if isinstance(self.state, str):
+            return None
         try:
             return FileState(self.state)
         except ValueError:
             return None
+
+    @property
+    def is_known_state(self) -> bool:
+        return self.file_state is not None
 
     @property
     def is_ready(self) -> bool:

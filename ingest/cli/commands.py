@@ -316,15 +316,72 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 @click.option("--token", "tokens", multiple=True, help="Accepted token(s) (default: ACR_INGEST_ACCESS_TOKEN).")
 @click.option("--processing-delay", default=2.0, show_default=True, help="Seconds a file stays in state 0.")
 @click.option("--rate-limit", type=float, help="Requests per second per token (default unlimited).")
-def emulator(host: str, port: int, tokens: tuple[str, ...], processing_delay: float, rate_limit: float | None) -> None:
+@click.option(
+    "--profile",
+    default="lenient",
+    show_default=True,
+    help="How to answer where the vendor page is silent (docs/API.md lists the profiles), e.g. strict.",
+)
+def emulator(
+    host: str, port: int, tokens: tuple[str, ...], processing_delay: float, rate_limit: float | None, profile: str
+) -> None:
     """Serve the ACRCloud API emulator on HOST:PORT (base URL http://HOST:PORT/api)."""
+    from ingest.devtools.emulator.profiles import get_profile
     from ingest.devtools.emulator.server import serve
+
+    try:
+        get_profile(profile)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--profile") from None
 
     accepted = set(tokens) or ({t} if (t := get_settings().current_token()) else set())
     if not accepted:
         raise click.UsageError("give --token or set ACR_INGEST_ACCESS_TOKEN")
     click.echo(f"emulator on http://{host}:{port}/api", err=True)
-    serve(host=host, port=port, tokens=accepted, processing_delay=processing_delay, rate_limit=rate_limit)
+    serve(
+        host=host,
+        port=port,
+        tokens=accepted,
+        processing_delay=processing_delay,
+        rate_limit=rate_limit,
+        profile=profile,
+    )
+
+
+@main.command("probe")
+@click.option("--bucket", "bucket_id", type=int, help="A SCRATCH bucket id: the probe writes and deletes files there.")
+@click.option("--move-to", type=int, help="A second scratch bucket for the move (default: the same bucket).")
+@click.option("--wait", default=120.0, show_default=True, help="Seconds to wait for the files to be processed.")
+@click.option("--yes", is_flag=True, help="Do not ask before writing to the bucket.")
+@click.option("--show", is_flag=True, help="Show the saved report (ACR_INGEST_PROBE_REPORT) and exit.")
+def probe(bucket_id: int | None, move_to: int | None, wait: float, yes: bool, show: bool) -> None:
+    """Find out how the real API answers where its page is silent; saves a report (docs/API.md)."""
+    from ingest.api.client import AcrCloudClient
+    from ingest.cli.probe import run_probe, save, summary
+
+    settings = get_settings()
+    path = settings.probe_report
+    if show:
+        if not path.is_file():
+            raise click.ClickException(f"no probe report at {path}: run `acr-ingest probe --bucket ID` first")
+        for line in summary(json.loads(path.read_text(encoding="utf-8"))):
+            click.echo(line)
+        return
+    if bucket_id is None:
+        raise click.UsageError("give --bucket ID (a scratch bucket), or --show")
+    if not yes:
+        click.confirm(
+            f"Upload two 1 s test files to bucket {bucket_id} at {settings.base_url}, update, move and delete them?",
+            abort=True,
+        )
+    with AcrCloudClient.from_settings(settings) as client:
+        report = run_probe(client, bucket_id, move_to=move_to, wait=wait, echo=lambda m: click.echo(m, err=True))
+    save(report, path)
+    for line in summary(report):
+        click.echo(line)
+    click.echo(f"report saved to {path}", err=True)
+    if report.get("aborted") or report.get("left_behind"):
+        sys.exit(1)
 
 
 @main.command("demo")

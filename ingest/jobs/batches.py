@@ -20,6 +20,7 @@ from ingest.jobs.errors import RetryLater
 from ingest.jobs.inputs import DeleteBatchJob, MoveBatchJob, Targets
 from ingest.jobs.managed_files import by_ref
 from ingest.jobs.parked_followups import RefWait, park, ref_wait
+from ingest.jobs.presence import files_present, matching
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpStatus, TrackFile, utcnow
 
@@ -96,25 +97,15 @@ def _result(outcomes: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _matching(keys: list[Any], files: list[BucketFile]) -> list[Any]:
-    known = {str(f.id) for f in files} | {f.acr_id for f in files}
-    return [k for k in keys if str(k) in known]
-
-
 def _in_bucket(client: AcrCloudClient, bucket_id: int, keys: list[Any]) -> list[Any]:
-    """Which of these ids/acr_ids the bucket holds (one GET)."""
-    if not keys:
-        return []
-    try:
-        return _matching(keys, client.get_files(bucket_id, keys))
-    except NotFoundError:
-        return []
+    """Which of these ids/acr_ids the bucket holds (one GET, more if the API 404s a mixed list)."""
+    return matching(keys, files_present(client, bucket_id, keys))
 
 
 def _affected(keys: list[Any], answered: list[BucketFile]) -> list[Any]:
     """The keys the API says it acted on: the files it listed, or every key when it listed none (the
-    page does not document the response; partial success must still be recorded per id)."""
-    return _matching(keys, answered) if answered else keys
+    page does not document the response: empty, 204, true, a count... are all success)."""
+    return matching(keys, answered) if answered else keys
 
 
 @dataclass(frozen=True)
@@ -133,10 +124,16 @@ class BatchVerb:
 
 def _send_chunk(verb: BatchVerb, keys: list[Any], managed: set[Any]) -> tuple[list[Any], list[Any]]:
     """(keys acted on now, keys found already done); ``managed``: the keys of files in our tables."""
-    try:
-        done = _affected(keys, verb.call(keys))
-    except NotFoundError:
+    todo = keys
+    if any(k not in managed for k in keys):
+        # An id we never uploaded may not exist, and an answer that lists no files (a count, 204...)
+        # would not tell: ask first, so "not_found" is a fact and not a guess.
         todo = verb.pending(keys)
+    try:
+        done = _affected(todo, verb.call(todo)) if todo else []
+    except NotFoundError:
+        # A mixed list: the API may refuse all of it for one missing id. Find out which exist, send those.
+        todo = verb.pending(todo)
         done = _affected(todo, verb.call(todo)) if todo else []
     rest = [k for k in keys if k not in done]
     return done, verb.already(rest, managed) if rest else []

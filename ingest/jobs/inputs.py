@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ingest.api.client import FILE_DATA_TYPES
 from ingest.jobs.errors import InputError
+from ingest.jobs.identity import REF_KEY
 from ingest.redact import mask_url_credentials
 from ingest.settings import Settings
 
@@ -139,6 +140,9 @@ def _user_defined(c: _Collector, value: Any, settings: Settings) -> dict[str, An
             return None
     if not isinstance(value, dict):
         c.add("user_defined", f'must be a JSON object such as {{"artist": "..."}}, got {type(value).__name__}')
+        return None
+    if REF_KEY in value:
+        c.add("user_defined", f"{REF_KEY!r} is reserved (acr-ingest keeps the ref there); rename that key")
         return None
     try:
         size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))

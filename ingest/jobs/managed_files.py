@@ -17,6 +17,7 @@ from ingest.api.errors import TransientError
 from ingest.api.schemas import BucketFile
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
+from ingest.jobs.identity import carries_ref, tagged
 from ingest.jobs.inputs import UploadFileJob, UploadUrlJob
 from ingest.settings import Settings
 from ingest.store.leases import claim_file, kept_alive, release_file
@@ -24,6 +25,18 @@ from ingest.store.models import FileStatus, TrackFile, utcnow
 
 UploadJob = UploadUrlJob | UploadFileJob
 STATE_ERROR_REASON = "the API could not process the audio (state -1)"
+
+
+def state_reason(state: int | str) -> str | None:
+    """Why a file in this remote state is an error (None when it is not): -1, or a state we do not know."""
+    if state == -1:
+        return STATE_ERROR_REASON
+    if state in (0, 1):
+        return None
+    return (
+        f"the API reports state {state!r}, none of 0 processing, 1 ready, -1 error "
+        "(the vendor CLI calls such a file inactive): check it in the ACRCloud console"
+    )
 
 
 def unknown_ref(ref: str, bucket_id: int) -> InputError:
@@ -128,10 +141,10 @@ def adopt(row: TrackFile, remote: BucketFile, *, synced_version: int) -> None:
     row.synced_meta_version = max(row.synced_meta_version, synced_version)
 
 
-def set_remote_state(row: TrackFile, state: int) -> None:
-    row.remote_state = state
+def set_remote_state(row: TrackFile, state: int | str) -> None:
+    row.remote_state = state if isinstance(state, int) else None  # a named state is kept in the reason
     row.status = FileStatus.of_remote_state(state)
-    row.reason = STATE_ERROR_REASON if state == -1 else None
+    row.reason = state_reason(state)
     row.updated_at = utcnow()
 
 
@@ -153,10 +166,11 @@ def file_lease(session: Session, row: TrackFile, ctx: JobContext) -> Iterator[No
 
 
 def files_with_ref(client: AcrCloudClient, row: TrackFile) -> list[BucketFile]:
-    """The bucket's files carrying this row's ref in ``audio_id``. Search matches titles: look under
-    the title and bucket the last POST used (an update or a move may have changed them since)."""
+    """The bucket's files carrying this row's ref (in ``audio_id`` or user_defined, see identity.py).
+    Search matches titles: look under the title and bucket the last POST used (an update or a move may
+    have changed them since)."""
     bucket = row.posted_bucket_id or row.bucket_id
-    return [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if f.audio_id == row.ref]
+    return [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if carries_ref(f, row.ref)]
 
 
 def verify_later(session: Session, row: TrackFile, settings: Settings) -> None:
@@ -183,7 +197,10 @@ def sync_meta(session: Session, row: TrackFile, client: AcrCloudClient, settings
     if row.remote_id is None or row.synced_meta_version >= version:
         return False
     with verify_if_ambiguous(session, row, settings):
-        remote = client.update_file(row.bucket_id, row.remote_id, title=row.title, user_defined=row.user_defined)
+        # The ref travels with every update: a PUT replaces user_defined, and the key must stay on the file.
+        remote = client.update_file(
+            row.bucket_id, row.remote_id, title=row.title, user_defined=tagged(row.user_defined, row.ref)
+        )
     row.synced_meta_version = version
     if remote.state in (0, 1, -1):
         set_remote_state(row, remote.state)

@@ -17,8 +17,10 @@ from ingest.api.schemas import BucketFile
 from ingest.jobs.batches import chunks
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
-from ingest.jobs.managed_files import STATE_ERROR_REASON, file_lease, files_with_ref, sync_meta
+from ingest.jobs.identity import same_meta
+from ingest.jobs.managed_files import file_lease, files_with_ref, state_reason, sync_meta
 from ingest.jobs.parked_followups import wake_due
+from ingest.jobs.presence import files_present
 from ingest.jobs.runner import claim_stale
 from ingest.settings import Settings
 from ingest.store import auth_hold, leases, outbox
@@ -68,9 +70,8 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
                 for chunk in chunks(items, settings.ids_chunk_size):
                     counts["calls"] += 1
                     try:
-                        found = {f.id: f for f in ctx.client.get_files(bucket, [r for _, r in chunk])}
-                    except NotFoundError:
-                        found = {}
+                        # A 404 for the chunk is not "all gone": the API may refuse a list for one missing id.
+                        found = {f.id: f for f in files_present(ctx.client, bucket, [r for _, r in chunk])}
                     except TransientError as exc:  # this chunk waits for the next cycle; go on
                         counts["call_errors"] = counts.get("call_errors", 0) + 1
                         log.info("state poll: %s", exc)
@@ -119,11 +120,11 @@ def _record_state(
     else:
         status = FileStatus.of_remote_state(remote.state)
         values = {
-            "remote_state": remote.state,
+            "remote_state": remote.state if isinstance(remote.state, int) else None,
             "status": status,
             "missing_since": None,
             "updated_at": utcnow(),
-            "reason": STATE_ERROR_REASON if remote.state == -1 else None,
+            "reason": state_reason(remote.state),
         }
         counts["ready" if status == FileStatus.READY else "error"] += 1
     s.execute(
@@ -176,7 +177,7 @@ def _verify_one(s: Session, row: TrackFile, ctx: JobContext, counts: dict[str, A
         (remote,) = client.get_files(row.bucket_id, [keep]) if keep is not None else [None]
     except (NotFoundError, ValueError):
         remote = None
-    if remote is not None and (remote.title, remote.user_defined) != (row.title, row.user_defined):
+    if remote is not None and not same_meta(remote, row.title, row.user_defined):
         try:
             with file_lease(s, row, ctx):
                 row.synced_meta_version = 0

@@ -18,6 +18,7 @@ from ingest.api.errors import ApiError, TransientError
 from ingest.api.schemas import BucketFile
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
+from ingest.jobs.identity import REF_KEY, same_meta, tagged
 from ingest.jobs.inputs import resolve_media_path
 from ingest.jobs.managed_files import (
     UploadJob,
@@ -56,7 +57,7 @@ def find_in_bucket(client: AcrCloudClient, row: TrackFile) -> BucketFile | None:
 def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile:
     if row.data_type == "audio_url":
         return client.upload_url(
-            row.bucket_id, row.source, title=row.title, user_defined=row.user_defined, audio_id=row.ref
+            row.bucket_id, row.source, title=row.title, user_defined=tagged(row.user_defined, row.ref), audio_id=row.ref
         )
     resolved = resolve_media_path(row.source, ctx.settings)
     assert resolved is not None
@@ -65,7 +66,7 @@ def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile
         resolved[0],
         title=row.title,
         data_type=row.data_type,
-        user_defined=row.user_defined,
+        user_defined=tagged(row.user_defined, row.ref),
         audio_id=row.ref,
     )
 
@@ -113,11 +114,16 @@ def _adopt_earlier(s: Session, row: TrackFile, client: AcrCloudClient) -> bool:
     if found is None:
         return False
     log.info("ref %r: adopting file %d created by an earlier attempt", row.ref, found.id)
-    same_meta = (found.title, found.user_defined) == (row.title, row.user_defined)
-    adopt(row, found, synced_version=row.meta_version if same_meta else 0)
+    # The key may be missing from a file an older version uploaded: sync_meta then sends it.
+    synced = same_meta(found, row.title, row.user_defined) and carries_ref_key(found, row.ref)
+    adopt(row, found, synced_version=row.meta_version if synced else 0)
     s.add(row)
     s.commit()
     return True
+
+
+def carries_ref_key(remote: BucketFile, ref: str) -> bool:
+    return remote.user_defined.get(REF_KEY) == ref
 
 
 def _may_have_created(exc: Exception) -> bool:

@@ -45,9 +45,11 @@ class FileStatus(StrEnum):
         return (cls.PROCESSING, cls.READY, cls.ERROR, cls.DELETED)
 
     @classmethod
-    def of_remote_state(cls, state: int) -> FileStatus:
-        """The API's processing state (0 processing, 1 ready, -1 error) as our status."""
-        return {1: cls.READY, -1: cls.ERROR}.get(state, cls.PROCESSING)
+    def of_remote_state(cls, state: int | str) -> FileStatus:
+        """The API's processing state (0 processing, 1 ready, -1 error) as our status. Any other value
+        (2, "Inactive", ...) is undocumented: an error a human looks at, never processing forever."""
+        known: dict[int | str, FileStatus] = {0: cls.PROCESSING, 1: cls.READY, -1: cls.ERROR}
+        return known.get(state, cls.ERROR)
 
     @property
     def is_active(self) -> bool:

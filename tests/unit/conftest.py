@@ -121,3 +121,43 @@ def make_ctx(emulator: Any) -> Iterator[Callable[..., JobContext]]:
 @pytest.fixture
 def ctx(make_ctx: Callable[..., JobContext]) -> JobContext:
     return make_ctx()
+
+
+@pytest.fixture(scope="session")
+def _profile_emulators() -> Iterator[dict[str, Any]]:
+    """One emulator per profile, started on first use and kept for the session (each answers alike)."""
+    started: dict[str, Any] = {}
+    yield started
+    for emu in started.values():
+        emu.stop()
+
+
+@pytest.fixture
+def profile(request: pytest.FixtureRequest) -> str:
+    """The emulator profile a test runs under: ``@pytest.mark.parametrize("profile", [...], indirect=True)``."""
+    return str(getattr(request, "param", "lenient"))
+
+
+@pytest.fixture
+def api(profile: str, _profile_emulators: dict[str, Any], make_ctx: Callable[..., JobContext]) -> Iterator[Any]:
+    """``api.emu`` (the emulator answering in ``profile``) and ``api.ctx(**overrides)`` (a JobContext
+    whose client calls it). The lenient profile gets an instance of its own too, so these tests never
+    count requests on the session emulator."""
+    from ingest.devtools.emulator import Emulator
+    from tests.conftest import TOKEN
+
+    emu = _profile_emulators.get(profile)
+    if emu is None:
+        emu = Emulator(tokens={TOKEN}, processing_delay=0.1, profile=profile).start(host="127.0.0.1", port=0)
+        _profile_emulators[profile] = emu
+
+    class Api:
+        def __init__(self) -> None:
+            self.emu = emu
+            self.profile = profile
+
+        def ctx(self, **overrides: Any) -> JobContext:
+            return make_ctx(api_base_url=emu.url, **overrides)
+
+    yield Api()
+    emu.faults.reset()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.jobs.errors import RetryLater
+from ingest.jobs.identity import REF_KEY
 from ingest.store.models import OpStatus
 from tests.helpers import file_row
 from tests.unit.support import op_of, record, run, run_to_end, url_args
@@ -27,7 +28,7 @@ def test_two_updates_run_in_reverse_order_end_with_the_later_enqueued_one(make_c
 
     (f,) = emulator.files(bucket)
     row = file_row(bucket, "r")
-    assert (f["title"], f["user_defined"]) == ("v2", {"k": 1})
+    assert (f["title"], f["user_defined"]) == ("v2", {"k": 1, REF_KEY: "r"})
     assert (row.title, row.user_defined) == ("v2", {"k": 1})
     assert (row.title_seq, row.user_defined_seq) == (b.id, a.id)
     assert row.synced_meta_version == row.meta_version  # the bucket holds the desired state

@@ -9,6 +9,7 @@ import pytest
 from ingest.cli.demo import write_tone
 from ingest.devtools.emulator.app import BYTES_PER_SECOND, UPDATE, UPLOAD
 from ingest.jobs.errors import RetryLater
+from ingest.jobs.identity import REF_KEY
 from ingest.store.models import FileStatus, OpStatus
 from tests.conftest import MEDIA
 from tests.helpers import file_row
@@ -25,7 +26,7 @@ def test_upload_url_posts_once_and_records_the_ids(ctx, make_ctx, emulator, buck
     assert out["result"] == {"file_id": row.id, "id": f["id"], "acr_id": f["acr_id"], "adopted": False}
     assert (row.remote_id, row.acr_id, row.remote_state) == (f["id"], f["acr_id"], 0)
     assert row.status == FileStatus.PROCESSING and row.synced_meta_version == row.meta_version
-    assert (f["audio_id"], f["title"], f["user_defined"]) == ("cat-1", "Alpha", {"artist": "A"})
+    assert (f["audio_id"], f["title"], f["user_defined"]) == ("cat-1", "Alpha", {"artist": "A", REF_KEY: "cat-1"})
     assert f"{bucket}:Alpha" not in emulator.stats()["searches"]  # a first attempt posts without looking
 
     # The same message delivered again (same task id): the recorded outcome, nothing sent.

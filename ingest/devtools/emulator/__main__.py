@@ -6,6 +6,7 @@ import argparse
 from dataclasses import MISSING, fields
 
 from ingest.devtools.emulator.faults import Faults
+from ingest.devtools.emulator.profiles import PROFILES
 from ingest.devtools.emulator.server import DEFAULT_TOKENS, serve
 
 
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         help="existing bucket id, repeatable (default: every positive id exists)",
     )
     p.add_argument("--seed", type=int, help="seed of the fault dice")
+    p.add_argument(
+        "--profile", default="lenient", choices=list(PROFILES), help="how to answer where the vendor page is silent"
+    )
     p.add_argument("--access-log", action="store_true", help="log each request line (never headers)")
     faults = p.add_argument_group("faults (all off by default)")
     # One flag per Faults field, so a new knob needs no change here.
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         faults=knobs,
         access_log=args.access_log,
         announce=True,
+        profile=args.profile,
     )
 
 

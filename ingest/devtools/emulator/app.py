@@ -23,6 +23,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ingest.devtools.emulator.faults import FaultInjector, Faults
+from ingest.devtools.emulator.profiles import LENIENT, Profile
 from ingest.devtools.emulator.store import RateLimiter, Stats, Store
 
 if TYPE_CHECKING:
@@ -178,7 +179,10 @@ class EmulatorApp:
         buckets: Iterable[int] | None,
         rate_limit: float | None,
         seed: int | None,
+        profile: Profile = LENIENT,
     ) -> None:
+        #: Fixed for the app's life: how it answers where the vendor page is silent (profiles.py).
+        self.profile = profile
         self.tokens: frozenset[str] = frozenset(tokens)
         self.processing_delay = processing_delay
         self.buckets: frozenset[int] | None = None if buckets is None else frozenset(buckets)
@@ -407,7 +411,9 @@ class EmulatorApp:
 
         raw_audio_id = fields.get("audio_id")
         audio_id = ""
-        if isinstance(raw_audio_id, str | int) and not isinstance(raw_audio_id, bool):
+        if self.profile.audio_id_ignored:
+            pass  # not a field of this API: dropped without a word, as Laravel drops unknown input
+        elif isinstance(raw_audio_id, str | int) and not isinstance(raw_audio_id, bool):
             audio_id = str(raw_audio_id)
         elif raw_audio_id is not None:
             errors["audio_id"] = ["The audio id must be a string."]
@@ -440,6 +446,8 @@ class EmulatorApp:
         if self.injector.created_then_error():
             self.stats.fault("created_then_error")
             return json_response({"message": ERROR_MESSAGES[500]}, 500)
+        if self.profile.upload_without_ids:
+            created = {**created, "id": None, "acr_id": None}
         return json_response({"data": created})
 
     def _list(self, request: Request, bucket: int) -> Response:
@@ -489,7 +497,7 @@ class EmulatorApp:
         first_index = (page - 1) * per_page + 1
         return json_response(
             {
-                "data": items,
+                "data": self._shown(items),
                 "links": {
                     "first": link(1),
                     "last": link(last_page),
@@ -508,11 +516,32 @@ class EmulatorApp:
             }
         )
 
+    def _shown(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Files as this profile shows them (the state may be an odd value)."""
+        if not self.profile.odd_states:
+            return files
+        return [{**f, "state": self.profile.state_shown(f["state"])} for f in files]
+
+    def _batch_answer(self, files: list[dict[str, Any]]) -> Response:
+        """What a delete or move answers on success, in this profile's shape."""
+        shape = self.profile.batch_body
+        if shape == "empty":
+            return Response(b"", status=200)
+        if shape == "204":
+            return Response(status=204)
+        if shape == "true":
+            return json_response({"data": True})
+        if shape == "object":
+            return json_response({"data": {"affected": len(files)}})
+        if shape == "count":
+            return json_response(len(files))
+        return json_response({"data": self._shown(files)})
+
     def _get(self, request: Request, bucket: int, ids: str) -> Response:
-        found = self.store.get_many(bucket, _split_ids(ids))
+        found = self.store.get_many(bucket, _split_ids(ids), all_or_nothing=self.profile.batch_404_if_any_missing)
         if not found:
             return json_response({"message": FILE_NOT_FOUND}, 404)
-        return json_response({"data": found})
+        return json_response({"data": self._shown(found)})
 
     def _update(self, request: Request, bucket: int, ids: str) -> Response:
         fields = self._fields(request)
@@ -520,9 +549,12 @@ class EmulatorApp:
         title: str | None = None
         if "title" in fields:
             title = _check_title(fields["title"], errors)
-        ok, user_defined = _parse_user_defined(fields.get("user_defined"))
+        raw_ud = fields.get("user_defined")
+        ok, user_defined = _parse_user_defined(raw_ud)
         if not ok:
             errors["user_defined"] = ["The user defined must be a JSON object."]
+        elif self.profile.user_defined_string_only and raw_ud is not None and not isinstance(raw_ud, str):
+            errors["user_defined"] = ["The user defined must be a string."]
         if errors:
             return invalid(errors)
         key = ids.strip()
@@ -530,13 +562,13 @@ class EmulatorApp:
         updated = None if "," in key else self.store.update(bucket, key, title=title, user_defined=user_defined)
         if updated is None:
             return json_response({"message": FILE_NOT_FOUND}, 404)
-        return json_response({"data": updated})
+        return json_response({"data": self._shown([updated])[0]})
 
     def _delete_keys(self, bucket: int, keys: list[str]) -> Response:
-        deleted = self.store.delete_many(bucket, keys)
+        deleted = self.store.delete_many(bucket, keys, all_or_nothing=self.profile.batch_404_if_any_missing)
         if not deleted:
             return json_response({"message": FILE_NOT_FOUND}, 404)
-        return json_response({"data": deleted})
+        return self._batch_answer(deleted)
 
     def _delete(self, request: Request, bucket: int, ids: str) -> Response:
         return self._delete_keys(bucket, _split_ids(ids))
@@ -548,10 +580,10 @@ class EmulatorApp:
         return self._delete_keys(bucket, keys)
 
     def _move_keys(self, target: int, keys: list[str]) -> Response:
-        moved = self.store.move_many(target, keys)
+        moved = self.store.move_many(target, keys, all_or_nothing=self.profile.batch_404_if_any_missing)
         if not moved:
             return json_response({"message": FILE_NOT_FOUND}, 404)
-        return json_response({"data": moved})
+        return self._batch_answer(moved)
 
     def _move(self, request: Request, bucket: int, ids: str) -> Response:
         # Here the path's bucket is the TARGET; the files may be in any bucket of the account.

@@ -13,6 +13,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from ingest.devtools.emulator.app import API_PREFIX, EmulatorApp
 from ingest.devtools.emulator.faults import Faults
+from ingest.devtools.emulator.profiles import get_profile
 
 DEFAULT_TOKENS = frozenset({"test-token"})
 # Many workers open a fresh connection per request (Werkzeug answers "Connection: close"):
@@ -55,6 +56,7 @@ class Emulator:
         seed: int | None = None,
         *,
         access_log: bool = False,
+        profile: str = "lenient",
     ) -> None:
         if isinstance(tokens, str):
             raise TypeError("tokens is a set of strings, not one string")
@@ -66,6 +68,7 @@ class Emulator:
             buckets=buckets,
             rate_limit=rate_limit,
             seed=seed,
+            profile=get_profile(profile),
         )
         self._app.on_reset = self.reset
         self.access_log = access_log
@@ -137,6 +140,11 @@ class Emulator:
         if self._server is None:
             raise RuntimeError("emulator not started")
         return int(self._server.port)
+
+    @property
+    def profile(self) -> str:
+        """The name of the profile this emulator answers in (fixed at construction)."""
+        return self._app.profile.name
 
     @property
     def url(self) -> str:
@@ -226,6 +234,7 @@ def serve(
     faults: Mapping[str, Any] | None = None,
     access_log: bool = False,
     announce: bool = False,
+    profile: str = "lenient",
 ) -> None:
     """Serve the emulator on ``host:port`` until Ctrl-C (base URL ``http://host:port/api``)."""
     emu = Emulator(
@@ -235,6 +244,7 @@ def serve(
         rate_limit=rate_limit,
         seed=seed,
         access_log=access_log,
+        profile=profile,
     )
     if faults:
         emu.set_faults(**faults)

@@ -157,6 +157,15 @@ class Store:
                     found.setdefault(rec.id, rec)
         return list(found.values())
 
+    def _resolve_all(self, keys: list[str], bucket_id: int | None) -> list[FileRecord] | None:
+        """Like ``_resolve``, but None when any key names no file (a strict API's 404 for the batch)."""
+        if any(not self._resolve([key], bucket_id) for key in keys):
+            return None
+        return self._resolve(keys, bucket_id)
+
+    def _pick(self, keys: list[str], bucket_id: int | None, all_or_nothing: bool) -> list[FileRecord]:
+        return (self._resolve_all(keys, bucket_id) or []) if all_or_nothing else self._resolve(keys, bucket_id)
+
     def _remove(self, rec: FileRecord) -> None:
         del self._files[rec.id]
         bucket = self._by_bucket[rec.bucket_id]
@@ -170,10 +179,10 @@ class Store:
 
     # --- API operations --------------------------------------------------------------------------
 
-    def get_many(self, bucket_id: int, keys: list[str]) -> list[dict[str, Any]]:
+    def get_many(self, bucket_id: int, keys: list[str], *, all_or_nothing: bool = False) -> list[dict[str, Any]]:
         now = time.time()
         with self._lock:
-            return [rec.to_api(now) for rec in self._resolve(keys, bucket_id)]
+            return [rec.to_api(now) for rec in self._pick(keys, bucket_id, all_or_nothing)]
 
     def update(
         self, bucket_id: int, key: str, *, title: str | None, user_defined: dict[str, Any] | None
@@ -191,18 +200,20 @@ class Store:
             rec.updated_at = now
             return rec.to_api(now)
 
-    def delete_many(self, bucket_id: int, keys: list[str]) -> list[dict[str, Any]]:
+    def delete_many(self, bucket_id: int, keys: list[str], *, all_or_nothing: bool = False) -> list[dict[str, Any]]:
         now = time.time()
         with self._lock:
-            found = self._resolve(keys, bucket_id)
+            found = self._pick(keys, bucket_id, all_or_nothing)
             for rec in found:
                 self._remove(rec)
             return [rec.to_api(now) for rec in found]
 
-    def move_many(self, target_bucket_id: int, keys: list[str]) -> list[dict[str, Any]]:
+    def move_many(
+        self, target_bucket_id: int, keys: list[str], *, all_or_nothing: bool = False
+    ) -> list[dict[str, Any]]:
         now = time.time()
         with self._lock:
-            found = self._resolve(keys, None)
+            found = self._pick(keys, None, all_or_nothing)
             for rec in found:
                 if rec.bucket_id != target_bucket_id:
                     del self._by_bucket[rec.bucket_id][rec.id]

@@ -1,0 +1,36 @@
+"""Which of several ids a bucket holds, whichever way the API reports the missing ones.
+
+The page does not say what a GET of comma-separated ids answers when some are unknown. Our emulator's
+lenient profile lists the ones it found; a stricter API answers 404 for the whole list if ANY is
+missing (issue 8). Guessing "none" from that 404 marks live files deleted or vanished, so a 404 for
+several ids is split in halves until every id is answered: one GET when nothing is missing, about
+2·k·log2(n) more for k missing ids among n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ingest.api.client import AcrCloudClient
+from ingest.api.errors import NotFoundError
+from ingest.api.schemas import BucketFile
+
+
+def files_present(client: AcrCloudClient, bucket_id: int, keys: Sequence[Any]) -> list[BucketFile]:
+    """The files among ``keys`` (numeric ids or acr_ids) that the bucket holds."""
+    if not keys:
+        return []
+    try:
+        return client.get_files(bucket_id, list(keys))
+    except NotFoundError:
+        if len(keys) == 1:
+            return []
+    mid = len(keys) // 2
+    return files_present(client, bucket_id, keys[:mid]) + files_present(client, bucket_id, keys[mid:])
+
+
+def matching(keys: Sequence[Any], files: list[BucketFile]) -> list[Any]:
+    """The keys (ids or acr_ids, in their order) that name one of ``files``."""
+    known = {str(f.id) for f in files} | {f.acr_id for f in files}
+    return [k for k in keys if str(k) in known]
