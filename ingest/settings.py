@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     # worker instance, emptied when it starts. Unset: a private temporary directory.
     metrics_dir: Path | None = None
 
+    @field_validator("metrics_port", "metrics_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v  # `ACR_INGEST_METRICS_PORT=` in a .env turns it off
+
     @field_validator("api_base_url")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:

@@ -7,6 +7,8 @@ keeps an increment a memory write (no network call on the job's path, nothing lo
 Redis is away) and needs no process of ours to collect them. prometheus_client picks the mode when it is
 first imported, so it is imported here, lazily, after the directory is set.
 
+(The ``celery`` command may import prometheus_client before us: see ``_use_multiprocess_values``.)
+
 State (files by state, queue depth, the auth hold) is not counted here but read at scrape time by
 ``ingest.worker.metrics_state``.
 """
@@ -57,7 +59,22 @@ def prepare_multiprocess_dir(settings: Settings, *, empty: bool) -> Path:
         for stale in folder.glob("*.db"):
             stale.unlink(missing_ok=True)
     os.environ[MULTIPROC_ENV] = str(folder)
+    _use_multiprocess_values()
     return folder
+
+
+def _use_multiprocess_values() -> None:
+    """prometheus_client chooses its value class when first imported; the ``celery`` command has often
+    imported it already (Flower's CLI plugin does), before any of our code ran. Choose again, now that
+    the directory is set; counters created from here on write to it."""
+    import sys
+
+    if "prometheus_client.values" not in sys.modules:
+        return  # its first import will see the directory
+    from prometheus_client import values
+
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.get_value_class()
 
 
 @lru_cache(maxsize=1)
