@@ -23,6 +23,7 @@ from tests.conftest import REDIS_URL, WORKDIR
 from tests.faults.conftest import WorkerProcess, beat_process, producer_for
 from tests.helpers import wait_for
 
+ACR_INGEST = str(Path(sys.executable).with_name("acr-ingest"))  # the installed command, as operators run it
 BROKER = REDIS_URL.rsplit("/", 1)[0] + "/14"  # this test's worker and beat
 QUIET_BROKER = REDIS_URL.rsplit("/", 1)[0] + "/15"  # no worker consumes it: its queue only grows
 
@@ -92,7 +93,7 @@ def test_metrics_move_while_jobs_run_through_a_prefork_worker(env, emulator, buc
         exporter_port = free_port()
         exporter = ChildProcess(
             "metrics-exporter",
-            [sys.executable, "-m", "ingest.cli.commands", "metrics", "--port", str(exporter_port)],
+            [ACR_INGEST, "metrics", "--port", str(exporter_port)],
             log=WORKDIR / f"metrics-exporter-{exporter_port}.log",
             env={**env, "ACR_INGEST_BROKER_URL": QUIET_BROKER},
         )

@@ -257,7 +257,7 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str, loglevel: str
     from ingest.worker.app import app
 
     argv = [
-        *_quiet_for_json(),
+        *_log_format_args(),
         "worker",
         f"--pool={pool}",
         f"--loglevel={loglevel}",
@@ -275,12 +275,17 @@ def beat(ctx: click.Context, loglevel: str) -> None:
     """Run the beat that schedules the state poll (run exactly one)."""
     from ingest.worker.app import app
 
-    app.start([*_quiet_for_json(), "beat", f"--loglevel={loglevel}", *ctx.args])
+    app.start([*_log_format_args(), "beat", f"--loglevel={loglevel}", *ctx.args])
 
 
-def _quiet_for_json() -> list[str]:
-    # Celery prints its start-up banner outside logging: with JSON logs it would break one-object-a-line.
-    return ["--quiet"] if get_settings().log_format == "json" else []
+def _log_format_args() -> list[str]:
+    """JSON logs: warnings from before Celery's logging set-up as JSON too, and no start-up banner
+    (Celery prints it outside logging)."""
+    from ingest.worker.logs import log_early
+
+    log_format = get_settings().log_format
+    log_early(log_format)
+    return ["--quiet"] if log_format == "json" else []
 
 
 @main.command("metrics")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -109,6 +110,17 @@ def install(logger: logging.Logger, log_format: str) -> None:
                 handler.setFormatter(JsonFormatter())
         elif not isinstance(current, JobFieldsTextFormatter):
             handler.setFormatter(JobFieldsTextFormatter(current))
+
+
+def log_early(log_format: str) -> None:
+    """Before Celery sets up logging: warnings it emits first (e.g. running as root) go through logging
+    in the same format. Celery replaces this handler with its own when it sets up (the signal below)."""
+    if log_format != "json":
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(handler)
+    logging.captureWarnings(True)
 
 
 @after_setup_logger.connect
