@@ -92,6 +92,21 @@ class Settings(BaseSettings):
     max_user_defined_bytes: int = 16_384
     max_ids_per_job: int = 10_000
 
+    # --- Operations: logs and metrics ----------------------------------------------------------------
+    # json: one JSON object per line (worker and beat), for log shippers; text: Celery's lines plus the job's fields.
+    log_format: Literal["text", "json"] = "text"
+    # A worker serves its own counters (all its pool processes) on this port when set; docs/METRICS.md.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Where pool processes keep their counters (prometheus_client multiprocess mode); one directory per
+    # worker instance, emptied when it starts. Unset: a private temporary directory.
+    metrics_dir: Path | None = None
+
+    @field_validator("metrics_port", "metrics_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v  # `ACR_INGEST_METRICS_PORT=` in a .env turns it off
+
     @field_validator("api_base_url")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -290,6 +291,7 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str, loglevel: str
     from ingest.worker.app import app
 
     argv = [
+        *_log_format_args(),
         "worker",
         f"--pool={pool}",
         f"--loglevel={loglevel}",
@@ -307,7 +309,44 @@ def beat(ctx: click.Context, loglevel: str) -> None:
     """Run the beat that schedules the state poll (run exactly one)."""
     from ingest.worker.app import app
 
-    app.start(["beat", f"--loglevel={loglevel}", *ctx.args])
+    app.start([*_log_format_args(), "beat", f"--loglevel={loglevel}", *ctx.args])
+
+
+def _log_format_args() -> list[str]:
+    """JSON logs: warnings from before Celery's logging set-up as JSON too, and no start-up banner
+    (Celery prints it outside logging)."""
+    from ingest.worker.logs import log_early
+
+    log_format = get_settings().log_format
+    log_early(log_format)
+    return ["--quiet"] if log_format == "json" else []
+
+
+@main.command("metrics")
+@click.option("--host", help="Address to listen on (default ACR_INGEST_METRICS_HOST).")
+@click.option("--port", default=9464, show_default=True)
+@click.option(
+    "--counters-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also serve the counters of the workers writing there (default ACR_INGEST_METRICS_DIR, if set).",
+)
+def metrics(host: str | None, port: int, counters_dir: Path | None) -> None:
+    """Serve Prometheus metrics: state read at scrape time (files, queues, hold), and workers' counters.
+
+    Run one per deployment; metric names are in docs/METRICS.md.
+    """
+    import threading
+
+    from ingest.worker.app import app
+    from ingest.worker.metrics_server import build_registry, serve
+
+    settings = get_settings()
+    folder = counters_dir or settings.metrics_dir
+    if folder is not None and not folder.is_dir():
+        raise click.BadParameter(f"{folder} is not a directory (the workers' ACR_INGEST_METRICS_DIR)")
+    serve(build_registry(counters_dir=folder, app=app), host or settings.metrics_host, port)
+    click.echo(f"metrics on http://{host or settings.metrics_host}:{port}/metrics", err=True)
+    threading.Event().wait()  # the server runs in a daemon thread; SIGTERM/SIGINT end the process
 
 
 @main.command("emulator")

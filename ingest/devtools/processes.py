@@ -30,7 +30,7 @@ def celery_command(*args: str, app: str = "ingest.worker") -> list[str]:
 
 
 class ChildProcess:
-    """A command in its own session, its output in ``log``."""
+    """A command in its own session, its output in ``log`` (its stdout in ``stdout_log``, if given)."""
 
     def __init__(
         self,
@@ -40,17 +40,19 @@ class ChildProcess:
         log: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        stdout_log: Path | None = None,
     ) -> None:
         self.name = name
         self.log = log
+        self.stdout_log = stdout_log  # stdout apart from stderr (in ``log``) when given
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
+        with log.open("ab") as out, (stdout_log or log).open("ab") as stdout:
             self.proc = subprocess.Popen(
                 list(command),
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                stdout=stdout if stdout_log is not None else out,
+                stderr=subprocess.STDOUT if stdout_log is None else out,
                 start_new_session=True,
             )
 

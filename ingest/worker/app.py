@@ -11,6 +11,9 @@ from kombu import Queue
 
 from ingest.settings import Settings, get_settings
 
+# Imported for their Celery signal receivers: the log format and job fields, and a worker's metrics port.
+from ingest.worker import logs, metrics_server  # noqa: F401
+
 QUEUE = "ingest"
 # The state poll has a queue of its own: Redis serves queues in turn, so a long backlog of jobs
 # (or of retries) does not delay the poll until its message expires.

@@ -15,6 +15,8 @@ from ingest.jobs.errors import RetryLater
 from ingest.jobs.rate_limit import SharedRateLimit
 from ingest.jobs.runner import Handler, run_job
 from ingest.settings import get_settings
+from ingest.worker.metrics import counted_gate, observe_api_call
+from ingest.worker.observe import observe_job
 
 
 class IngestTask(Task):
@@ -29,7 +31,10 @@ class IngestTask(Task):
             if IngestTask._client is None:
                 settings = get_settings()
                 IngestTask._limiter = SharedRateLimit.from_settings(settings)
-                IngestTask._client = AcrCloudClient.from_settings(settings, gate=IngestTask._limiter)
+                limiter = IngestTask._limiter
+                IngestTask._client = AcrCloudClient.from_settings(
+                    settings, gate=counted_gate(limiter) if limiter is not None else None, observer=observe_api_call
+                )
             return IngestTask._client, IngestTask._limiter
 
     @classmethod
@@ -51,7 +56,14 @@ class IngestTask(Task):
     def run_job(self, kind: str, kwargs: dict[str, Any], handler: Handler) -> dict[str, Any]:
         """Run one job; a job that must wait is retried by Celery after its countdown."""
         try:
-            return run_job(kind, kwargs, self.job_context(), handler)
+            request = self.request
+            return observe_job(
+                kind,
+                kwargs,
+                request.id,
+                request.retries + 1,
+                lambda: run_job(kind, kwargs, self.job_context(), handler),
+            )
         except RetryLater as wait:
             # A countdown longer than the visibility timeout would make Redis deliver the message twice.
             countdown = min(wait.countdown, get_settings().visibility_timeout / 2)

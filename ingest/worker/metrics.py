@@ -1,0 +1,144 @@
+"""Our own Prometheus counters, counted where things happen in a worker (names in docs/METRICS.md).
+
+A prefork worker runs its tasks in several processes, so the counters use prometheus_client's
+multiprocess mode: each process writes its values to files in one directory (``ACR_INGEST_METRICS_DIR``,
+exported as ``PROMETHEUS_MULTIPROC_DIR``) and whoever serves them sums the files at scrape time. That
+keeps an increment a memory write (no network call on the job's path, nothing lost when a broker or
+Redis is away) and needs no process of ours to collect them. prometheus_client picks the mode when it is
+first imported, so it is imported here, lazily, after the directory is set.
+
+(The ``celery`` command may import prometheus_client before us: see ``_use_multiprocess_values``.)
+
+State (files by state, queue depth, the auth hold) is not counted here but read at scrape time by
+``ingest.worker.metrics_state``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ingest.api.client import Gate
+from ingest.jobs.errors import RetryLater
+from ingest.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+log = logging.getLogger("ingest.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True)
+class Instruments:
+    jobs: Counter
+    retries: Counter
+    api_calls: Counter
+    api_rate_limited: Counter
+    limiter_waits: Counter
+    limiter_wait_seconds: Counter
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def prepare_multiprocess_dir(settings: Settings, *, empty: bool) -> Path:
+    """Point prometheus_client at the counters' directory (before its first import); ``empty`` clears
+    what a previous run of this worker left (the library's rule: a fresh directory per run)."""
+    folder = multiprocess_dir() or settings.metrics_dir or Path(tempfile.mkdtemp(prefix="acr-ingest-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if empty:
+        for stale in folder.glob("*.db"):
+            stale.unlink(missing_ok=True)
+    os.environ[MULTIPROC_ENV] = str(folder)
+    _use_multiprocess_values()
+    return folder
+
+
+def _use_multiprocess_values() -> None:
+    """prometheus_client chooses its value class when first imported; the ``celery`` command has often
+    imported it already (Flower's CLI plugin does), before any of our code ran. Choose again, now that
+    the directory is set; counters created from here on write to it."""
+    import sys
+
+    if "prometheus_client.values" not in sys.modules:
+        return  # its first import will see the directory
+    from prometheus_client import values
+
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.get_value_class()
+
+
+@lru_cache(maxsize=1)
+def instruments() -> Instruments:
+    """The counters, created once per process tree (pool children inherit them and write files of their own)."""
+    settings = get_settings()
+    if multiprocess_dir() is None and settings.metrics_dir is not None:
+        prepare_multiprocess_dir(settings, empty=False)
+    from prometheus_client import Counter
+
+    return Instruments(
+        jobs=Counter("acr_ingest_jobs", "Task runs by kind and outcome.", ["kind", "outcome"]),
+        retries=Counter("acr_ingest_retries", "Task runs that end in a retry, by kind and why.", ["kind", "why"]),
+        api_calls=Counter(
+            "acr_ingest_api_calls", "ACRCloud API requests by endpoint and status class.", ["endpoint", "status_class"]
+        ),
+        api_rate_limited=Counter("acr_ingest_api_rate_limited", "ACRCloud API answers 429, by endpoint.", ["endpoint"]),
+        limiter_waits=Counter(
+            "acr_ingest_limiter_waits", "Calls deferred by the shared rate limit, by endpoint.", ["endpoint"]
+        ),
+        limiter_wait_seconds=Counter(
+            "acr_ingest_limiter_wait_seconds", "Seconds of deferral the shared rate limit asked for."
+        ),
+    )
+
+
+def status_class(status: int | None) -> str:
+    return "error" if status is None else f"{status // 100}xx"
+
+
+def observe_api_call(endpoint: str, status: int | None) -> None:
+    """The API client's observer: one call went out (``status`` None: no answer, e.g. a timeout)."""
+    m = instruments()
+    m.api_calls.labels(endpoint, status_class(status)).inc()
+    if status == 429:
+        m.api_rate_limited.labels(endpoint).inc()
+
+
+def counted_gate(gate: Gate) -> Gate:
+    """The shared rate limit's gate, counting each deferral and the wait it asked for."""
+
+    def gate_and_count(endpoint: str) -> None:
+        try:
+            gate(endpoint)
+        except RetryLater as wait:
+            m = instruments()
+            m.limiter_waits.labels(endpoint).inc()
+            m.limiter_wait_seconds.inc(wait.countdown)
+            raise
+
+    return gate_and_count
+
+
+def retry_why(wait: RetryLater) -> str:
+    """error: a failure used an attempt; held: the token is rejected; wait: no attempt used (a 429,
+    the shared limit, an upload in flight, a lease)."""
+    if wait.held:
+        return "held"
+    return "error" if wait.counts else "wait"
+
+
+def count_job(kind: str, outcome: str, *, retry: RetryLater | None = None) -> None:
+    """One task run ended in ``outcome`` (succeeded, partial, failed, retry, held, error)."""
+    m = instruments()
+    m.jobs.labels(kind, outcome).inc()
+    if retry is not None:
+        m.retries.labels(kind, retry_why(retry)).inc()

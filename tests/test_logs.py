@@ -1,0 +1,108 @@
+"""Log lines: with ACR_INGEST_LOG_FORMAT=json the worker and beat write one JSON object per line, and a
+job's lines carry its task id, ref, bucket, attempt and (on its last line) its outcome; plain text by
+default, with the same fields appended."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from ingest.devtools.processes import ChildProcess
+from tests.conftest import REDIS_URL, WORKDIR
+from tests.faults.conftest import WorkerProcess, producer_for
+from tests.helpers import file_row, op_done, wait_for
+
+ACR_INGEST = str(Path(sys.executable).with_name("acr-ingest"))  # the installed command, as operators run it
+BROKER = REDIS_URL.rsplit("/", 1)[0] + "/16"
+
+
+@pytest.fixture
+def env(emulator: object) -> dict[str, str]:
+    redis.Redis.from_url(BROKER).flushdb()
+    return {**os.environ, "ACR_INGEST_BROKER_URL": BROKER}
+
+
+def _acr_ingest(name: str, *args: str, env: dict[str, str]) -> ChildProcess:
+    """The ``acr-ingest`` command as an operator runs it: its log (stderr) and its stdout apart."""
+    stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+    return ChildProcess(
+        name,
+        [ACR_INGEST, *args],
+        log=WORKDIR / f"{name}-{stamp}.log",
+        stdout_log=WORKDIR / f"{name}-{stamp}.stdout",
+        env=env,
+    )
+
+
+def _parse_every_line(text: str) -> list[dict]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    assert all(isinstance(entry, dict) for entry in parsed)
+    return parsed
+
+
+def test_json_logs_one_object_a_line_with_the_job_fields(env, bucket) -> None:
+    json_env = {**env, "ACR_INGEST_LOG_FORMAT": "json"}
+    worker = _acr_ingest("json-worker", "worker", "--concurrency", "1", "--loglevel", "INFO", env=json_env)
+    beat = _acr_ingest(
+        "json-beat", "beat", "--loglevel", "INFO", f"--schedule={WORKDIR / 'json-beat-schedule'}", env=json_env
+    )
+    try:
+        wait_for(lambda: worker.check() or " ready." in worker.text(), timeout=60, what="the JSON worker ready")
+        sent = producer_for(BROKER).upload_url(
+            "https://cdn.example.com/j.mp3", title="J", bucket_id=bucket, ref="json-ref"
+        )
+        assert wait_for(lambda: op_done(sent.operation_id), timeout=60).status == "succeeded"
+        wait_for(lambda: (r := file_row(bucket, "json-ref")) is not None and r.status == "ready", timeout=60)
+        wait_for(lambda: "poll_states" in beat.text(), timeout=30, what="beat sent the poll")
+    finally:
+        worker.stop()
+        beat.stop()
+
+    worker_lines = _parse_every_line(worker.text())
+    beat_lines = _parse_every_line(beat.text())
+    # Celery prints one notice outside logging, to stdout, when it stops; nothing else goes there.
+    for proc in (worker, beat):
+        assert proc.stdout_log is not None
+        stray = proc.stdout_log.read_text().strip()
+        assert stray in ("", "worker: Warm shutdown (MainProcess)"), stray
+    assert any("ready." in e["message"] for e in worker_lines)
+    assert any("Sending due task" in e["message"] for e in beat_lines)
+    (job_line,) = [e for e in worker_lines if e.get("task_id") == sent.task_id and "outcome" in e]
+    assert job_line["ref"] == "json-ref"
+    assert job_line["bucket"] == bucket
+    assert job_line["attempt"] == 1
+    assert job_line["outcome"] == "succeeded"
+    assert job_line["task"] == "upload_url" and job_line["operation_id"] == sent.operation_id
+    assert {"ts", "level", "logger", "message"} <= job_line.keys()
+
+
+def test_text_logs_carry_the_job_fields(env, bucket) -> None:
+    worker = WorkerProcess("text-logs", env, concurrency=1)
+    try:
+        worker.wait_ready()
+        sent = producer_for(BROKER).upload_url(
+            "https://cdn.example.com/t.mp3", title="T", bucket_id=bucket, ref="text ref"
+        )
+        assert wait_for(lambda: op_done(sent.operation_id), timeout=60).status == "succeeded"
+        line = wait_for(
+            lambda: next((ln for ln in worker.text().splitlines() if f"task_id={sent.task_id}" in ln), None),
+            what="the job's line",
+        )
+    finally:
+        worker.stop()
+    assert "job upload_url: succeeded" in line
+    for field in ('ref="text ref"', f"bucket={bucket}", "attempt=1", "outcome=succeeded"):
+        assert field in line
