@@ -13,7 +13,7 @@ import math
 import mimetypes
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -56,6 +56,8 @@ _SCRUB_MIN = 8
 
 TokenProvider = Callable[[], str | None]
 Gate = Callable[[str], None]
+# Told of every answer: (operation, HTTP status, response headers). Errors in it are the caller's own.
+Observer = Callable[[str, int, Mapping[str, str]], None]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class AcrCloudClient:
         session: requests.Session | None = None,
         pool_maxsize: int = 10,
         gate: Gate | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._base_path = urlsplit(self.base_url).path
@@ -89,6 +92,7 @@ class AcrCloudClient:
         self._token: TokenProvider = token if callable(token) else _constant(token)
         self.timeout = (connect_timeout, read_timeout)
         self.gate = gate
+        self.observers = list(observers)
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
@@ -323,6 +327,8 @@ class AcrCloudClient:
         assert resp is not None
         ms = (time.monotonic() - started) * 1000
         log.debug("%s %s -> %s in %.0f ms", method, log_path, resp.status_code, ms)
+        for observe in self.observers:  # e.g. the shared rate limit learning from the API's headers
+            observe(op, resp.status_code, resp.headers)
         return _read_response(resp, method, auth, allow_empty=allow_empty)
 
 

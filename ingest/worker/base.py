@@ -29,7 +29,10 @@ class IngestTask(Task):
             if IngestTask._client is None:
                 settings = get_settings()
                 IngestTask._limiter = SharedRateLimit.from_settings(settings)
-                IngestTask._client = AcrCloudClient.from_settings(settings, gate=IngestTask._limiter)
+                limiter = IngestTask._limiter
+                IngestTask._client = AcrCloudClient.from_settings(
+                    settings, gate=limiter, observers=[limiter.observe] if limiter else []
+                )
             return IngestTask._client, IngestTask._limiter
 
     @classmethod
