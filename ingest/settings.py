@@ -57,8 +57,15 @@ class Settings(BaseSettings):
     soft_shutdown_timeout: float = 10.0
 
     # --- Shared rate limit (all workers, one budget in Redis) -------------------------------------
+    # auto (the default when RATE_LIMIT is unset): learned from the API's 429s and X-RateLimit-* headers;
+    # fixed (the default when RATE_LIMIT is set): exactly RATE_LIMIT requests/s; off: only obey 429s.
+    rate_limit_mode: Literal["auto", "fixed", "off"] | None = None
     rate_limit: float | None = Field(default=None, gt=0, description="API requests per second, all workers.")
     rate_limit_burst: int | None = Field(default=None, ge=1)
+    rate_limit_initial: float = Field(default=5.0, gt=0)  # auto: where learning starts
+    rate_limit_max: float = Field(default=100.0, gt=0)  # auto: never above this
+    # A thread waits this long for a token at most; a longer wait defers the job (one broker round trip).
+    rate_limit_max_inline_wait: float = Field(default=1.0, ge=0)
     rate_limit_redis_url: str | None = None  # default: the broker, when it is Redis
 
     # --- Retries --------------------------------------------------------------------------------
@@ -106,6 +113,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v  # `ACR_INGEST_METRICS_PORT=` in a .env turns it off
+
+    @model_validator(mode="after")
+    def _effective_rate_limit_mode(self) -> Settings:
+        if self.rate_limit_mode is None:
+            self.rate_limit_mode = "fixed" if self.rate_limit else "auto"
+        elif self.rate_limit_mode == "fixed" and not self.rate_limit:
+            raise ValueError("ACR_INGEST_RATE_LIMIT_MODE=fixed needs ACR_INGEST_RATE_LIMIT (requests per second)")
+        return self
 
     @field_validator("api_base_url")
     @classmethod

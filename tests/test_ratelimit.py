@@ -1,25 +1,31 @@
-"""The shared token bucket in the real Redis, and what the client's gate does with it."""
+"""The shared token bucket in Redis, what the client's gate does with it, and how it learns the API's limit."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 import redis
 
+from ingest.api.client import AcrCloudClient
+from ingest.api.errors import RateLimitedError
+from ingest.devtools.emulator import Emulator
 from ingest.jobs.errors import RetryLater
 from ingest.jobs.rate_limit import SharedRateLimit
 from ingest.settings import Settings
 from tests.conftest import REDIS_URL
 
 
-@pytest.fixture
-def limit(request: pytest.FixtureRequest) -> SharedRateLimit:
+def _limit(name: str, **kw: float) -> SharedRateLimit:
     client = redis.Redis.from_url(REDIS_URL)
-    key = f"test:ratelimit:{request.node.name}"
+    key = f"test:ratelimit:{name}"
     client.delete(key)
-    return SharedRateLimit(client, rate=5, burst=2, key=key)
+    return SharedRateLimit(client, key=key, **kw)
 
 
-def test_the_burst_is_granted_then_the_next_caller_is_deferred_not_blocked(limit: SharedRateLimit) -> None:
+def test_the_burst_is_granted_then_the_next_caller_is_deferred_not_blocked() -> None:
+    limit = _limit("burst", rate=5, burst_seconds=0.4, max_inline_wait=0)
     limit("upload")
     limit("upload")
     with pytest.raises(RetryLater) as deferred:
@@ -28,17 +34,74 @@ def test_the_burst_is_granted_then_the_next_caller_is_deferred_not_blocked(limit
     assert "shared rate limit" in deferred.value.reason and not deferred.value.counts
 
 
-def test_a_429_drains_the_budget_for_every_worker_for_retry_after(limit: SharedRateLimit) -> None:
-    other_worker = SharedRateLimit(redis.Redis.from_url(REDIS_URL), rate=5, burst=2, key=limit.key)
+def test_a_short_wait_is_waited_in_the_thread_not_sent_through_the_broker() -> None:
+    limit = _limit("inline", rate=5, max_inline_wait=1.0)
+    started = time.monotonic()
+    for _ in range(4):  # one token at a time: three waits of a fifth of a second, no RetryLater
+        limit("get")
+    assert 0.5 <= time.monotonic() - started < 1.5
+
+
+def test_a_429_drains_the_budget_for_every_worker_for_retry_after() -> None:
+    limit = _limit("penalty", rate=5)
+    other_worker = SharedRateLimit(redis.Redis.from_url(REDIS_URL), rate=5, key=limit.key, max_inline_wait=0)
     limit.penalize(3.0)
     with pytest.raises(RetryLater) as deferred:
         other_worker("get")
     assert deferred.value.countdown >= 3.0
 
 
-def test_no_limit_configured_means_no_gate_and_a_non_redis_broker_is_refused() -> None:
-    assert SharedRateLimit.from_settings(Settings(_env_file=None, rate_limit=None)) is None
+def test_the_mode_follows_the_settings() -> None:
+    def made(**kw: object) -> SharedRateLimit | None:
+        return SharedRateLimit.from_settings(Settings(_env_file=None, broker_url=REDIS_URL, **kw))  # type: ignore[arg-type]
+
+    auto = made()
+    assert auto is not None and auto.fixed is None  # on by default, learning
+    fixed = made(rate_limit=7.5)
+    assert fixed is not None and fixed.fixed == 7.5
+    assert made(rate_limit_mode="off") is None
+    # A broker that cannot hold the budget: a fixed limit is refused, the learned one steps aside.
     with pytest.raises(ValueError, match="ACR_INGEST_RATE_LIMIT_REDIS_URL"):
         SharedRateLimit.from_settings(Settings(_env_file=None, rate_limit=5, broker_url="filesystem:///tmp/x"))
-    made = SharedRateLimit.from_settings(Settings(_env_file=None, rate_limit=7.5, broker_url=REDIS_URL))
-    assert made is not None and (made.rate, made.burst) == (7.5, 7)
+    assert SharedRateLimit.from_settings(Settings(_env_file=None, broker_url="filesystem:///tmp/x")) is None
+    with pytest.raises(ValueError, match="RATE_LIMIT"):
+        Settings(_env_file=None, rate_limit_mode="fixed")
+
+
+def test_with_no_setting_the_limit_is_learned_from_the_apis_answers() -> None:
+    """Eight threads against an API allowing 20 requests a second: the budget finds the limit from the
+    headers and 429s, then uses nearly all of it while the API refuses almost nothing."""
+    token = "learning-token"
+    emu = Emulator(tokens={token}, rate_limit=20, buckets=[1]).start(host="127.0.0.1", port=0)
+    limit = _limit("learn")  # auto, starting at 5/s
+    client = AcrCloudClient(emu.url, token, gate=limit, observers=[limit.observe], pool_maxsize=8)
+    calls: list[tuple[float, int]] = []
+    stop = time.monotonic() + 12
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        while time.monotonic() < stop:
+            try:
+                client.list_page(1)  # the client's gate takes the token; its observer learns
+                status = 200
+            except RetryLater as wait:
+                time.sleep(min(wait.countdown, 0.5))  # what a deferred job does, without the broker
+                continue
+            except RateLimitedError:
+                status = 429
+            with lock:
+                calls.append((time.monotonic(), status))
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client.close()
+    emu.stop()
+    late = [s for at, s in calls if at > stop - 6]  # the last six seconds: learned by then
+    ok = sum(s == 200 for s in late)
+    refused = sum(s == 429 for _, s in calls)
+    assert ok >= 0.85 * 20 * 6, f"used {ok / 6:.1f}/s of 20/s"
+    assert refused <= 0.03 * len(calls), f"{refused} of {len(calls)} calls refused"  # slow start's overshoot
+    assert 16 <= limit.budget().rate <= 22

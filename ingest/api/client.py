@@ -13,7 +13,7 @@ import math
 import mimetypes
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -59,9 +59,10 @@ _SCRUB_MIN = 8
 
 TokenProvider = Callable[[], str | None]
 Gate = Callable[[str], None]
-# Told of every request that went out: (operation, HTTP status or None when no answer came). Metrics
-# count through it, so this layer needs no metrics library.
-CallObserver = Callable[[str, int | None], None]
+# Told of every request that went out: (operation, HTTP status or None when no answer came, the answer's
+# headers). The shared rate limit learns through it and metrics count through it, so this layer needs
+# neither Redis nor a metrics library. Errors in an observer are the caller's own.
+Observer = Callable[[str, int | None, Mapping[str, str]], None]
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class AcrCloudClient:
         session: requests.Session | None = None,
         pool_maxsize: int = 10,
         gate: Gate | None = None,
-        observer: CallObserver | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._base_path = urlsplit(self.base_url).path
@@ -96,7 +97,7 @@ class AcrCloudClient:
         self._token: TokenProvider = token if callable(token) else _constant(token)
         self.timeout = (connect_timeout, read_timeout)
         self.gate = gate
-        self.observer = observer
+        self.observers = list(observers)
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
@@ -356,8 +357,8 @@ class AcrCloudClient:
             ms = (time.monotonic() - started) * 1000
             log.debug("%s %s -> %s after %.0f ms", method, log_path, type(exc).__name__, ms)
             error = _map_exception(exc, method, _request_url(exc, url), auth)
-        if self.observer is not None:
-            self.observer(op, None if resp is None else resp.status_code)
+        for observe in self.observers:
+            observe(op, None if resp is None else resp.status_code, {} if resp is None else resp.headers)
         # Raised outside the except block so the requests exception (whose .request holds the
         # Authorization header) is not kept as __context__.
         if error is not None:

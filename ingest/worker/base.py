@@ -33,7 +33,9 @@ class IngestTask(Task):
                 IngestTask._limiter = SharedRateLimit.from_settings(settings)
                 limiter = IngestTask._limiter
                 IngestTask._client = AcrCloudClient.from_settings(
-                    settings, gate=counted_gate(limiter) if limiter is not None else None, observer=observe_api_call
+                    settings,
+                    gate=counted_gate(limiter) if limiter is not None else None,
+                    observers=[observe_api_call, *([limiter.observe] if limiter is not None else [])],
                 )
             return IngestTask._client, IngestTask._limiter
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -105,7 +106,7 @@ def status_class(status: int | None) -> str:
     return "error" if status is None else f"{status // 100}xx"
 
 
-def observe_api_call(endpoint: str, status: int | None) -> None:
+def observe_api_call(endpoint: str, status: int | None, _headers: Mapping[str, str]) -> None:
     """The API client's observer: one call went out (``status`` None: no answer, e.g. a timeout)."""
     m = instruments()
     m.api_calls.labels(endpoint, status_class(status)).inc()

@@ -16,14 +16,18 @@ from ingest.worker.metrics import observe_api_call, status_class
 def test_the_observer_sees_each_call_with_its_status(emulator, bucket) -> None:
     seen: list[tuple[str, int | None]] = []
     settings = get_settings()
-    with AcrCloudClient.from_settings(settings, observer=lambda op, status: seen.append((op, status))) as client:
+    with AcrCloudClient.from_settings(
+        settings, observers=[lambda op, status, _headers: seen.append((op, status))]
+    ) as client:
         client.upload_url(bucket, "https://cdn.example.com/o.mp3", title="O")
         emulator.set_faults(burst_429=1)
         with pytest.raises(RateLimitedError):
             client.list_page(bucket)
         with pytest.raises(NotFoundError):
             client.update_file(bucket, 999_999_999, title="nobody")
-    refused = AcrCloudClient(f"http://127.0.0.1:{free_port()}/api", "t", observer=lambda o, s: seen.append((o, s)))
+    refused = AcrCloudClient(
+        f"http://127.0.0.1:{free_port()}/api", "t", observers=[lambda o, s, _h: seen.append((o, s))]
+    )
     with refused, pytest.raises(TransientError):
         refused.get_files(bucket, [1])
     (upload_op, upload_status), *rest = seen
@@ -42,7 +46,7 @@ def test_observed_calls_become_counters() -> None:
 
     before = (calls("move", "2xx"), calls("move", "4xx"), calls("move", "error"), limited("move"))
     for status in (200, 204, 429, 422, None):
-        observe_api_call("move", status)
+        observe_api_call("move", status, {})
     after = (calls("move", "2xx"), calls("move", "4xx"), calls("move", "error"), limited("move"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 2, 1, 1]
     assert [status_class(s) for s in (201, 302, 503, None)] == ["2xx", "3xx", "5xx", "error"]
