@@ -11,6 +11,7 @@ import redis
 from ingest.api.client import AcrCloudClient
 from ingest.api.errors import RateLimitedError
 from ingest.devtools.emulator import Emulator
+from ingest.devtools.processes import free_port
 from ingest.jobs.errors import RetryLater
 from ingest.jobs.rate_limit import SharedRateLimit
 from ingest.settings import Settings
@@ -105,3 +106,11 @@ def test_with_no_setting_the_limit_is_learned_from_the_apis_answers() -> None:
     assert ok >= 0.85 * 20 * 6, f"used {ok / 6:.1f}/s of 20/s"
     assert refused <= 0.03 * len(calls), f"{refused} of {len(calls)} calls refused"  # slow start's overshoot
     assert 16 <= limit.budget().rate <= 22
+
+
+def test_a_budget_whose_redis_is_away_lets_calls_through_instead_of_failing_jobs() -> None:
+    gone = SharedRateLimit(redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), max_inline_wait=0)
+    gone("upload")  # no exception: the API's own 429s are the backstop while the budget is away
+    gone.observe("upload", 429, {"Retry-After": "1"})
+    gone.penalize(1.0)
+    assert gone.budget().ceiling is None

@@ -122,6 +122,7 @@ class SharedRateLimit:
         self.max_inline_wait = max_inline_wait
         self.key = key
         self._script = client.register_script(_SCRIPT)
+        self._last_warning = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SharedRateLimit | None:
@@ -151,9 +152,18 @@ class SharedRateLimit:
 
     def _call(self, verb: str, *args: float) -> tuple[float, Budget]:
         fixed = self.fixed or 0.0
-        wait, rate, ceiling = self._script(
-            keys=[self.key], args=[verb, fixed, self.initial, self.max_rate, self.burst_seconds, *args]
-        )
+        try:
+            wait, rate, ceiling = self._script(
+                keys=[self.key], args=[verb, fixed, self.initial, self.max_rate, self.burst_seconds, *args]
+            )
+        except redis.RedisError as exc:
+            # The budget's Redis is away (often the broker, restarting): let the call go rather than fail the
+            # job. The API's own 429s and Retry-After remain the backstop until the budget is back.
+            now = time.monotonic()
+            if now - self._last_warning > 30:
+                self._last_warning = now
+                log.warning("shared rate limit unavailable, calling without it: %s", exc)
+            return 0.0, Budget(self.fixed or self.initial, None)
         return float(wait), Budget(float(rate), float(ceiling) or None)
 
     def __call__(self, operation: str) -> None:
