@@ -178,6 +178,16 @@ def status(as_json: bool) -> None:
                 max_width=90,
             )
         )
+    rejected = report["rejected_messages"]
+    if rejected["count"]:
+        click.echo(f"rejected messages (taken off the queue, kept in rejected_messages): {rejected['count']}")
+        click.echo(
+            table(
+                ("id", "at", "queue", "task", "reason"),
+                [(m["id"], m["at"], m["queue"], m["task"], m["reason"]) for m in rejected["latest"]],
+                max_width=90,
+            )
+        )
 
 
 @main.command("files")

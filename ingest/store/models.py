@@ -177,3 +177,21 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     owner: str = Field(max_length=255)
     until: datetime
+
+
+class RejectedMessage(SQLModel, table=True):
+    """A broker message no task could run (wrong body shape, unknown task, not JSON...): taken off the
+    queue so it cannot stop a worker, and kept here with the reason for a human."""
+
+    __tablename__ = "rejected_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    queue: str | None = Field(default=None, max_length=255)
+    task: str | None = Field(default=None, max_length=255)
+    reason: str
+    content_type: str | None = Field(default=None, max_length=255)
+    # The raw body, cut to a bounded size (kept as text: undecodable bytes are escaped).
+    body: str
+    body_bytes: int = 0  # the full size, when the body was cut
+    headers: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    received_at: datetime = Field(default_factory=utcnow, index=True)
