@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from ingest.store.db import session_scope
 from ingest.store.models import RejectedMessage
+from ingest.store.values import storable_text
 
 log = logging.getLogger("ingest.store.rejected")
 
@@ -22,11 +23,6 @@ log = logging.getLogger("ingest.store.rejected")
 MAX_BODY_CHARS = 65_536
 MAX_FIELD_CHARS = 255
 MAX_HEADERS_CHARS = 16_384
-
-
-def storable_text(value: str, limit: int) -> str:
-    """``value`` cut to ``limit`` characters, NUL escaped (PostgreSQL text refuses it)."""
-    return value[:limit].replace("\x00", "\\x00")
 
 
 def body_text(body: bytes | str | None) -> tuple[str, int]:
