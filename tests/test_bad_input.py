@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -30,6 +31,9 @@ PLACEHOLDERS: dict[str, Any] = {
     "<300 x>": "x" * 300,
     "<20000 bytes>": json.dumps({"blob": "y" * 20_000}),
     "<10001 refs>": [f"r{i}" for i in range(10_001)],
+    "<5000 digits>": "9" * 5000,
+    "<nested 100>": functools.reduce(lambda inner, _: {"a": inner}, range(100), {}),
+    "<8000 nested as text>": '{"a": ' + "[" * 8000 + "]" * 8000 + "}",
 }
 
 
@@ -54,6 +58,9 @@ def _media_files() -> None:
     link = MEDIA / "escape.wav"
     if not link.is_symlink():
         link.symlink_to(WORKDIR / "outside.wav")
+    for name, to in (("loop.wav", "loop-back.wav"), ("loop-back.wav", "loop.wav")):  # a symlink loop
+        if not (MEDIA / name).is_symlink():
+            (MEDIA / name).symlink_to(MEDIA / to)
 
 
 def test_the_table_is_read() -> None:
@@ -226,3 +233,12 @@ def test_the_same_ref_for_another_source_is_refused(producer, bucket) -> None:
     with pytest.raises(InputError) as err:
         idle.upload_url("https://h/two.mp3", title="t", bucket_id=bucket, ref="dup")
     assert "already used" in err.value.errors["ref"]
+
+
+def test_user_defined_nested_50k_deep_is_a_field_error_at_the_python_api(producer) -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(50_000):
+        deep = {"a": deep}
+    with pytest.raises(InputError) as err:
+        producer.upload_url("https://h/a.mp3", title="t", bucket_id=1, user_defined=deep)
+    assert "nested too deeply" in err.value.errors["user_defined"]

@@ -349,7 +349,7 @@ def _log_has(log: Path, pattern: str) -> Callable[[], bool]:
 
 def _check_up(service: str, run: Run, proc: subprocess.Popen[bytes], log: Path) -> None:
     if service == "worker":
-        _wait_for("ready", _log_has(log, r"celery@\S+ ready\."), proc, log)
+        _wait_for("ready", _log_has(log, r"\S+@\S+ ready\."), proc, log)
         # What `celery -A ingest.worker inspect ping` does, from here: the worker answers on the broker.
         app = Celery("deploy-test-ping", broker=run.env["ACR_INGEST_BROKER_URL"])
         try:

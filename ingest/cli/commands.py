@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,6 +198,16 @@ def status(as_json: bool) -> None:
                 max_width=90,
             )
         )
+    rejected = report["rejected_messages"]
+    if rejected["count"]:
+        click.echo(f"rejected messages (taken off the queue, kept in rejected_messages): {rejected['count']}")
+        click.echo(
+            table(
+                ("id", "at", "queue", "task", "reason"),
+                [(m["id"], m["at"], m["queue"], m["task"], m["reason"]) for m in rejected["latest"]],
+                max_width=90,
+            )
+        )
 
 
 @main.command("files")
@@ -299,7 +310,18 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str, loglevel: str
         f"--concurrency={concurrency or get_settings().worker_concurrency}",
         *ctx.args,
     ]
-    app.worker_main(argv)
+    app.worker_main(with_node_name(argv))
+
+
+def with_node_name(argv: list[str]) -> list[str]:
+    """``argv`` with a node name unique on this host (``ingest-<pid>@<host>``) unless it names one.
+
+    Celery's default, ``celery@<host>``, is the same for every worker on a host: ``inspect`` and Flower
+    then see one node where several run, and remote-control replies are mixed up.
+    """
+    if any(arg in ("-n", "--hostname") or arg.startswith(("--hostname=", "-n")) for arg in argv):
+        return argv
+    return [*argv, f"--hostname=ingest-{os.getpid()}@%h"]
 
 
 @main.command("beat", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

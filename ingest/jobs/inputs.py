@@ -19,10 +19,17 @@ from ingest.jobs.errors import InputError
 from ingest.jobs.identity import REF_KEY
 from ingest.redact import mask_url_credentials
 from ingest.settings import Settings
+from ingest.store.values import BIGINT_MAX
 
 ACR_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 REF_MAX = 255
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_DIGITS_RE = re.compile(r"^[0-9]{1,19}$")  # ASCII digits only: str.isdigit also takes "²", which int() refuses
+# user_defined is flat metadata; deeper nesting is a mistake (and 50k levels would exhaust the stack).
+MAX_USER_DEFINED_DEPTH = 32
+_JSON_VALUES_ONLY = (
+    "must hold only JSON values (strings, numbers, booleans, lists, objects; no NaN or Infinity, text as valid UTF-8)"
+)
 
 
 class UploadUrlJob(BaseModel):
@@ -88,11 +95,54 @@ class _Collector:
         self.errors: dict[str, str] = {}
 
     def add(self, field: str, message: str) -> None:
-        self.errors.setdefault(field, message)
+        # A field name comes from the message (an unknown argument): keep it short and printable.
+        self.errors.setdefault(_show_text(field, 60), message)
 
     def raise_if_any(self) -> None:
         if self.errors:
             raise InputError(self.errors)
+
+
+def _show_text(text: str, limit: int = 100) -> str:
+    """``text`` as it can be shown and stored: printable, bounded."""
+    if len(text) <= limit and text.isprintable():
+        return text
+    return _show(text, limit)[1:-1]
+
+
+def _show(value: Any, limit: int = 100) -> str:
+    """A bounded repr of any value (a 5000-digit integer has no repr in Python 3.11+)."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str | bytes | list | dict | tuple) and len(value) > 4 * limit:
+        value = value[: 4 * limit] if isinstance(value, str | bytes) else type(value).__name__
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"a {type(value).__name__}"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no database or HTTP body takes it
+        return False
+    return True
+
+
+def _api_id(value: Any) -> int | None:
+    """A positive integer an id column holds (up to BIGINT), from an int or its ASCII digits, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and _DIGITS_RE.match(value.strip()):
+        number = int(value.strip())
+    else:
+        return None
+    return number if 0 < number <= BIGINT_MAX else None
 
 
 def _bucket(c: _Collector, field: str, value: Any, settings: Settings, *, default: bool = True) -> int:
@@ -104,11 +154,11 @@ def _bucket(c: _Collector, field: str, value: Any, settings: Settings, *, defaul
     if isinstance(value, bool) or not isinstance(value, int | str):
         c.add(field, f"must be a positive integer bucket id, got {type(value).__name__}")
         return 0
-    text = str(value).strip()
-    if not text.isdigit() or int(text) <= 0:
-        c.add(field, f"must be a positive integer bucket id, got {value!r}")
+    number = _api_id(value)
+    if number is None:
+        c.add(field, f"must be a positive integer bucket id of at most {BIGINT_MAX}, got {_show(value)}")
         return 0
-    return int(text)
+    return number
 
 
 def _title(c: _Collector, value: Any, settings: Settings, *, required: bool = True) -> str | None:
@@ -120,7 +170,9 @@ def _title(c: _Collector, value: Any, settings: Settings, *, required: bool = Tr
         c.add("title", f"must be a string, got {type(value).__name__}")
         return None
     title = value.strip()
-    if not title:
+    if not _utf8(title):
+        c.add("title", "is not valid Unicode text (a lone surrogate); send it as UTF-8")
+    elif not title:
         c.add("title", "must not be empty: give the track title")
     elif len(title) > settings.max_title_length:
         c.add("title", f"is {len(title)} characters; shorten it to {settings.max_title_length} or fewer")
@@ -132,22 +184,35 @@ def _title(c: _Collector, value: Any, settings: Settings, *, required: bool = Tr
 def _user_defined(c: _Collector, value: Any, settings: Settings) -> dict[str, Any] | None:
     if value is None:
         return None
+    limit = settings.max_user_defined_bytes
     if isinstance(value, str):
+        if len(value) > limit:  # over the limit before parsing it (characters are at least a byte each)
+            c.add("user_defined", f"is over {limit} bytes; keep it under {limit} (ACR_INGEST_MAX_USER_DEFINED_BYTES)")
+            return None
         try:
-            value = json.loads(value)
+            value = json.loads(value, parse_constant=_no_constant)
+        except RecursionError:
+            c.add("user_defined", f"is nested too deeply; keep it to {MAX_USER_DEFINED_DEPTH} levels")
+            return None
+        except _NotJsonNumber:
+            c.add("user_defined", _JSON_VALUES_ONLY)
+            return None
         except ValueError:
             c.add("user_defined", 'must be a JSON object such as {"artist": "..."}; the text is not JSON')
             return None
     if not isinstance(value, dict):
         c.add("user_defined", f'must be a JSON object such as {{"artist": "..."}}, got {type(value).__name__}')
         return None
+    if _depth_over(value, MAX_USER_DEFINED_DEPTH):
+        c.add("user_defined", f"is nested too deeply; keep it to {MAX_USER_DEFINED_DEPTH} levels")
+        return None
     if REF_KEY in value:
         c.add("user_defined", f"{REF_KEY!r} is reserved (acr-ingest keeps the ref there); rename that key")
         return None
     try:
-        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
-    except (TypeError, ValueError):
-        c.add("user_defined", "must hold only JSON values (strings, numbers, booleans, lists, objects)")
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except (TypeError, ValueError, RecursionError):
+        c.add("user_defined", _JSON_VALUES_ONLY)
         return None
     if size > settings.max_user_defined_bytes:
         c.add(
@@ -159,14 +224,39 @@ def _user_defined(c: _Collector, value: Any, settings: Settings) -> dict[str, An
     return value
 
 
+class _NotJsonNumber(ValueError):
+    """NaN or Infinity: Python's json reads them, but no database or API JSON takes them."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJsonNumber(name)
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether lists/objects nest deeper than ``limit`` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def _ref(c: _Collector, value: Any, *, field: str = "ref") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str | int) or isinstance(value, bool):
         c.add(field, f"must be a string, got {type(value).__name__}")
         return None
+    if isinstance(value, int) and _api_id(value) is None:
+        c.add(field, f"must be a string of at most {REF_MAX} characters, got {_show(value)}")
+        return None
     ref = str(value).strip()
-    if not ref:
+    if not _utf8(ref):
+        c.add(field, "is not valid Unicode text (a lone surrogate); send it as UTF-8")
+    elif not ref:
         c.add(field, "must not be empty: give the upstream catalog id, or omit it to have one generated")
     elif len(ref) > REF_MAX:
         c.add(field, f"is {len(ref)} characters; keep it to {REF_MAX}")
@@ -190,16 +280,24 @@ def _http_url(c: _Collector, value: Any) -> str | None:
         c.add("url", f"must be a string, got {type(value).__name__}")
         return None
     url = value.strip()
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        c.add("url", f"must be an absolute http:// or https:// URL, got {mask_url_credentials(url)[:100]!r}")
+    if len(url) > 2048 or any(ch.isspace() for ch in url):
+        c.add("url", "must be at most 2048 characters with no spaces (percent-encode them)")
+        return None
+    if _CONTROL_RE.search(url) or not _utf8(url):
+        c.add("url", "must not contain control characters (NUL...) or invalid Unicode; percent-encode them")
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (parsing it is the check: a port out of range raises)
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range"...
+        c.add("url", f"is not a valid URL ({exc}): check the host and port, got {_show(mask_url_credentials(url))}")
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        c.add("url", f"must be an absolute http:// or https:// URL, got {_show(mask_url_credentials(url))}")
         return None
     if parts.username is not None or parts.password is not None:
         # It would be stored in the operation's row, in the broker message and in Flower's task arguments.
         c.add("url", "must not carry credentials (user:password@host): use a signed URL or a source that needs none")
-        return None
-    if len(url) > 2048 or any(ch.isspace() for ch in url):
-        c.add("url", "must be at most 2048 characters with no spaces (percent-encode them)")
         return None
     return url
 
@@ -214,24 +312,32 @@ def resolve_media_path(value: Any, settings: Settings, c: _Collector | None = No
     if not isinstance(value, str | os.PathLike) or not str(value).strip():
         own.add(field, "required: give the audio file's path under the media root (ACR_INGEST_MEDIA_ROOT)")
         return _finish(own, c, None)
+    shown = _show(str(value))
+    if _CONTROL_RE.search(str(value)) or not _utf8(str(value)) or len(str(value)) > 4096:
+        own.add(field, f"{shown} is not a usable path (control characters, invalid Unicode or too long)")
+        return _finish(own, c, None)
     root = Path(settings.media_root).resolve()
     candidate = Path(value)
     if not candidate.is_absolute():
         candidate = root / candidate
-    real = candidate.resolve()
-    if not real.is_relative_to(root):
-        own.add(field, f"{str(value)!r} is outside the media root {str(root)!r}; copy the file under it")
-        return _finish(own, c, None)
-    if not real.exists():
-        own.add(field, f"{str(value)!r} does not exist under the media root {str(root)!r}")
-    elif not real.is_file():
-        own.add(field, f"{str(value)!r} is not a regular file")
-    elif not os.access(real, os.R_OK):
-        own.add(field, f"{str(value)!r} is not readable by this process; fix its permissions")
-    elif real.stat().st_size == 0:
-        own.add(field, f"{str(value)!r} is empty (0 bytes); give a real audio file")
-    else:
-        return _finish(own, c, (real, real.relative_to(root).as_posix()))
+    try:
+        real = candidate.resolve()
+        if not real.is_relative_to(root):
+            own.add(field, f"{shown} is outside the media root {str(root)!r}; copy the file under it")
+        elif not real.exists():
+            own.add(field, f"{shown} does not exist under the media root {str(root)!r}")
+        elif not real.is_file():
+            own.add(field, f"{shown} is not a regular file")
+        elif not os.access(real, os.R_OK):
+            own.add(field, f"{shown} is not readable by this process; fix its permissions")
+        elif real.stat().st_size == 0:
+            own.add(field, f"{shown} is empty (0 bytes); give a real audio file")
+        elif not _utf8(rel := real.relative_to(root).as_posix()):
+            own.add(field, f"{shown} leads to a file whose name is not valid UTF-8; rename it")
+        else:
+            return _finish(own, c, (real, rel))
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before 3.13), a name too long...
+        own.add(field, f"{shown} cannot be resolved under the media root ({type(exc).__name__}: {exc})")
     return _finish(own, c, None)
 
 
@@ -284,8 +390,8 @@ def validate_upload_file(args: dict[str, Any], settings: Settings) -> UploadFile
     ud = _user_defined(c, args.get("user_defined"), settings)
     ref = _ref(c, args.get("ref"))
     data_type = args.get("data_type") or "audio"
-    if data_type not in FILE_DATA_TYPES:
-        c.add("data_type", f"must be one of {', '.join(FILE_DATA_TYPES)}, got {data_type!r}")
+    if not isinstance(data_type, str) or data_type not in FILE_DATA_TYPES:
+        c.add("data_type", f"must be one of {', '.join(FILE_DATA_TYPES)}, got {_show(data_type)}")
     c.raise_if_any()
     assert resolved is not None and title is not None
     rel = resolved[1]
@@ -302,10 +408,10 @@ def validate_upload_file(args: dict[str, Any], settings: Settings) -> UploadFile
 def _file_id(c: _Collector, field: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
-        c.add(field, f"must be a positive integer file id from the API, got {value!r}")
-        return None
-    return int(str(value).strip())
+    number = _api_id(value)
+    if number is None:
+        c.add(field, f"must be a positive integer file id from the API (at most {BIGINT_MAX}), got {_show(value)}")
+    return number
 
 
 def _acr_id(c: _Collector, field: str, value: Any) -> str | None:
@@ -313,7 +419,7 @@ def _acr_id(c: _Collector, field: str, value: Any) -> str | None:
         return None
     text = str(value).strip().lower() if isinstance(value, str) else ""
     if not ACR_ID_RE.match(text):
-        c.add(field, f"must be a 32-character hex acr_id, got {value!r}")
+        c.add(field, f"must be a 32-character hex acr_id, got {_show(value)}")
         return None
     return text
 
@@ -348,6 +454,9 @@ def _targets(c: _Collector, args: dict[str, Any], settings: Settings) -> Targets
             value = [part for part in value.split(",")]
         if not isinstance(value, list | tuple):
             c.add(field, f"must be a list, got {type(value).__name__}")
+            return []
+        if len(value) > settings.max_ids_per_job:  # refused before checking each of a million entries
+            c.add("refs", f"{len(value)} {field} in one job; split it into jobs of at most {settings.max_ids_per_job}")
             return []
         return list(value)
 

@@ -29,6 +29,7 @@ from ingest.jobs.retry_policy import (
 from ingest.store import auth_hold, circuit_breaker
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
+from ingest.store.values import db_id_or_none, storable_json
 
 log = logging.getLogger("ingest.jobs")
 
@@ -41,13 +42,9 @@ def ensure_operation(session: Session, kind: str, args: dict[str, Any], task_id:
     op = session.exec(select(Operation).where(Operation.task_id == task_id)).first()
     if op is not None:
         return op
-    bucket = args.get("bucket_id")
-    op = Operation(
-        kind=kind,
-        args=args,
-        task_id=task_id,
-        bucket_id=bucket if isinstance(bucket, int) and not isinstance(bucket, bool) else None,
-    )
+    # The message's values as the tables can hold them: a NaN or an id past BIGINT must not fail the insert
+    # (the job would be acknowledged with no row at all); the validator names what is wrong.
+    op = Operation(kind=kind, args=storable_json(args), task_id=task_id, bucket_id=db_id_or_none(args.get("bucket_id")))
     session.add(op)
     try:
         session.commit()
@@ -130,6 +127,9 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
     try:
         job = VALIDATORS[kind](args, settings)
     except InputError as exc:  # the policy fails it at once, naming the field
+        return _handle_failure(kind, op_id, exc, ctx)
+    except Exception as exc:  # a gap in validation must end the job failed with the reason, not stuck running
+        log.exception("%s %s: validation raised %s", kind, ctx.task_id, type(exc).__name__)
         return _handle_failure(kind, op_id, exc, ctx)
 
     try:

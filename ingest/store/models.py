@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -101,12 +101,13 @@ class TrackFile(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     ref: str = Field(index=True, max_length=255)
-    bucket_id: int = Field(index=True)
+    # The API's ids are BIGINT: bucket ids past 2^31 exist, and file ids may grow as large.
+    bucket_id: int = Field(index=True, sa_type=BigInteger)
     data_type: str = Field(max_length=32)
     title: str
     user_defined: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     source: str  # the URL, or the path relative to the media root
-    remote_id: int | None = Field(default=None, index=True)
+    remote_id: int | None = Field(default=None, index=True, sa_type=BigInteger)
     acr_id: str | None = Field(default=None, index=True, max_length=64)
     remote_state: int | None = None
     status: str = Field(default=FileStatus.QUEUED, index=True, max_length=16)
@@ -123,7 +124,7 @@ class TrackFile(SQLModel, table=True):
     # Set (and committed) before an upload POST: a later attempt must look in the bucket first.
     post_started_at: datetime | None = None
     # Where and under which title the last POST went (a late, duplicate file is searched for there).
-    posted_bucket_id: int | None = None
+    posted_bucket_id: int | None = Field(default=None, sa_type=BigInteger)
     posted_title: str | None = None
     # Set when a request may have landed after we gave up on it (read timeout, 5xx): the poll then
     # checks the bucket once it is due: duplicates from a late POST removed, a late PUT undone.
@@ -147,7 +148,7 @@ class Operation(SQLModel, table=True):
     args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     task_id: str | None = Field(default=None, index=True, unique=True, max_length=64)
     file_id: int | None = Field(default=None, foreign_key="track_files.id", index=True)
-    bucket_id: int | None = Field(default=None, index=True)
+    bucket_id: int | None = Field(default=None, index=True, sa_type=BigInteger)
     status: str = Field(default=OpStatus.QUEUED, index=True, max_length=16)
     error: str | None = None
     attempts: int = 0
@@ -240,3 +241,21 @@ class OutboxEntry(SQLModel, table=True):
     attempts: int = 0  # publishes that failed
     last_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class RejectedMessage(SQLModel, table=True):
+    """A broker message no task could run (wrong body shape, unknown task, not JSON...): taken off the
+    queue so it cannot stop a worker, and kept here with the reason for a human."""
+
+    __tablename__ = "rejected_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    queue: str | None = Field(default=None, max_length=255)
+    task: str | None = Field(default=None, max_length=255)
+    reason: str
+    content_type: str | None = Field(default=None, max_length=255)
+    # The raw body, cut to a bounded size (kept as text: undecodable bytes are escaped).
+    body: str
+    body_bytes: int = 0  # the full size, when the body was cut
+    headers: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    received_at: datetime = Field(default_factory=utcnow, index=True)

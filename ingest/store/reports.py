@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from ingest.store import auth_hold, circuit_breaker, outbox
+from ingest.store import auth_hold, circuit_breaker, outbox, rejected_messages
 from ingest.store.models import Operation, OpStatus, ParkedFollowup, TrackFile
 
 
@@ -120,6 +120,13 @@ def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any
             }
             for op in failures(session, limit=failure_limit)
         ],
+        "rejected_messages": {
+            "count": rejected_messages.count(session),
+            "latest": [
+                {"id": m.id, "at": m.received_at.isoformat(), "queue": m.queue, "task": m.task, "reason": m.reason}
+                for m in rejected_messages.latest(session)
+            ],
+        },
     }
 
 

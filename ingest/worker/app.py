@@ -55,7 +55,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": QUEUE,
-        "task_queues": [Queue(QUEUE), Queue(POLL_QUEUE)],
+        # Each queue bound under its own name: left unset, Celery binds both to the exchange "ingest" with the
+        # key "ingest", and a message published there (as another system may) lands in both queues.
+        "task_queues": [Queue(QUEUE, routing_key=QUEUE), Queue(POLL_QUEUE, routing_key=POLL_QUEUE)],
         "task_routes": {"ingest.poll_states": {"queue": POLL_QUEUE}},
         # Delivery: acknowledge after the work, requeue when a worker process dies, one task at a time.
         "task_acks_late": True,
@@ -80,6 +82,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_concurrency": settings.worker_concurrency,
+        # A message no task can run is recorded and taken off the queue instead of stopping the worker.
+        "worker_consumer": "ingest.worker.message_guard:GuardedConsumer",
         "beat_schedule": {
             "poll-states": {
                 "task": "ingest.poll_states",

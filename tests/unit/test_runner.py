@@ -129,3 +129,25 @@ def test_a_rejected_token_holds_the_job_without_failing_it_until_a_good_one_work
     assert len(emulator.files(bucket)) == 1
     with session_scope() as s:
         assert auth_hold.current(s) is None
+
+
+def test_an_unexpected_exception_in_validation_ends_the_job_failed_not_running(ctx, bucket, monkeypatch) -> None:
+    """A gap in validation (any exception but InputError) must not leave the operation running forever."""
+    from ingest.jobs import runner
+
+    def gap(args: dict[str, Any], settings: Any) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setitem(runner.VALIDATORS, "upload_url", gap)
+    out = run("upload_url", url_args(bucket, "gap"), ctx)
+    op = op_of(ctx)
+    assert (out["status"], op.status) == (OpStatus.FAILED, OpStatus.FAILED)
+    assert op.error == "RecursionError: maximum recursion depth exceeded" and op.finished_at is not None
+
+
+def test_an_unexpected_exception_in_a_handler_ends_the_job_failed(ctx, bucket) -> None:
+    def broken(job: Any, op_id: int, ctx: Any) -> dict[str, Any]:
+        raise KeyError("surprise")
+
+    out = run_job("upload_url", url_args(bucket, "broken"), ctx, broken)
+    assert out["status"] == OpStatus.FAILED and out["error"] == "KeyError: 'surprise'"
