@@ -196,7 +196,7 @@ class ParkedFollowup(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     operation_id: int = Field(foreign_key="operations.id", index=True)
-    bucket_id: int = Field(index=True)
+    bucket_id: int = Field(index=True, sa_type=BigInteger)
     ref: str = Field(index=True, max_length=255)
     # Past this the ref is not coming: the operation is woken to report it (unknown_ref).
     until: datetime = Field(index=True)
