@@ -33,7 +33,11 @@ class OwnPostgres:
                 conn.execute(sql)
 
     def create(self) -> OwnPostgres:
+        """A new database with the tables at the schema's head (as `acr-ingest db upgrade` leaves it)."""
+        from ingest.store import schema
+
         self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)', f'CREATE DATABASE "{self.name}"')
+        schema.upgrade(self.url)
         return self
 
     def go_away(self) -> None:

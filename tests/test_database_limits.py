@@ -20,6 +20,7 @@ from sqlmodel import select
 from ingest.devtools.processes import ChildProcess
 from ingest.producer import Producer
 from ingest.settings import get_settings, reset_settings
+from ingest.store import schema
 from ingest.store.db import dispose_engines, session_scope
 from ingest.store.models import Operation, TrackFile
 from ingest.worker.app import create_app
@@ -40,7 +41,9 @@ def _admin() -> psycopg.Connection[Any]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite:///{WORKDIR / f'limits-{uuid.uuid4().hex[:8]}.db'}"
+        url = f"sqlite:///{WORKDIR / f'limits-{uuid.uuid4().hex[:8]}.db'}"
+        schema.upgrade(url)
+        yield url
         return
     try:
         admin = _admin()
@@ -50,7 +53,9 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        schema.upgrade(url)
+        yield url
     finally:
         dispose_engines()
         with _admin() as admin:

@@ -23,7 +23,7 @@ from ingest.store import schema
 from tests.conftest import IDLE_BROKER
 
 PG_ADMIN = os.environ.get("ACR_INGEST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = {"track_files", "operations", "auth_holds", "leases", schema.VERSION_TABLE}
+TABLES = {*SQLModel.metadata.tables, schema.VERSION_TABLE}  # every table of the models, and the revision
 
 
 def _pg_admin() -> psycopg.Connection:
@@ -84,9 +84,12 @@ def test_from_an_empty_database_to_head_and_back(empty_db: str) -> None:
 
 
 def test_a_database_from_before_migrations_is_stamped_and_keeps_its_rows(empty_db: str) -> None:
-    # What the previous version did in every worker: create_all, no alembic_version.
+    # What the version before migrations did in every worker: create_all of its models (the baseline's
+    # tables), no alembic_version.
+    schema.upgrade(empty_db, revision=schema.BASELINE)
     engine = create_engine(empty_db)
-    SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {schema.VERSION_TABLE}"))
     now = datetime.now(UTC)
     with engine.begin() as conn:
         conn.execute(

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sqlmodel import select
 
 from ingest.cli.commands import main
+from ingest.jobs.identity import visible
 from ingest.jobs.parked_followups import UNKNOWN_REF_WAITS
 from ingest.settings import get_settings
 from ingest.store.db import session_scope
@@ -70,4 +71,4 @@ def test_an_update_and_a_delete_sent_before_their_uploads_take_effect_when_they_
     assert d_op.status == OpStatus.SUCCEEDED, d_op.error
     assert d_op.result["outcomes"]["ref:late-d"] in ("deleted", "cancelled")
     files = emulator.files(bucket)
-    assert [(f["audio_id"], f["title"], f["user_defined"]) for f in files] == [("late-u", "New", {"v": 2})]
+    assert [(f["audio_id"], f["title"], visible(f["user_defined"])) for f in files] == [("late-u", "New", {"v": 2})]

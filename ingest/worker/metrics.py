@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -78,9 +79,18 @@ def _use_multiprocess_values() -> None:
         values.ValueClass = values.get_value_class()
 
 
-@lru_cache(maxsize=1)
+_instruments_lock = threading.Lock()
+
+
 def instruments() -> Instruments:
-    """The counters, created once per process tree (pool children inherit them and write files of their own)."""
+    """The counters, created once per process tree (pool children inherit them and write files of their own).
+    Under a lock: the threads of a pool reach here together, and a counter registered twice raises."""
+    with _instruments_lock:
+        return _instruments()
+
+
+@lru_cache(maxsize=1)
+def _instruments() -> Instruments:
     settings = get_settings()
     if multiprocess_dir() is None and settings.metrics_dir is not None:
         prepare_multiprocess_dir(settings, empty=False)

@@ -18,10 +18,10 @@ from ingest.jobs.polling import LEASE, poll_cycle, poll_states
 from ingest.jobs.runner import Handler, ensure_operation, run_job
 from ingest.jobs.updates import handle_update
 from ingest.jobs.uploads import handle_upload
-from ingest.store import leases
+from ingest.store import leases, outbox
 from ingest.store.db import session_scope
 from ingest.store.leases import owner_id
-from ingest.store.models import Operation
+from ingest.store.models import Operation, OutboxEntry
 from tests.helpers import wait_for
 
 HANDLERS: dict[str, Handler] = {
@@ -95,9 +95,17 @@ def poll(ctx: JobContext, bucket_id: int) -> dict[str, Any]:
 def wake(ctx: JobContext) -> list[str]:
     """One poll cycle (as ``poll``); returns the task ids it sent again (woken or resent), sending none."""
     sent: list[str] = []
-    counts = poll_cycle(
-        dataclasses.replace(ctx, owner=POLL_OWNER), send=lambda _name, _kw, task_id: sent.append(task_id)
-    )
+
+    def take_outbox() -> int:  # what the worker's sweep publishes, taken off the outbox instead
+        with session_scope() as s:
+            for entry_id in outbox.due(s, 1000):
+                entry = s.get(OutboxEntry, entry_id)
+                if entry is not None and outbox.claim(s, entry_id):
+                    sent.append(entry.message_id)
+                    outbox.mark_sent(s, entry_id)
+        return len(sent)
+
+    counts = poll_cycle(dataclasses.replace(ctx, owner=POLL_OWNER), publish_outbox=take_outbox)
     with session_scope() as s:
         wait_for(lambda: leases.acquire(s, LEASE, POLL_OWNER, 60), timeout=20, what="the state-poll lease")
     assert "skipped" not in counts, counts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sqlmodel import select
 
+from ingest.jobs.identity import visible
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, OpStatus, ParkedFollowup
 from ingest.store.reports import status_report
@@ -44,7 +45,7 @@ def test_an_update_of_a_ref_not_seen_yet_is_parked_and_applied_when_its_upload_l
     out, _ = run_to_end("update_meta", args, update)  # the woken message
     assert out["status"] == OpStatus.SUCCEEDED
     (f,) = emulator.files(bucket)
-    assert (f["title"], f["user_defined"]) == ("New", {"k": 1})
+    assert (f["title"], visible(f["user_defined"])) == ("New", {"k": 1})
     assert file_row(bucket, "late").title == "New"
 
 
