@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     ids_chunk_size: int = Field(default=100, ge=1, le=1000)
 
     # --- Celery ---------------------------------------------------------------------------------
+    # redis://, amqp:// (RabbitMQ) or filesystem://; README "Choosing a broker" says what each guarantees.
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str | None = None
     # Redis redelivers unacknowledged messages after this; it must exceed the longest task plus the
@@ -47,6 +48,10 @@ class Settings(BaseSettings):
     # An unfinished operation untouched this long has lost its message (it can happen in the instant
     # a broker dies); the poll sends it again under the same task id. Default: 2 x visibility_timeout.
     resend_after: float | None = None
+    # RabbitMQ only: the broker's consumer_timeout in seconds (rabbitmq.conf, default 30 min). A delivery
+    # unacknowledged longer (a long task, or a retry waiting for its countdown) is taken back; countdowns
+    # are kept under half of it.
+    rabbitmq_consumer_timeout: int = 1800
     worker_concurrency: int = 4
     # On a cold shutdown (SIGQUIT, second SIGTERM) running tasks get this long before they are requeued.
     soft_shutdown_timeout: float = 10.0
@@ -54,6 +59,7 @@ class Settings(BaseSettings):
     # --- Shared rate limit (all workers, one budget in Redis) -------------------------------------
     rate_limit: float | None = Field(default=None, gt=0, description="API requests per second, all workers.")
     rate_limit_burst: int | None = Field(default=None, ge=1)
+    # The budget lives in Redis: required when the broker is not Redis (RabbitMQ cannot hold it).
     rate_limit_redis_url: str | None = None  # default: the broker, when it is Redis
 
     # --- Retries --------------------------------------------------------------------------------
@@ -91,7 +97,35 @@ class Settings(BaseSettings):
                 f"ACR_INGEST_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must be at least twice the longest "
                 f"retry countdown ({longest} s: BACKOFF_MAX, AUTH_HOLD_RECHECK, DEPENDENCY_WAIT); raise it"
             )
+        if self.broker_kind == "amqp" and self.rabbitmq_consumer_timeout < 2 * longest:
+            raise ValueError(
+                f"ACR_INGEST_RABBITMQ_CONSUMER_TIMEOUT ({self.rabbitmq_consumer_timeout}) must be at least twice "
+                f"the longest retry countdown ({longest} s); raise RabbitMQ's consumer_timeout and this with it"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _rate_limit_has_a_redis(self) -> Settings:
+        if self.rate_limit and not self.rate_limit_redis_url and self.broker_kind != "redis":
+            raise ValueError(
+                "ACR_INGEST_RATE_LIMIT needs a Redis for the budget all workers share: set "
+                f"ACR_INGEST_RATE_LIMIT_REDIS_URL=redis://... (the broker {self.broker_kind}:// cannot hold it)"
+            )
+        return self
+
+    @property
+    def broker_kind(self) -> str:
+        """``redis``, ``amqp`` (RabbitMQ), ``filesystem`` or the URL's scheme."""
+        scheme = self.broker_url.split("://", 1)[0].lower()
+        return {"rediss": "redis", "pyamqp": "amqp", "amqps": "amqp"}.get(scheme, scheme)
+
+    @property
+    def max_countdown(self) -> float:
+        """The longest a retry may wait in a worker before the broker would hand its message to another."""
+        limit = self.visibility_timeout
+        if self.broker_kind == "amqp":
+            limit = min(limit, self.rabbitmq_consumer_timeout)
+        return limit / 2
 
     @property
     def late_request_seconds(self) -> float:
