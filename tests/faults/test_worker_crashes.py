@@ -61,8 +61,8 @@ def test_sigterm_finishes_or_hands_back_its_tasks(spawn_worker, fault_producer, 
     spawn_worker("after", concurrency=2).wait_ready()
     wait_for(
         lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * len(refs),
-        timeout=60,
-        what="every upload ready",
+        timeout=180,  # a busy machine: the new worker's start and 8 uploads share two cores with others
+        what=lambda: f"every upload ready ({[(r.ref, r.status) for r in files_in(bucket)]})",
     )
     assert sorted(_one_file_per_ref(emulator, bucket)) == sorted(refs)
 
