@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     probe_report: Path = Path("acr-ingest-probe.json")
 
     # --- Celery ---------------------------------------------------------------------------------
+    # redis://, amqp:// (RabbitMQ) or filesystem://; README "Choosing a broker" says what each guarantees.
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str | None = None
     # Redis redelivers unacknowledged messages after this; it must exceed the longest task plus the
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     # A job's message is published right after its rows commit; one still unsent this long after (the
     # broker was away, the producer died) is published by the poll's outbox sweeper.
     outbox_grace: float = Field(default=60.0, ge=0)
+    # RabbitMQ only: the broker's consumer_timeout in seconds (rabbitmq.conf, default 30 min). A delivery
+    # unacknowledged longer (a long task, or a retry waiting for its countdown) is taken back; countdowns
+    # are kept under half of it.
+    rabbitmq_consumer_timeout: int = 1800
     worker_concurrency: int = 4
     # On a cold shutdown (SIGQUIT, second SIGTERM) running tasks get this long before they are requeued.
     soft_shutdown_timeout: float = 10.0
@@ -66,6 +71,7 @@ class Settings(BaseSettings):
     rate_limit_max: float = Field(default=100.0, gt=0)  # auto: never above this
     # A thread waits this long for a token at most; a longer wait defers the job (one broker round trip).
     rate_limit_max_inline_wait: float = Field(default=1.0, ge=0)
+    # The budget lives in Redis: required when the broker is not Redis (RabbitMQ cannot hold it).
     rate_limit_redis_url: str | None = None  # default: the broker, when it is Redis
 
     # --- Retries --------------------------------------------------------------------------------
@@ -137,7 +143,35 @@ class Settings(BaseSettings):
                 f"retry countdown ({longest} s: BACKOFF_MAX, AUTH_HOLD_RECHECK, DEPENDENCY_WAIT, "
                 "BREAKER_PROBE_INTERVAL); raise it"
             )
+        if self.broker_kind == "amqp" and self.rabbitmq_consumer_timeout < 2 * longest:
+            raise ValueError(
+                f"ACR_INGEST_RABBITMQ_CONSUMER_TIMEOUT ({self.rabbitmq_consumer_timeout}) must be at least twice "
+                f"the longest retry countdown ({longest} s); raise RabbitMQ's consumer_timeout and this with it"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _rate_limit_has_a_redis(self) -> Settings:
+        if self.rate_limit and not self.rate_limit_redis_url and self.broker_kind != "redis":
+            raise ValueError(
+                "ACR_INGEST_RATE_LIMIT needs a Redis for the budget all workers share: set "
+                f"ACR_INGEST_RATE_LIMIT_REDIS_URL=redis://... (the broker {self.broker_kind}:// cannot hold it)"
+            )
+        return self
+
+    @property
+    def broker_kind(self) -> str:
+        """``redis``, ``amqp`` (RabbitMQ), ``filesystem`` or the URL's scheme."""
+        scheme = self.broker_url.split("://", 1)[0].lower()
+        return {"rediss": "redis", "pyamqp": "amqp", "amqps": "amqp"}.get(scheme, scheme)
+
+    @property
+    def max_countdown(self) -> float:
+        """The longest a retry may wait in a worker before the broker would hand its message to another."""
+        limit = self.visibility_timeout
+        if self.broker_kind == "amqp":
+            limit = min(limit, self.rabbitmq_consumer_timeout)
+        return limit / 2
 
     @property
     def late_request_seconds(self) -> float:

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from ingest.devtools.processes import ChildProcess, RedisServer, celery_command, free_port
+from tests.services import RabbitVhost
 
 TOKEN = "test-token-5b9f0c2d7e"  # recognizable: the secrecy tests search for it everywhere
 WORKDIR = Path(tempfile.mkdtemp(prefix="acr-ingest-tests-"))
@@ -83,6 +84,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     with engine.begin() as conn:
         conn.execute(text(f"DROP TABLE IF EXISTS {schema.VERSION_TABLE}"))
     schema.upgrade()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this run's own (created on first use, deleted at the end): ``amqp://.../<vhost>``."""
+    why = RabbitVhost.unavailable()
+    if why:
+        pytest.skip(why)
+    vhost = RabbitVhost().create()
+    yield vhost.url()
+    vhost.delete()
 
 
 @pytest.fixture(scope="session")

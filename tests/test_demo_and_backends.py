@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
 
+from tests.services import PostgresDatabase
+
 ROOT = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("ACR_INGEST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def _clean_env() -> dict[str, str]:
@@ -41,26 +41,28 @@ def test_the_demo_runs_the_whole_path_and_ends_with_every_file(tmp_path: Path) -
     assert sorted(os.listdir(tmp_path)) == []  # nothing left behind (no kombu control/ folder, no database)
 
 
-def _postgres_reachable() -> bool:
-    try:
-        with psycopg.connect(PG_URL.replace("+psycopg", ""), connect_timeout=3):
-            return True
-    except psycopg.Error:
-        return False
-
-
 @pytest.mark.skipif(os.environ.get("ACR_INGEST_NESTED_RUN") == "1", reason="already the nested run")
 def test_the_end_to_end_suite_passes_on_postgresql() -> None:
-    if not _postgres_reachable():
-        pytest.skip(f"no PostgreSQL at {PG_URL} (set ACR_INGEST_TEST_POSTGRES_URL)")
+    database = PostgresDatabase()
+    if why := database.unavailable():
+        pytest.skip(why)
+    database.create()  # a database of this run's own, dropped at the end: the shared `test` one is untouched
     env = {
         **_clean_env(),
-        "ACR_INGEST_TEST_DATABASE_URL": PG_URL,
+        "ACR_INGEST_TEST_DATABASE_URL": database.url(),
         "ACR_INGEST_NESTED_RUN": "1",
-        # a broker database of its own, so this run's worker and the outer session's never meet
-        "ACR_INGEST_TEST_REDIS_URL": "redis://127.0.0.1:6379/15",
+        # no ACR_INGEST_TEST_REDIS_URL: the nested run starts a redis-server of its own
     }
-    run = subprocess.run(
+    try:
+        run = _run_end_to_end(env)
+    finally:
+        database.drop()
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert re.search(r"\b1[0-9] passed\b", run.stdout)
+
+
+def _run_end_to_end(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "tests/test_end_to_end.py", "-q", "-p", "no:cacheprovider"],
         cwd=ROOT,
         env=env,
@@ -68,5 +70,3 @@ def test_the_end_to_end_suite_passes_on_postgresql() -> None:
         text=True,
         timeout=600,
     )
-    assert run.returncode == 0, run.stdout[-4000:]
-    assert re.search(r"\b1[0-9] passed\b", run.stdout)

@@ -41,6 +41,7 @@ import yaml
 from celery import Celery
 
 from ingest.devtools.processes import free_port
+from tests.conftest import REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -53,7 +54,8 @@ APP_SERVICES = ("emulator", "worker", "beat", "flower")
 # One-shot commands: compose's service name -> the Procfile's name for it (Heroku's release phase).
 ONE_SHOT = {"migrate": "release"}
 NEEDS_SCHEMA = ("worker", "beat")  # they refuse to start until the migration ran
-LOCAL_REDIS = os.environ.get("ACR_INGEST_DEPLOY_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+# A database of the run's own redis-server (tests/conftest.py), never the machine's shared Redis.
+LOCAL_REDIS = os.environ.get("ACR_INGEST_DEPLOY_TEST_REDIS_URL") or REDIS_URL.rsplit("/", 1)[0] + "/14"
 TOKEN = "deploy-test-token-8c41e07a"
 FLOWER_AUTH = ("deploy", "flower-pw-3f9a")
 START_DEADLINE = 30.0
@@ -104,7 +106,11 @@ def test_compose_file_validates_against_the_compose_spec_schema() -> None:
 def test_services_and_their_wiring() -> None:
     doc = _compose()
     services = doc["services"]
-    assert set(services) == {"redis", "postgres", *APP_SERVICES, *ONE_SHOT}
+    assert set(services) == {"redis", "rabbitmq", "postgres", *APP_SERVICES, *ONE_SHOT}
+    # RabbitMQ is the broker on request (its profile and ACR_INGEST_BROKER_URL), Redis by default.
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    assert services["rabbitmq"]["image"].startswith("rabbitmq:3")
+    assert services["rabbitmq"]["volumes"] and services["rabbitmq"]["healthcheck"]["test"]
 
     redis_cmd = _command(services["redis"])
     assert services["redis"]["image"].startswith("redis:7")
@@ -122,7 +128,8 @@ def test_services_and_their_wiring() -> None:
         assert svc["build"] == "." or svc["build"]["context"] == ".", name
         assert {"path": ".env", "required": False} in svc["env_file"], name
         env = svc["environment"]
-        assert env["ACR_INGEST_BROKER_URL"] == "redis://redis:6379/0", name
+        assert env["ACR_INGEST_BROKER_URL"] == "${ACR_INGEST_BROKER_URL:-redis://redis:6379/0}", name
+        assert env["ACR_INGEST_RATE_LIMIT_REDIS_URL"].startswith("redis://redis:6379/"), name
         assert env["ACR_INGEST_DATABASE_URL"].startswith("postgresql+psycopg://acr:"), name
         assert env["ACR_INGEST_DATABASE_URL"].endswith("@postgres:5432/acr"), name
         assert env["ACR_INGEST_ACCESS_TOKEN"] in ("${ACR_INGEST_ACCESS_TOKEN:-}", "${ACR_INGEST_ACCESS_TOKEN}"), name
@@ -130,10 +137,13 @@ def test_services_and_their_wiring() -> None:
             if dep in ONE_SHOT:
                 assert how == {"condition": "service_completed_successfully"}, f"{name} -> {dep}"
                 continue
-            assert how == {"condition": "service_healthy"}, f"{name} -> {dep}"
+            # The optional broker is waited for only when its profile runs it.
+            want = {"condition": "service_healthy", **({"required": False} if dep == "rabbitmq" else {})}
+            assert how == want, f"{name} -> {dep}"
             assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no healthcheck"
-    assert set(services["worker"]["depends_on"]) == {"redis", "postgres", "migrate"}
-    assert "redis" in services["beat"]["depends_on"] and "redis" in services["flower"]["depends_on"]
+    assert set(services["worker"]["depends_on"]) == {"redis", "rabbitmq", "postgres", "migrate"}
+    for name in ("beat", "flower"):
+        assert {"redis", "rabbitmq"} <= set(services[name]["depends_on"]), name
     # The schema is migrated once, before anything that needs it; the one-shot is never restarted.
     for name in NEEDS_SCHEMA:
         assert "migrate" in services[name]["depends_on"], f"{name} must wait for the migration"
@@ -280,6 +290,8 @@ def _localise_env(env: dict[str, str], tmp: Path, emulator_port: int) -> dict[st
     """The compose network's host names become this machine's services."""
     out = dict(env)
     out["ACR_INGEST_BROKER_URL"] = LOCAL_REDIS
+    if "ACR_INGEST_RATE_LIMIT_REDIS_URL" in out:
+        out["ACR_INGEST_RATE_LIMIT_REDIS_URL"] = LOCAL_REDIS
     out["ACR_INGEST_DATABASE_URL"] = f"sqlite:///{tmp / 'deploy.db'}"
     out["ACR_INGEST_API_BASE_URL"] = f"http://127.0.0.1:{emulator_port}/api"
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -13,6 +12,7 @@ from ingest.settings import Settings, get_settings
 
 # Imported for their Celery signal receivers: the log format and job fields, and a worker's metrics port.
 from ingest.worker import logs, metrics_server  # noqa: F401
+from ingest.worker.broker import broker_config
 
 QUEUE = "ingest"
 # The state poll has a queue of its own: Redis serves queues in turn, so a long backlog of jobs
@@ -21,34 +21,8 @@ POLL_QUEUE = "ingest.poll"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport: dict[str, Any] = {
-        # Must exceed the longest task plus the longest retry countdown (backoff_max, auth recheck),
-        # or Redis hands a still-running or waiting message to a second worker.
-        "visibility_timeout": settings.visibility_timeout,
-        "unacked_restore_interval": settings.redelivery_check_interval,
-        "unacked_restore_throttle": 1,
-        # A publish on a connection to a vanished broker must fail (and be retried), not hang forever.
-        "socket_timeout": 30,
-        "socket_connect_timeout": 5,
-        "health_check_interval": 10,
-    }
-    broker = settings.broker_url
-    if broker.startswith("filesystem://"):
-        folder = Path(broker.removeprefix("filesystem://") or "var/broker").expanduser()
-        for sub in ("in", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        broker = "filesystem://"
-        transport = {
-            "data_folder_in": str(folder / "in"),
-            "data_folder_out": str(folder / "in"),
-            "processed_folder": str(folder / "processed"),
-            # kombu's default is ./control, which would litter the directory the command ran from.
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-            "polling_interval": 0.1,
-        }
     return {
-        "broker_url": broker,
+        **broker_config(settings),  # the URL, transport and options that fit this broker (worker/broker.py)
         "result_backend": settings.result_backend,
         "task_ignore_result": settings.result_backend is None,
         "task_serializer": "json",
@@ -57,7 +31,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": QUEUE,
         # Each queue bound under its own name: left unset, Celery binds both to the exchange "ingest" with the
         # key "ingest", and a message published there (as another system may) lands in both queues.
-        "task_queues": [Queue(QUEUE, routing_key=QUEUE), Queue(POLL_QUEUE, routing_key=POLL_QUEUE)],
+        "task_queues": [
+            Queue(QUEUE, routing_key=QUEUE, durable=True),
+            Queue(POLL_QUEUE, routing_key=POLL_QUEUE, durable=True),
+        ],
         "task_routes": {"ingest.poll_states": {"queue": POLL_QUEUE}},
         # Delivery: acknowledge after the work, requeue when a worker process dies, one task at a time.
         "task_acks_late": True,
@@ -65,7 +42,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         # Producers keep trying to publish while the broker is away instead of losing the job.
         "task_publish_retry": True,

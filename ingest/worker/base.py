@@ -67,6 +67,7 @@ class IngestTask(Task):
                 lambda: run_job(kind, kwargs, self.job_context(), handler),
             )
         except RetryLater as wait:
-            # A countdown longer than the visibility timeout would make Redis deliver the message twice.
-            countdown = min(wait.countdown, get_settings().visibility_timeout / 2)
+            # A longer countdown would make the broker deliver the message twice (Redis' visibility
+            # timeout, RabbitMQ's consumer_timeout).
+            countdown = min(wait.countdown, get_settings().max_countdown)
             raise self.retry(countdown=countdown) from None

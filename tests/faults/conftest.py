@@ -1,5 +1,6 @@
 """Fault tests run real worker processes (``celery -A ingest.worker worker``) that can be killed, on a broker
-database of their own (of the run's private Redis), against the session's emulator and database."""
+of their own (a database of the run's private Redis, or the run's RabbitMQ vhost), against the session's
+emulator and database. ``on_both_brokers`` runs a test once on each."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from contextlib import contextmanager
 
 import pytest
 import redis
+from kombu import Connection, Queue
 
 from ingest.devtools.processes import ChildProcess, celery_command
 from tests.conftest import REDIS_URL, WORKDIR
 from tests.helpers import wait_for
 
 FAULT_BROKER = REDIS_URL.rsplit("/", 1)[0] + "/12"
+BROKERS = ("redis", "rabbitmq")
+# Runs the test on each broker: the fixture fault_broker takes the parameter (default: Redis).
+on_both_brokers = pytest.mark.parametrize("fault_broker", BROKERS, indirect=True)
 FAULT_ENV = {
-    "ACR_INGEST_BROKER_URL": FAULT_BROKER,
     # Small on purpose, so a killed worker's message comes back within seconds (production: 3600 / 10).
     "ACR_INGEST_VISIBILITY_TIMEOUT": "6",
     "ACR_INGEST_REDELIVERY_CHECK_INTERVAL": "1",
@@ -61,9 +65,25 @@ class WorkerProcess(ChildProcess):
 
 
 @pytest.fixture
-def fault_env(emulator: object) -> dict[str, str]:
-    redis.Redis.from_url(FAULT_BROKER).flushdb()
-    return {**os.environ, **FAULT_ENV}
+def fault_broker(request: pytest.FixtureRequest) -> str:
+    """The broker URL of this test, emptied: Redis (database 12 of the run's Redis) or the run's RabbitMQ vhost."""
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        redis.Redis.from_url(FAULT_BROKER).flushdb()
+        return FAULT_BROKER
+    assert kind == "rabbitmq", kind
+    url: str = request.getfixturevalue("rabbitmq_url")
+    with Connection(url) as conn:  # what an earlier test left queued must not reach this one's workers
+        for name in ("ingest", "ingest.poll"):
+            queue = Queue(name, durable=True)(conn.default_channel)
+            queue.declare()
+            queue.purge()
+    return url
+
+
+@pytest.fixture
+def fault_env(emulator: object, fault_broker: str) -> dict[str, str]:
+    return {**os.environ, **FAULT_ENV, "ACR_INGEST_BROKER_URL": fault_broker}
 
 
 @pytest.fixture
@@ -104,7 +124,7 @@ def fault_beat(fault_env: dict[str, str]) -> Iterator[ChildProcess]:
 
 @pytest.fixture
 def fault_producer(fault_env: dict[str, str]) -> object:
-    return producer_for(FAULT_BROKER)
+    return producer_for(fault_env["ACR_INGEST_BROKER_URL"])
 
 
 def producer_for(broker_url: str, **overrides: object) -> object:

@@ -8,10 +8,10 @@ import signal
 import pytest
 
 from ingest.store.models import FileStatus
-from tests.faults.conftest import WorkerProcess
+from tests.faults.conftest import WorkerProcess, on_both_brokers
 from tests.helpers import file_row, files_in, wait_for
 
-pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("fault_beat")]
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("fault_beat"), on_both_brokers]
 
 
 def _one_file_per_ref(emulator, bucket: int) -> dict[str, dict]:
@@ -26,14 +26,15 @@ def test_sigkill_mid_upload_is_redelivered_and_adopted_not_posted_twice(
 ) -> None:
     emulator.faults.upload_delay = 2.0  # the POST is in flight long enough to kill the worker during it
     created_before = emulator.stats()["uploads_created"]
+    delayed_before = emulator.stats()["faults"].get("upload_delay", 0)
     first: WorkerProcess = spawn_worker("first", concurrency=1).wait_ready()
     fault_producer.upload_url("https://cdn.example.com/kill.mp3", title="Killed", bucket_id=bucket, ref="k1")
-    wait_for(
-        lambda: (r := file_row(bucket, "k1")) is not None and r.status == FileStatus.UPLOADING,
-        what="the upload in flight",
-    )
+    # Kill once the POST is in the API's hands (the row says UPLOADING a moment before the request leaves).
+    wait_for(lambda: emulator.stats()["faults"].get("upload_delay", 0) > delayed_before, what="the POST arrived")
     first.kill(signal.SIGKILL)
     first.proc.wait(timeout=10)
+    # The API finishes the upload its client no longer waits for; then a worker takes the job again.
+    wait_for(lambda: emulator.stats()["uploads_created"] > created_before, what="the killed POST created the file")
 
     second = spawn_worker("second", concurrency=1).wait_ready()
     row = wait_for(
@@ -60,8 +61,8 @@ def test_sigterm_finishes_or_hands_back_its_tasks(spawn_worker, fault_producer, 
     spawn_worker("after", concurrency=2).wait_ready()
     wait_for(
         lambda: [r.status for r in files_in(bucket)] == [FileStatus.READY] * len(refs),
-        timeout=60,
-        what="every upload ready",
+        timeout=180,  # a busy machine: the new worker's start and 8 uploads share two cores with others
+        what=lambda: f"every upload ready ({[(r.ref, r.status) for r in files_in(bucket)]})",
     )
     assert sorted(_one_file_per_ref(emulator, bucket)) == sorted(refs)
 

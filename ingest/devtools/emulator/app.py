@@ -423,6 +423,7 @@ class EmulatorApp:
         assert title is not None  # _check_title recorded an error otherwise
 
         if (delay := self.faults.upload_delay) > 0:
+            self.stats.fault("upload_delay")  # counted on arrival: tests can tell a POST is in our hands
             time.sleep(delay)
 
         if data_type in ("audio", "fingerprint"):

@@ -1,0 +1,49 @@
+"""Each broker gets the options that mean something to it, and the settings refuse what cannot work."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from ingest.settings import Settings
+from ingest.worker.app import celery_config
+from ingest.worker.broker import REDIS_TRANSPORT
+
+
+def _settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def test_rabbitmq_gets_publisher_confirms_durable_queues_and_no_redis_options() -> None:
+    conf = celery_config(_settings(broker_url="amqp://guest:guest@127.0.0.1:5672/acr"))
+    assert conf["broker_url"] == "amqp://guest:guest@127.0.0.1:5672/acr"
+    assert conf["broker_transport_options"] == {"confirm_publish": True}
+    assert "broker_transport" not in conf  # kombu's py-amqp transport, from the scheme
+    assert all(q.durable for q in conf["task_queues"])
+
+
+def test_redis_gets_the_visibility_timeout_and_our_transport() -> None:
+    conf = celery_config(_settings(broker_url="redis://127.0.0.1:6379/0", visibility_timeout=900))
+    assert conf["broker_transport"] == REDIS_TRANSPORT
+    assert conf["broker_transport_options"]["visibility_timeout"] == 900
+    assert "confirm_publish" not in conf["broker_transport_options"]
+    # rediss:// keeps kombu's class, which sets up TLS by the scheme's name.
+    assert celery_config(_settings(broker_url="rediss://h:6380/0"))["broker_transport"] is None
+
+
+def test_a_shared_rate_limit_on_rabbitmq_needs_a_redis_url() -> None:
+    with pytest.raises(ValidationError, match="ACR_INGEST_RATE_LIMIT_REDIS_URL"):
+        _settings(broker_url="amqp://127.0.0.1//", rate_limit=5)
+    ok = _settings(broker_url="amqp://127.0.0.1//", rate_limit=5, rate_limit_redis_url="redis://127.0.0.1/1")
+    assert ok.rate_limit == 5
+    assert _settings(broker_url="redis://127.0.0.1/0", rate_limit=5).rate_limit == 5  # the broker holds it
+
+
+def test_countdowns_stay_under_rabbitmqs_consumer_timeout() -> None:
+    rabbit = _settings(broker_url="amqp://127.0.0.1//", visibility_timeout=3600, rabbitmq_consumer_timeout=1200)
+    assert rabbit.max_countdown == 600
+    assert _settings(broker_url="redis://127.0.0.1/0", visibility_timeout=3600).max_countdown == 1800
+    with pytest.raises(ValidationError, match="ACR_INGEST_RABBITMQ_CONSUMER_TIMEOUT"):
+        _settings(
+            broker_url="amqp://127.0.0.1//", visibility_timeout=3600, rabbitmq_consumer_timeout=100, backoff_max=300
+        )
