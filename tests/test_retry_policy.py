@@ -81,3 +81,11 @@ def test_backoff_grows_then_stays_under_the_cap() -> None:
     samples = [max(backoff(n, S, rng) for _ in range(200)) for n in range(10)]
     assert samples[0] <= 2 and samples[3] <= 16 and max(samples) <= S.backoff_max
     assert samples[9] > 30  # full jitter reaches toward the cap
+
+
+def test_a_session_broken_by_an_interrupted_flush_is_retried_not_failed() -> None:
+    from sqlalchemy.exc import PendingRollbackError
+
+    exc = PendingRollbackError("This Session's transaction has been rolled back ... Original exception was: -241")
+    decision = decide(exc, 1, 0, Settings(_env_file=None))
+    assert decision.action is Action.RETRY and decision.counts

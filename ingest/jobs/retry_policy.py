@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ingest.api.errors import ApiError, AuthError, RateLimitedError
@@ -58,8 +58,12 @@ def backoff(attempt: int, settings: Settings, rng: random.Random | None = None) 
 
 
 def database_unavailable(exc: BaseException) -> bool:
-    """The database is down, unreachable, locked or out of connections: transient, never the job's fault."""
+    """The database is down, unreachable, locked or out of connections: transient, never the job's fault.
+    A session left mid-transaction by an interrupted flush (a pool child signalled while writing) counts too:
+    the next delivery starts with a fresh one."""
     if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError):
+        return True
+    if isinstance(exc, PendingRollbackError):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
