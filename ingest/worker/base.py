@@ -17,6 +17,7 @@ from ingest.jobs.runner import Handler, run_job
 from ingest.settings import get_settings
 from ingest.worker.metrics import counted_gate, observe_api_call
 from ingest.worker.observe import observe_job
+from ingest.worker.outbox import publish_after_job
 
 
 class IngestTask(Task):
@@ -70,3 +71,5 @@ class IngestTask(Task):
             # A countdown longer than the visibility timeout would make Redis deliver the message twice.
             countdown = min(wait.countdown, get_settings().visibility_timeout / 2)
             raise self.retry(countdown=countdown) from None
+        finally:
+            publish_after_job(self.app)  # the events the job wrote, if any
