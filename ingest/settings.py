@@ -115,7 +115,16 @@ class Settings(BaseSettings):
     # worker instance, emptied when it starts. Unset: a private temporary directory.
     metrics_dir: Path | None = None
 
-    @field_validator("metrics_port", "metrics_dir", mode="before")
+    # --- Events for the catalog system (docs/MESSAGES.md, "Events") -----------------------------------
+    # Unset: no events on the broker (a durable queue nobody reads would grow without bound in the broker).
+    events_queue: str | None = None
+    events_exchange: str = "acr_ingest.events"  # a topic exchange; routing keys file.ready, operation.failed...
+    # Each event also POSTed here, signed with webhook_secret (required with it); retried with backoff.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("metrics_port", "metrics_dir", "events_queue", "webhook_url", "webhook_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v  # `ACR_INGEST_METRICS_PORT=` in a .env turns it off
@@ -127,6 +136,21 @@ class Settings(BaseSettings):
         elif self.rate_limit_mode == "fixed" and not self.rate_limit:
             raise ValueError("ACR_INGEST_RATE_LIMIT_MODE=fixed needs ACR_INGEST_RATE_LIMIT (requests per second)")
         return self
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        if self.webhook_url and not (self.webhook_secret and self.webhook_secret.get_secret_value()):
+            raise ValueError(
+                "ACR_INGEST_WEBHOOK_URL needs ACR_INGEST_WEBHOOK_SECRET (the receiver checks the signature with it)"
+            )
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError("ACR_INGEST_WEBHOOK_URL must be an http:// or https:// URL")
+        return self
+
+    @property
+    def events_enabled(self) -> bool:
+        """Whether state changes write events (to the broker, the webhook or both)."""
+        return bool(self.events_queue or self.webhook_url)
 
     @field_validator("api_base_url")
     @classmethod

@@ -94,7 +94,8 @@ def test_config_masks_the_token_and_url_passwords() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert TOKEN not in run.stdout and "redispw" not in run.stdout and "dbpw" not in run.stdout
-    lines = dict(line.split("=", 1) for line in run.stdout.splitlines())
+    # The settings, one KEY=value a line (the API-assumptions section after them is indented text).
+    lines = dict(line.split("=", 1) for line in run.stdout.split("\n\napi assumptions")[0].splitlines())
     assert lines["ACR_INGEST_ACCESS_TOKEN"] == "***"
     assert lines["ACR_INGEST_BROKER_URL"] == "redis://:***@127.0.0.1:6379/0"
     assert lines["ACR_INGEST_DATABASE_URL"] == "postgresql+psycopg://acr:***@db:5432/acr"

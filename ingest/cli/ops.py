@@ -48,12 +48,49 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def config(as_json: bool) -> None:
     """Print the effective settings (environment, .env and defaults), the token and URL passwords masked."""
-    values = effective_settings(get_settings())
+    settings = get_settings()
+    values = effective_settings(settings)
+    probe = probe_section(settings)
     if as_json:
-        click.echo(json.dumps(values, indent=2))
+        click.echo(json.dumps({**values, "(api assumptions)": probe}, indent=2))
         return
     for key, value in values.items():
         click.echo(f"{key}={'' if value is None else value}")
+    click.echo("")
+    for line in probe_lines(probe):
+        click.echo(line)
+
+
+def probe_section(settings: Settings) -> dict[str, Any]:
+    """What the saved probe report (``acr-ingest probe``) found out about the real API's unknowns."""
+    from ingest.cli.probe import confirmations, load
+
+    path = settings.probe_report
+    try:
+        report = load(path)
+    except ValueError as exc:
+        return {"report": str(path), "error": str(exc)}
+    if report is None:
+        return {"report": str(path), "error": f"no probe report: run `acr-ingest probe --bucket ID` (saved to {path})"}
+    return {
+        "report": str(path),
+        "probed_at": report.get("probed_at"),
+        "base_url": mask_url_credentials(str(report.get("base_url", ""))),
+        "matches": report.get("matches"),
+        "assumptions": confirmations(report),
+    }
+
+
+def probe_lines(probe: dict[str, Any]) -> list[str]:
+    if "error" in probe:
+        return [f"api assumptions: {probe['error']}"]
+    marks = {True: "confirmed", False: "REFUTED", None: "not observed"}
+    lines = [
+        f"api assumptions (probe of {probe['base_url']} at {probe['probed_at']}, {probe['report']}):",
+        f"  matches emulator profile(s): {', '.join(probe['matches'] or [])}",
+    ]
+    lines += [f"  {marks.get(v, str(v)):<12} {name}" for name, v in probe["assumptions"].items()]
+    return lines
 
 
 @click.command("flower", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

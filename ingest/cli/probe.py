@@ -245,6 +245,24 @@ def save(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def load(path: Path) -> dict[str, Any] | None:
+    """The saved report, or None when there is none; a report that cannot be read raises ValueError."""
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the probe report {path} cannot be read ({exc}): run `acr-ingest probe` again") from None
+    if not isinstance(report, dict) or not isinstance(report.get("assumptions"), dict):
+        raise ValueError(f"the probe report {path} is not one `acr-ingest probe` wrote: run it again")
+    return report
+
+
+def confirmations(report: dict[str, Any]) -> dict[str, bool | None]:
+    """Each API assumption: True confirmed, False refuted (the code handles the other answer), None not seen."""
+    return {name: a.get("confirmed") for name, a in report["assumptions"].items() if isinstance(a, dict)}
+
+
 def summary(report: dict[str, Any]) -> list[str]:
     marks = {True: "confirmed", False: "REFUTED", None: "not observed"}
     lines = [f"probe of {report['base_url']} bucket {report['bucket_id']} at {report['probed_at']}"]

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from ingest.api.client import AcrCloudClient
 from ingest.api.errors import TransientError
 from ingest.api.schemas import BucketFile
+from ingest.jobs import events
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.identity import carries_ref, tagged
@@ -142,10 +143,12 @@ def adopt(row: TrackFile, remote: BucketFile, *, synced_version: int) -> None:
 
 
 def set_remote_state(row: TrackFile, state: int | str) -> None:
+    previous = row.status
     row.remote_state = state if isinstance(state, int) else None  # a named state is kept in the reason
     row.status = FileStatus.of_remote_state(state)
     row.reason = state_reason(state)
     row.updated_at = utcnow()
+    events.file_changed_here(row, previous)  # in the transaction its caller commits
 
 
 @contextmanager

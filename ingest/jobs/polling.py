@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from ingest.api.errors import ApiError, AuthError, NotFoundError, RateLimitedError, TransientError
 from ingest.api.schemas import BucketFile
+from ingest.jobs import events
 from ingest.jobs.batches import chunks
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import RetryLater
@@ -127,7 +128,7 @@ def _record_state(
             "reason": state_reason(remote.state),
         }
         counts["ready" if status == FileStatus.READY else "error"] += 1
-    s.execute(
+    changed = s.execute(
         update(TrackFile)
         .where(
             col(TrackFile.id) == file_id,
@@ -136,6 +137,9 @@ def _record_state(
         )
         .values(**values)
     )
+    if "status" in values and changed.rowcount == 1:  # type: ignore[attr-defined]
+        s.refresh(row)
+        events.file_changed(s, row, FileStatus.PROCESSING)  # committed with the chunk's states
 
 
 def _vanished(row: TrackFile, settings: Settings) -> bool:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ingest.api.errors import RateLimitedError
+from ingest.jobs import events
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import VALIDATORS
@@ -61,11 +62,13 @@ def summary(op: Operation) -> dict[str, Any]:
 def _set(session: Session, op_id: int, **values: Any) -> Operation:
     op = session.get(Operation, op_id)
     assert op is not None
+    previous = op.status
     for key, value in values.items():
         setattr(op, key, value)
     op.updated_at = utcnow()
     if values.get("status") in OpStatus.final():
         op.finished_at = op.updated_at
+        events.operation_ended(session, op, previous)  # committed with the status it reports
     session.add(op)
     session.commit()
     return op
@@ -78,10 +81,12 @@ def fail_file(session: Session, op: Operation, reason: str) -> None:
     file_id = op.file_id
     row = session.get(TrackFile, file_id)
     if row is not None and row.remote_id is None and row.status in (FileStatus.QUEUED, FileStatus.UPLOADING):
+        previous = row.status
         row.status = FileStatus.FAILED
         row.reason = reason
         row.updated_at = utcnow()
         session.add(row)
+        events.file_changed(session, row, previous, operation=op)
         session.commit()
 
 

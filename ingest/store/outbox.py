@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 from ingest.store.models import Operation, OutboxEntry, utcnow
 
 TASK = "task"  # kind: a Celery task sent by name; destination = the task name, payload = its kwargs
+EVENT = "event"  # kind: an event for the catalog system; destination = its routing key, payload = its body
 # How long a claimed entry is left to its publisher (a publish with its retries takes seconds) before
 # another may take it.
 CLAIM_SECONDS = 120.0

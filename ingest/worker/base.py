@@ -17,6 +17,7 @@ from ingest.jobs.runner import Handler, run_job
 from ingest.settings import get_settings
 from ingest.worker.metrics import counted_gate, observe_api_call
 from ingest.worker.observe import observe_job
+from ingest.worker.outbox import publish_after_job
 
 
 class IngestTask(Task):
@@ -71,3 +72,5 @@ class IngestTask(Task):
             # timeout, RabbitMQ's consumer_timeout).
             countdown = min(wait.countdown, get_settings().max_countdown)
             raise self.retry(countdown=countdown) from None
+        finally:
+            publish_after_job(self.app)  # the events the job wrote, if any

@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from ingest.settings import get_settings
 from ingest.store import outbox
 from ingest.store.db import session_scope
 from ingest.store.models import OutboxEntry
+from ingest.worker.events import publish_event
 
 log = logging.getLogger("ingest.outbox")
 SWEEP_BATCH = 200
@@ -21,7 +23,7 @@ def _send_task(app: Celery, entry: OutboxEntry) -> None:
     app.send_task(entry.destination, kwargs=entry.payload, task_id=entry.message_id)
 
 
-PUBLISHERS: dict[str, Callable[[Celery, OutboxEntry], None]] = {outbox.TASK: _send_task}
+PUBLISHERS: dict[str, Callable[[Celery, OutboxEntry], None]] = {outbox.TASK: _send_task, outbox.EVENT: publish_event}
 
 
 class PublishError(RuntimeError):
@@ -61,5 +63,16 @@ def sweep(app: Celery) -> int:
                 break
             sent += 1
     if sent:
-        log.info("outbox: published %d message(s) that were not sent at enqueue time", sent)
+        log.info("outbox: published %d due message(s) (events, or jobs not sent at enqueue time)", sent)
     return sent
+
+
+def publish_after_job(app: Celery) -> None:
+    """Right after a job: publish the events it wrote (due at once). Never fails the job: what is left
+    is published by the poll's sweep."""
+    if not get_settings().events_enabled:
+        return
+    try:
+        sweep(app)
+    except Exception as exc:  # the database or broker away: the next sweep tries again
+        log.warning("outbox: events left for the poll's sweep: %s: %s", type(exc).__name__, exc)

@@ -14,6 +14,7 @@ from ingest.jobs.updates import handle_update
 from ingest.jobs.uploads import handle_upload
 from ingest.worker.app import app
 from ingest.worker.base import IngestTask
+from ingest.worker.events import deliver_webhook as deliver_event
 from ingest.worker.outbox import sweep
 
 
@@ -46,3 +47,9 @@ def move_batch(self: IngestTask, **kwargs: Any) -> dict[str, Any]:
 def poll_states(self: IngestTask) -> dict[str, Any]:
     # Periodic and idempotent: a lost run is simply the next cycle. Unsent and lost messages go out by name.
     return poll_cycle(self.job_context(), publish_outbox=lambda: sweep(self.app))
+
+
+@app.task(bind=True, name="ingest.deliver_webhook", max_retries=None)
+def deliver_webhook(self: IngestTask, event: dict[str, Any]) -> dict[str, Any]:
+    # An event for the catalog system POSTed to ACR_INGEST_WEBHOOK_URL; written by ingest.jobs.events.
+    return deliver_event(self, event)
