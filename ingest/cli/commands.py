@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ingest.cli.catalog_import import import_catalog
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 
@@ -301,6 +302,11 @@ def demo(keep: bool, timeout: float) -> None:
     from ingest.cli.demo import run_demo
 
     sys.exit(run_demo(keep=keep, timeout=timeout))
+
+
+# --- catalog scale (ingest/cli/catalog_*.py) --------------------------------------------------------
+
+main.add_command(import_catalog)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from ingest.api.schemas import BucketFile
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import UploadFileJob, UploadUrlJob
+from ingest.jobs.remote_refs import carried_ref
 from ingest.settings import Settings
 from ingest.store.leases import claim_file, kept_alive, release_file
 from ingest.store.models import FileStatus, TrackFile, utcnow
@@ -164,7 +165,7 @@ def files_with_ref(client: AcrCloudClient, row: TrackFile) -> list[BucketFile]:
     """The bucket's files carrying this row's ref in ``audio_id``. Search matches titles: look under
     the title and bucket the last POST used (an update or a move may have changed them since)."""
     bucket = row.posted_bucket_id or row.bucket_id
-    return [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if f.audio_id == row.ref]
+    return [f for f in client.iter_files(bucket, search=row.posted_title or row.title) if carried_ref(f) == row.ref]
 
 
 def verify_later(session: Session, row: TrackFile, settings: Settings) -> None:
