@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     read_timeout: float = 60.0
     default_bucket: int | None = None
     ids_chunk_size: int = Field(default=100, ge=1, le=1000)
+    # Files per page when reconcile lists a whole bucket: as many as the API gives (the vendor page
+    # states no maximum; Laravel apps cap it, the emulator at 1000; a lower cap only means more pages).
+    list_page_size: int = Field(default=1000, ge=1, le=10_000)
 
     # --- Celery ---------------------------------------------------------------------------------
     broker_url: str = "redis://127.0.0.1:6379/0"

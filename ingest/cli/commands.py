@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ingest.cli.catalog_import import import_catalog
+from ingest.cli.catalog_reconcile import reconcile
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 
@@ -307,6 +308,7 @@ def demo(keep: bool, timeout: float) -> None:
 # --- catalog scale (ingest/cli/catalog_*.py) --------------------------------------------------------
 
 main.add_command(import_catalog)
+main.add_command(reconcile)
 
 
 if __name__ == "__main__":
