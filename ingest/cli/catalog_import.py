@@ -28,7 +28,7 @@ REPORT_FIELDS = ("row", "bucket_id", "ref", "outcome", "error")
 
 
 @contextmanager
-def _open_input(name: str) -> Iterator[TextIO]:
+def open_input(name: str) -> Iterator[TextIO]:
     if name == "-":
         yield io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
         return
@@ -137,7 +137,7 @@ def _show_status(name: str, fmt: str, bucket_id: int | None) -> None:
             else:
                 yield item.bucket_id, item.ref
 
-    with _open_input(name) as stream, session_scope() as s:
+    with open_input(name) as stream, session_scope() as s:
         counts = status_counts(s, keys(read_catalog(stream, fmt, settings, bucket_id)))
     if refused:
         counts["refused (bad row)"] = refused
@@ -182,7 +182,7 @@ def import_catalog(
     started = time.monotonic()
     failed: EnqueueError | None = None
     try:
-        with _open_input(source) as stream:
+        with open_input(source) as stream:
             outcomes = Producer(settings=settings).upload_many(
                 read_catalog(stream, fmt, settings, bucket_id), batch_size=batch_size, dry_run=dry_run
             )

@@ -11,6 +11,7 @@ import click
 
 from ingest.cli.catalog_import import import_catalog
 from ingest.cli.catalog_reconcile import reconcile
+from ingest.cli.catalog_sync import sync
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 
@@ -309,6 +310,7 @@ def demo(keep: bool, timeout: float) -> None:
 
 main.add_command(import_catalog)
 main.add_command(reconcile)
+main.add_command(sync)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def batches(items: Iterable[Item], size: int) -> Iterator[list[tuple[int, Item]]
         yield batch
 
 
-def _existing(session: Session, jobs: Sequence[UploadJob]) -> dict[tuple[int, str], TrackFile]:
+def existing_rows(session: Session, jobs: Sequence[UploadJob]) -> dict[tuple[int, str], TrackFile]:
     refs_by_bucket: dict[int, list[str]] = defaultdict(list)
     for job in jobs:
         refs_by_bucket[job.bucket_id].append(job.ref)
@@ -187,7 +187,7 @@ def plan_batch(session: Session, batch: Sequence[tuple[int, Item]], settings: Se
     session commits) and return the messages to publish, in item order."""
     now = utcnow()
     jobs = [item for _, item in batch if not isinstance(item, Refused)]
-    existing = _existing(session, jobs)
+    existing = existing_rows(session, jobs)
     decided: list[tuple[int, Item, UploadPlan | None, str | None]] = []
     for index, item in batch:
         if isinstance(item, Refused):
