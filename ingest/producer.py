@@ -138,13 +138,14 @@ class Producer:
         over one broker connection. If the broker fails midway the rows stay queued and marked unsent:
         re-running the same items sends them (EnqueueError says so)."""
         for batch in batches(items, batch_size):
-            while True:
+            for attempt in range(3):
                 try:
                     with session_scope() as s:
                         plan = plan_batch(s, batch, self.settings, dry_run=dry_run)
                     break
                 except IntegrityError:  # another producer wrote one of these refs a moment ago: plan again
-                    continue
+                    if attempt == 2:
+                        raise
             self._publish_many(plan.messages)
             yield from plan.outcomes
 

@@ -113,6 +113,13 @@ def batches(items: Iterable[Item], size: int) -> Iterator[list[tuple[int, Item]]
         yield batch
 
 
+def _refs_by_bucket(rows: list[dict[str, Any]]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    for row in rows:
+        out[row["bucket_id"]].append(row["ref"])
+    return out
+
+
 def existing_rows(session: Session, jobs: Sequence[UploadJob]) -> dict[tuple[int, str], TrackFile]:
     refs_by_bucket: dict[int, list[str]] = defaultdict(list)
     for job in jobs:
@@ -211,11 +218,16 @@ def plan_batch(session: Session, batch: Sequence[tuple[int, Item]], settings: Se
     new_rows = [_new_row_values(item, now) for _, item, plan, _ in decided if plan is UploadPlan.NEW]  # type: ignore[arg-type]
     new_ids: dict[tuple[int, str], int] = {}
     if new_rows and not dry_run:
-        stmt = insert(TrackFile).returning(
-            col(TrackFile.id), col(TrackFile.bucket_id), col(TrackFile.ref), sort_by_parameter_order=True
-        )
-        for file_id, bucket_id, ref in session.execute(stmt, new_rows):
-            new_ids[(bucket_id, ref)] = file_id
+        # A plain executemany and one SELECT for the ids: an INSERT ... RETURNING with many rows runs one
+        # statement per row on SQLite (measured: 10,000 executes for 10,000 rows).
+        session.execute(insert(TrackFile), new_rows)
+        for bucket_id, refs in _refs_by_bucket(new_rows).items():
+            query = select(TrackFile.id, TrackFile.ref).where(
+                TrackFile.bucket_id == bucket_id, col(TrackFile.ref).in_(refs)
+            )
+            for file_id, ref in session.exec(query):
+                assert file_id is not None
+                new_ids[(bucket_id, ref)] = file_id
 
     outcomes: list[RowOutcome] = []
     ops: list[dict[str, Any]] = []
