@@ -133,7 +133,7 @@ class Producer:
     def upload_many(
         self, items: Iterable[Item], *, batch_size: int = 1000, dry_run: bool = False
     ) -> Iterator[RowOutcome]:
-        """Enqueue many uploads (validated jobs, or the InputError of a bad one, in order): one outcome per
+        """Enqueue many uploads (validated jobs, or ``Refused`` for a bad one, in order): one outcome per
         item, numbered from 1. Each batch is planned and written in one transaction, then published
         over one broker connection. If the broker fails midway the rows stay queued and marked unsent:
         re-running the same items sends them (EnqueueError says so)."""
@@ -161,7 +161,6 @@ class Producer:
         return self._bulk
 
     def _publish_many(self, messages: list[Message]) -> None:
-        sent = 0
         try:
             # kombu's publish batch pipelines the broker commands (Redis: one round trip per batch
             # instead of two per message, the job and its task-sent event); other brokers publish at once.
@@ -173,13 +172,14 @@ class Producer:
                     app.send_task(
                         m.task_name, kwargs=m.args, task_id=m.task_id, producer=publisher, kwargsrepr=kwargsrepr
                     )
-            sent = len(messages)
         except Exception as exc:
+            # A pipeline that failed may have delivered part of the batch: mark all of it unsent. Sending
+            # one again is harmless (the same task id runs once; a finished operation is not redone).
             with session_scope() as s:
-                mark_unsent(s, [m.task_id for m in messages[sent:]])
+                mark_unsent(s, [m.task_id for m in messages])
             raise EnqueueError(
-                f"the broker took {sent} of {len(messages)} messages ({type(exc).__name__}: {exc}); "
-                "the rows are written: run the same import again to send the rest"
+                f"the broker did not take a batch of {len(messages)} messages ({type(exc).__name__}: {exc}); "
+                "the rows are written: run the same import again to send them"
             ) from exc
 
     # --- metadata and batches --------------------------------------------------------------------
