@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
+from ingest.jobs.bulk_uploads import Item, Message, RowOutcome, batches, mark_unsent, plan_batch
 from ingest.jobs.errors import EnqueueError
 from ingest.jobs.inputs import (
     validate_delete_batch,
@@ -59,6 +61,7 @@ class Producer:
 
             app = create_app(self.settings)
         self.app = app
+        self._bulk: Celery | None = None
 
     # --- uploads -----------------------------------------------------------------------------
 
@@ -144,6 +147,58 @@ class Producer:
         for entry_id in entry_ids:
             self._send(entry_id, result.operation_id, rerun_hint=True)
         return result
+
+    def upload_many(
+        self, items: Iterable[Item], *, batch_size: int = 1000, dry_run: bool = False
+    ) -> Iterator[RowOutcome]:
+        """Enqueue many uploads (validated jobs, or ``Refused`` for a bad one, in order): one outcome per
+        item, numbered from 1. Each batch is planned and written in one transaction, then published
+        over one broker connection. If the broker fails midway the rows stay queued and marked unsent:
+        re-running the same items sends them (EnqueueError says so)."""
+        for batch in batches(items, batch_size):
+            for attempt in range(3):
+                try:
+                    with session_scope() as s:
+                        plan = plan_batch(s, batch, self.settings, dry_run=dry_run)
+                    break
+                except IntegrityError:  # another producer wrote one of these refs a moment ago: plan again
+                    if attempt == 2:
+                        raise
+            self._publish_many(plan.messages)
+            yield from plan.outcomes
+
+    def _bulk_app(self) -> Celery:
+        """The app for bulk publishes: the same broker and routes, without a task-sent event per message
+        (it doubles the publish cost; the operations table records what was sent, and Flower sees each
+        job once a worker receives it)."""
+        if self._bulk is None:
+            from ingest.worker.app import create_app
+
+            self._bulk = create_app(self.settings)
+            self._bulk.conf.update(broker_url=self.app.conf.broker_url, task_send_sent_event=False)
+        return self._bulk
+
+    def _publish_many(self, messages: list[Message]) -> None:
+        try:
+            # kombu's publish batch pipelines the broker commands (Redis: one round trip per batch
+            # instead of two per message, the job and its task-sent event); other brokers publish at once.
+            app = self._bulk_app()
+            with app.producer_or_acquire() as publisher, publisher.batch(max_size=2 * len(messages) + 2):
+                for m in messages:
+                    # A short kwargsrepr: Celery's saferepr of the arguments costs as much as the publish.
+                    kwargsrepr = f"{{'ref': {m.args.get('ref')!r}, 'bucket_id': {m.args.get('bucket_id')!r}}}"
+                    app.send_task(
+                        m.task_name, kwargs=m.args, task_id=m.task_id, producer=publisher, kwargsrepr=kwargsrepr
+                    )
+        except Exception as exc:
+            # A pipeline that failed may have delivered part of the batch: mark all of it unsent. Sending
+            # one again is harmless (the same task id runs once; a finished operation is not redone).
+            with session_scope() as s:
+                mark_unsent(s, [m.task_id for m in messages])
+            raise EnqueueError(
+                f"the broker did not take a batch of {len(messages)} messages ({type(exc).__name__}: {exc}); "
+                "the rows are written: run the same import again to send them"
+            ) from exc
 
     # --- metadata and batches --------------------------------------------------------------------
 

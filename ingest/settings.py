@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     ids_chunk_size: int = Field(default=100, ge=1, le=1000)
     # Where `acr-ingest probe` saves what it found out about the real API (docs/API.md).
     probe_report: Path = Path("acr-ingest-probe.json")
+    # Files per page when reconcile lists a whole bucket: as many as the API gives (the vendor page
+    # states no maximum; Laravel apps cap it, the emulator at 1000; a lower cap only means more pages).
+    list_page_size: int = Field(default=1000, ge=1, le=10_000)
 
     # --- Celery ---------------------------------------------------------------------------------
     # redis://, amqp:// (RabbitMQ) or filesystem://; README "Choosing a broker" says what each guarantees.

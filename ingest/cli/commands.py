@@ -11,6 +11,9 @@ from typing import Any
 
 import click
 
+from ingest.cli.catalog_import import import_catalog
+from ingest.cli.catalog_reconcile import reconcile
+from ingest.cli.catalog_sync import sync
 from ingest.cli.db import db
 from ingest.cli.history import show
 from ingest.cli.ops import config, flower, health
@@ -455,8 +458,8 @@ def demo(keep: bool, timeout: float) -> None:
     sys.exit(run_demo(keep=keep, timeout=timeout))
 
 
-# Groups and commands kept in modules of their own.
-for _command in (db, health, config, show, flower):
+# Groups and commands kept in modules of their own (catalog scale: ingest/cli/catalog_*.py).
+for _command in (db, health, config, show, flower, import_catalog, reconcile, sync):
     main.add_command(_command)
 
 if __name__ == "__main__":

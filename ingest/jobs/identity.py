@@ -26,6 +26,15 @@ def visible(user_defined: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in user_defined.items() if k != REF_KEY}
 
 
+def carried_ref(remote: BucketFile) -> str | None:
+    """The ref this remote file carries (the reserved key first, then ``audio_id``), or None for a file that
+    carries none (added by hand, by another tool, or by an upload that sent neither)."""
+    key = remote.user_defined.get(REF_KEY)
+    if isinstance(key, str) and key.strip():
+        return key.strip()
+    return (remote.audio_id or "").strip() or None
+
+
 def carries_ref(remote: BucketFile, ref: str) -> bool:
     return remote.audio_id == ref or remote.user_defined.get(REF_KEY) == ref
 
