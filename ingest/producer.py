@@ -190,6 +190,8 @@ class Producer:
                     app.send_task(
                         m.task_name, kwargs=m.args, task_id=m.task_id, producer=publisher, kwargsrepr=kwargsrepr
                     )
+            with session_scope() as s:
+                outbox.mark_sent_many(s, [m.task_id for m in messages])
         except Exception as exc:
             # A pipeline that failed may have delivered part of the batch: mark all of it unsent. Sending
             # one again is harmless (the same task id runs once; a finished operation is not redone).

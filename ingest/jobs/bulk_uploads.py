@@ -31,6 +31,7 @@ from ingest.jobs.managed_files import (
     source_of,
 )
 from ingest.settings import Settings
+from ingest.store import outbox
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 
 # The error an operation carries while its message has not reached the broker.
@@ -265,6 +266,21 @@ def plan_batch(session: Session, batch: Sequence[tuple[int, Item]], settings: Se
         return BatchPlan([_without_task(o) for o in outcomes], [])
     if ops:
         session.execute(insert(Operation), ops)
+        # Their messages in the outbox, in the same transaction: a broker that fails the publish delays
+        # them (the poll's sweeper sends what is unsent), it never loses them.
+        outbox.add_many(
+            session,
+            [
+                {
+                    "kind": outbox.TASK,
+                    "destination": OpKind(v["kind"]).task_name,
+                    "message_id": v["task_id"],
+                    "payload": v["args"],
+                }
+                for v in ops
+            ],
+            grace=settings.outbox_grace,
+        )
     for op in resent:
         op.error, op.updated_at = None, now
         session.add(op)

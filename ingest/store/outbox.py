@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, insert, update
 from sqlmodel import Session, col, select
 
 from ingest.store.models import Operation, OutboxEntry, utcnow
@@ -33,6 +33,26 @@ def add(
     session.add(entry)
     session.flush()
     return entry
+
+
+def add_many(session: Session, entries: list[dict[str, Any]], *, grace: float) -> None:
+    """Many new task entries in one statement (a bulk enqueue): ``kind``, ``destination``, ``message_id`` and
+    ``payload`` each. Not committed here: they belong to the caller's transaction, with their rows."""
+    if entries:
+        now = utcnow()
+        due = now + timedelta(seconds=grace)
+        session.execute(insert(OutboxEntry), [{**e, "due_at": due, "attempts": 0, "created_at": now} for e in entries])
+
+
+def mark_sent_many(session: Session, message_ids: list[str]) -> None:
+    """The broker took these messages (a bulk publish); committed."""
+    if message_ids:
+        session.execute(
+            update(OutboxEntry)
+            .where(col(OutboxEntry.message_id).in_(message_ids), col(OutboxEntry.sent_at).is_(None))
+            .values(sent_at=utcnow())
+        )
+        session.commit()
 
 
 def rearm(session: Session, *, kind: str, destination: str, message_id: str, payload: dict[str, Any]) -> None:
