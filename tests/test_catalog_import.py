@@ -15,6 +15,7 @@ from ingest.cli.commands import main
 from ingest.jobs.bulk_uploads import UNSENT, Outcome
 from ingest.jobs.catalog_input import read_catalog
 from ingest.jobs.errors import EnqueueError
+from ingest.jobs.identity import visible
 from ingest.settings import get_settings
 from ingest.store.db import session_scope
 from ingest.store.models import Operation
@@ -66,7 +67,7 @@ def test_import_report_rerun_update_dry_run_and_status(emulator, bucket, tmp_pat
     assert "title:" in refused["error"] and "url:" in refused["error"]
     wait_for(lambda: _all_ready(emulator, bucket, 12), timeout=60, what="12 imported files ready")
     remote = {f["audio_id"]: f for f in emulator.files(bucket)}
-    assert remote["C-3"]["title"] == "Track 3" and remote["C-3"]["user_defined"] == {"artist": "Artist C-3"}
+    assert remote["C-3"]["title"] == "Track 3" and visible(remote["C-3"]["user_defined"]) == {"artist": "Artist C-3"}
 
     again = _import(str(cat), "--report", str(tmp_path / "again.jsonl"))
     assert again.exit_code == 2

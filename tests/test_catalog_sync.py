@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ingest.cli.commands import main
+from ingest.jobs.identity import visible
 from tests.helpers import file_row, files_in, wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -72,7 +73,7 @@ def test_sync_plans_applies_and_settles(producer, emulator, bucket, tmp_path) ->
         return (
             sorted(remote) == ["K-1", "K-2", "K-3", "K-4"]
             and remote["K-2"]["title"] == "Two (v2)"
-            and remote["K-2"]["user_defined"] == {"label": "L"}
+            and visible(remote["K-2"]["user_defined"]) == {"label": "L"}
             and emulator.files(other) == []
             and all(file_row(bucket, r).status == "ready" for r in ("K-1", "K-2", "K-3", "K-4"))
             and file_row(bucket, "K-old").status == "deleted"

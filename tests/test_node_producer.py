@@ -14,6 +14,7 @@ import pytest
 from sqlmodel import col, select
 
 from ingest.cli.demo import write_tone
+from ingest.jobs.identity import visible
 from ingest.store.db import session_scope
 from ingest.store.models import Operation
 from tests.conftest import REDIS_URL
@@ -87,7 +88,7 @@ def test_every_task_sent_from_node_is_recorded_and_done(node, emulator, bucket, 
         return (
             sorted(here) == ["N-A"]
             and here["N-A"]["title"] == "Renamed from Node"
-            and here["N-A"]["user_defined"] == {"artist": "JS"}
+            and visible(here["N-A"]["user_defined"]) == {"artist": "JS"}
             and sorted(there) == ["N-F"]
         )
 
