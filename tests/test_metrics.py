@@ -16,7 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.devtools.processes import ChildProcess, free_port
-from ingest.store import auth_hold
+from ingest.store import auth_hold, rejected_messages
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, TrackFile, utcnow
 from tests.conftest import REDIS_URL, WORKDIR
@@ -142,6 +142,14 @@ def _hold_and_oldest_processing_show(port: int, bucket: int) -> None:
         with session_scope() as s:
             auth_hold.lift(s)
     assert value(scrape(port), "acr_ingest_auth_held") == 0
+
+    # A message no task could run, kept: the gauge counts the rows.
+    before = value(scrape(port), "acr_ingest_rejected_messages")
+    rejected_messages.record(
+        reason="test: not a task", body=b"{}", headers={}, content_type="application/json", queue="ingest", task=None
+    )
+    assert value(scrape(port), "acr_ingest_rejected_messages") == before + 1
+    assert value(scrape(port), "acr_ingest_api_down") == 0
 
     # A file posted two minutes ago and still processing (the beat is stopped: nothing polls it away).
     with session_scope() as s:

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from ingest.store import auth_hold
+from ingest.store import auth_hold, circuit_breaker, outbox, rejected_messages
 from ingest.store.models import FileStatus, TrackFile, utcnow
 
 
@@ -18,6 +18,9 @@ class StateFigures:
     oldest_processing_seconds: float  # 0 when no file is processing
     auth_held: bool
     auth_held_tasks: int
+    api_down: bool  # the circuit breaker is open
+    outbox_backlog: int  # messages written but not yet taken by the broker
+    rejected_messages: int  # messages no task could run, kept for a human
 
 
 def files_by_bucket_and_status(session: Session) -> dict[tuple[int, str], int]:
@@ -40,9 +43,13 @@ def read_state(session: Session) -> StateFigures:
     if oldest is not None and oldest.tzinfo is None:  # SQLite hands back naive UTC
         oldest = oldest.replace(tzinfo=utcnow().tzinfo)
     hold = auth_hold.current(session)
+    breaker = circuit_breaker.current(session)
     return StateFigures(
         files=files_by_bucket_and_status(session),
         oldest_processing_seconds=max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0,
         auth_held=hold is not None,
         auth_held_tasks=hold.held_tasks if hold is not None else 0,
+        api_down=breaker is not None and breaker.opened_at is not None,
+        outbox_backlog=outbox.unsent_count(session),
+        rejected_messages=rejected_messages.count(session),
     )

@@ -20,11 +20,6 @@ from ingest.store.gauges import StateFigures, read_state
 
 log = logging.getLogger("ingest.metrics")
 
-# Not yet here, added with the features they measure (other branches): the outbox backlog
-# (acr_ingest_outbox_backlog, a count of unsent outbox rows: one more gauge in _database_families) and
-# rejected messages (acr_ingest_rejected_messages_total, a counter in ingest.worker.metrics incremented
-# where a message is rejected).
-
 
 class StateCollector(Collector):
     def __init__(self, app: Celery) -> None:
@@ -91,4 +86,19 @@ def _database_families(figures: StateFigures) -> Iterator[GaugeMetricFamily]:
     )
     yield GaugeMetricFamily(
         "acr_ingest_auth_held_tasks", "Job runs deferred by the current hold.", value=figures.auth_held_tasks
+    )
+    yield GaugeMetricFamily(
+        "acr_ingest_api_down",
+        "1 while the circuit breaker holds work (the API fails for everyone).",
+        value=int(figures.api_down),
+    )
+    yield GaugeMetricFamily(
+        "acr_ingest_outbox_backlog",
+        "Messages written with their rows but not yet taken by the broker.",
+        value=figures.outbox_backlog,
+    )
+    yield GaugeMetricFamily(
+        "acr_ingest_rejected_messages",
+        "Messages no task could run, kept in rejected_messages for a human.",
+        value=figures.rejected_messages,
     )
