@@ -32,6 +32,7 @@ from typing import Any
 
 import redis
 
+from benchmarks.profile import recording, render, top_frames
 from ingest.devtools.processes import ChildProcess, celery_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,16 @@ def workers(
             kid.stop()
 
 
+@contextmanager
+def profiled(out: Path | None, kids: list[ChildProcess]) -> Iterator[list[Path]]:
+    """py-spy on the workers while the body runs (``--profile``); nothing without it."""
+    if out is None:
+        yield []
+        return
+    with recording({k.name: k.proc.pid for k in kids if not k.name.startswith("beat")}, out) as files:
+        yield files
+
+
 def wait_ready(app: Any, kids: list[ChildProcess], count: int, timeout: float = 90) -> float:
     """Block until ``count`` workers answer a control ping; returns the seconds it took."""
     started = time.perf_counter()
@@ -232,7 +243,7 @@ def naive_loop(base_url: str, token: str, n: int) -> float:
 
 def noop_tasks(n: int, workers: int, kids: list[ChildProcess], timeout: float, *, backlog: bool) -> Timing:
     """``n`` no-op tasks, sent while the workers consume, or queued first and then drained (``backlog``)."""
-    from benchmarks.noop_app import COUNTER_KEY, app
+    from benchmarks.noop_app import COUNTER_KEY, NOOP_TASK, app
 
     r = redis.Redis.from_url(BROKER)
     r.delete(COUNTER_KEY)
@@ -240,7 +251,7 @@ def noop_tasks(n: int, workers: int, kids: list[ChildProcess], timeout: float, *
         pause(app, workers)
     started = time.perf_counter()
     for _ in range(n):
-        app.send_task("bench.noop")
+        app.send_task(NOOP_TASK)
     timing = Timing(time.perf_counter() - started)
     if backlog:
         started = time.perf_counter()
@@ -438,7 +449,14 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
     n, w, threads = args.jobs, args.workers, args.workers * args.concurrency
     token = secrets.token_urlsafe(24)
     with ExitStack() as stack:
-        emu = Emulator(tokens={token}, processing_delay=args.processing_delay).start()
+
+        def emulator(limit: float | None = None, port: int = 0) -> Emulator:
+            # Every scenario, the baseline too, sees the same API latency.
+            fresh = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit)
+            fresh.faults.latency = args.latency
+            return fresh.start(port=port)
+
+        emu = emulator()
         stack.callback(lambda: emu.stop())  # late binding: stops the restarted emulator too
         env = {
             "ACR_INGEST_API_BASE_URL": emu.url,
@@ -498,8 +516,11 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                 ("backlog", BACKLOG_BUCKET, "BACK", True),
             ):
                 before, cpu = emu.stats(), CpuMeter(kids).start()
-                t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog)
+                with profiled(args.profile if backlog else None, kids) as spied:
+                    t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog)
                 used = cpu.stop(n)
+                if spied:
+                    report.details["profile"] = render(*top_frames(spied, 40))
                 ok, info = bucket_check(emu, bucket, tag, n)
                 report.checks[f"acr-ingest {label}: one file per ref, every job succeeded, all ready"] = (
                     ok and t.ready_s is not None
@@ -523,7 +544,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             print(f"[4/4] rate limit: {m} uploads against {limit:g} requests/s", flush=True)
             port = emu.port
             emu.stop()
-            emu = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit).start(port=port)
+            emu = emulator(limit, port)
             limited = rate_limited(
                 report,
                 "rate_limit",
@@ -543,7 +564,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             # here) needs workers started with it: fresh workers, beat and emulator.
             print(f"[4b] rate limit with ACR_INGEST_RATE_LIMIT={args.shared_limit:g}: {m} uploads", flush=True)
             emu.stop()
-            emu = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit).start(port=port)
+            emu = emulator(limit, port)
             # A fresh database too: the rows of [4/4] have verifications due in ~2 minutes (every re-posted
             # upload gets one), which would spend this scenario's API budget.
             fresh = {"ACR_INGEST_DATABASE_URL": f"sqlite:///{work / 'shared.db'}"}
@@ -701,6 +722,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="also run the rate-limit scenario on workers with ACR_INGEST_RATE_LIMIT=this (0: skip)",
     )
+    p.add_argument("--latency", type=float, default=0.05, help="emulator latency of every request, s")
+    p.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the workers during the backlog drain into this folder"
+    )
     p.add_argument("--processing-delay", type=float, default=0.2, help="emulator processing time, s")
     p.add_argument("--poll-interval", type=float, default=0.5, help="ACR_INGEST_POLL_INTERVAL, s")
     p.add_argument("--timeout", type=float, default=300.0, help="give up waiting on a scenario after this, s")
@@ -771,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     print()
     print(notes(report))
+    if "profile" in d:
+        print(f"\nworkers' profile during the backlog drain:\n{d['profile']}")
     for name, ok in report.checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
     RESULTS.mkdir(parents=True, exist_ok=True)
