@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -26,7 +27,8 @@ from ingest.jobs.retry_policy import (
     outage_countdown,
     reason_of,
 )
-from ingest.store import auth_hold, circuit_breaker
+from ingest.settings import Settings
+from ingest.store import auth_hold, circuit_breaker, gate_cache
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.values import db_id_or_none, storable_json
@@ -133,21 +135,8 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
         return _handle_failure(kind, op_id, exc, ctx)
 
     try:
-        with session_scope() as s:
-            if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
-                hold = auth_hold.current(s)
-                raise RetryLater(
-                    settings.auth_hold_recheck,
-                    f"held: the API rejects the access token ({hold.reason if hold else ''})",
-                    held=True,
-                )
-            if not circuit_breaker.may_call(s, settings.breaker_probe_interval):
-                outage = circuit_breaker.current(s)
-                raise RetryLater(
-                    outage_countdown(settings),
-                    f"held: the API is down for everyone ({outage.reason if outage else ''})",
-                    held=True,
-                )
+        if not gate_cache.clear():  # read both gates at most once a second per process while they are clear
+            _check_gates(settings)
         result = handler(job, op_id, ctx)
     except RetryLater as wait:
         with session_scope() as s:
@@ -158,11 +147,46 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
 
     with session_scope() as s:
         status = result.pop("status", OpStatus.SUCCEEDED)
-        if status in OpStatus.final():  # a parked follow-up may not have called the API at all
+        # A parked follow-up may not have called the API at all; with both gates clear there is nothing to lift.
+        if status in OpStatus.final() and not gate_cache.clear():
             auth_hold.lift(s)
             circuit_breaker.record_success(s)
-        op = _set(s, op_id, status=status, result=result or None, error=result.get("error"))
-        return summary(op)
+        return _finish(s, op_id, status, result or None, result.get("error"))
+
+
+def _finish(
+    session: Session, op_id: int, status: str, result: dict[str, Any] | None, error: str | None
+) -> dict[str, Any]:
+    """The outcome in one UPDATE (no read first): the summary is what was written."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "result": result, "error": error, "updated_at": now}
+    if status in OpStatus.final():
+        values["finished_at"] = now
+    session.execute(update(Operation).where(col(Operation.id) == op_id).values(**values))
+    session.commit()
+    return {"operation_id": op_id, "status": status, "error": error, "result": result}
+
+
+def _check_gates(settings: Settings) -> None:
+    """Raise RetryLater while the token is rejected or the API is down for everyone (unless this job is the
+    probe); remember when both are clear."""
+    with session_scope() as s:
+        if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
+            hold = auth_hold.current(s)
+            raise RetryLater(
+                settings.auth_hold_recheck,
+                f"held: the API rejects the access token ({hold.reason if hold else ''})",
+                held=True,
+            )
+        if not circuit_breaker.may_call(s, settings.breaker_probe_interval):
+            outage = circuit_breaker.current(s)
+            raise RetryLater(
+                outage_countdown(settings),
+                f"held: the API is down for everyone ({outage.reason if outage else ''})",
+                held=True,
+            )
+        if settings.gate_cache_seconds > 0 and auth_hold.current(s) is None and circuit_breaker.is_clear(s):
+            gate_cache.remember_clear(settings.gate_cache_seconds)
 
 
 def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> dict[str, Any]:
