@@ -6,6 +6,7 @@ a recorded state: waiting (retry later), held (token rejected) or failed with it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -16,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ingest.api.errors import RateLimitedError
-from ingest.jobs.context import JobContext
+from ingest.jobs.context import JobContext, OutcomeWriter
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import VALIDATORS
 from ingest.jobs.retry_policy import (
@@ -137,7 +138,8 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
     try:
         if not gate_cache.clear():  # read both gates at most once a second per process while they are clear
             _check_gates(settings)
-        result = handler(job, op_id, ctx)
+        recorded: dict[str, dict[str, Any]] = {}
+        result = handler(job, op_id, dataclasses.replace(ctx, record_outcome=_outcome_writer(op_id, recorded)))
     except RetryLater as wait:
         with session_scope() as s:
             _set(s, op_id, status=OpStatus.HELD if wait.held else OpStatus.WAITING, error=wait.reason)
@@ -145,26 +147,37 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
     except Exception as exc:
         return _handle_failure(kind, op_id, exc, ctx)
 
+    if "summary" in recorded:  # the handler wrote the outcome with its own last commit
+        return recorded["summary"]
     with session_scope() as s:
-        status = result.pop("status", OpStatus.SUCCEEDED)
-        # A parked follow-up may not have called the API at all; with both gates clear there is nothing to lift.
-        if status in OpStatus.final() and not gate_cache.clear():
-            auth_hold.lift(s)
-            circuit_breaker.record_success(s)
-        return _finish(s, op_id, status, result or None, result.get("error"))
+        return _write_outcome(s, op_id, result)
 
 
-def _finish(
-    session: Session, op_id: int, status: str, result: dict[str, Any] | None, error: str | None
-) -> dict[str, Any]:
-    """The outcome in one UPDATE (no read first): the summary is what was written."""
+def _outcome_writer(op_id: int, recorded: dict[str, dict[str, Any]]) -> OutcomeWriter:
+    """The ``record_outcome`` a handler may call in its last transaction (saving the runner one of its own)."""
+
+    def write(session: Session, result: dict[str, Any]) -> None:
+        recorded["summary"] = _write_outcome(session, op_id, dict(result), commit=False)
+
+    return write
+
+
+def _write_outcome(session: Session, op_id: int, result: dict[str, Any], *, commit: bool = True) -> dict[str, Any]:
+    """The outcome in one UPDATE (no read first); the summary is what was written."""
+    status = result.pop("status", OpStatus.SUCCEEDED)
+    # A parked follow-up may not have called the API at all; with both gates clear there is nothing to lift.
+    if status in OpStatus.final() and not gate_cache.clear():
+        auth_hold.lift(session)
+        circuit_breaker.record_success(session)
+    error, stored = result.get("error"), result or None
     now = utcnow()
-    values: dict[str, Any] = {"status": status, "result": result, "error": error, "updated_at": now}
+    values: dict[str, Any] = {"status": status, "result": stored, "error": error, "updated_at": now}
     if status in OpStatus.final():
         values["finished_at"] = now
     session.execute(update(Operation).where(col(Operation.id) == op_id).values(**values))
-    session.commit()
-    return {"operation_id": op_id, "status": status, "error": error, "result": result}
+    if commit:
+        session.commit()
+    return {"operation_id": op_id, "status": status, "error": error, "result": stored}
 
 
 def _check_gates(settings: Settings) -> None:

@@ -202,6 +202,8 @@ def _upload_claimed(s: Session, row: TrackFile, ctx: JobContext) -> dict[str, An
         raise
     row.lease_owner, row.lease_until = None, None
     s.add(row)
+    if ctx.record_outcome is not None:  # the operation's outcome in the same commit
+        ctx.record_outcome(s, result)
     s.commit()
     return result
 
