@@ -38,7 +38,9 @@ from ingest.devtools.processes import ChildProcess, celery_command
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BROKER = "redis://127.0.0.1:6379/10"  # ours alone: the test suite uses 11-15
-NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, LIMIT_BUCKET, SHARED_BUCKET = 8800, 8801, 8802, 8803, 8804
+NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, LIMIT_BUCKET, SHARED_BUCKET = 8800, 8801, 8802, 8830, 8804
+BUCKETS = (NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, SHARED_BUCKET)
+LIMITER_KEY = "acr-ingest:ratelimit"  # the shared budget's state (SharedRateLimit's key), in db 10 here
 USER_DEFINED = {"artist": "Benchmark Ensemble"}
 TICK = 0.05  # how often completion is checked: the timing resolution of the worker scenarios
 CODE: dict[str, dict[str, Any]] = {}  # git state when each set of processes started
@@ -342,6 +344,20 @@ def ingest_uploads(
     return timing
 
 
+def forget_buckets() -> None:
+    """Remove the benchmark's buckets' rows (an earlier run's, in a database given with --database-url)."""
+    from sqlalchemy import delete
+    from sqlmodel import col
+
+    from ingest.store.db import session_scope
+    from ingest.store.models import Operation, TrackFile
+
+    ours = [*BUCKETS, *(LIMIT_BUCKET + k for k in range(1, 17))]
+    with session_scope() as s:
+        s.execute(delete(Operation).where(col(Operation.bucket_id).in_(ours)))
+        s.execute(delete(TrackFile).where(col(TrackFile.bucket_id).in_(ours)))
+
+
 def bucket_check(emu: Any, bucket: int, tag: str, n: int) -> tuple[bool, dict[str, Any]]:
     """Exactly one file per ref in the emulator's bucket, and every operation succeeded."""
     from sqlalchemy import func
@@ -462,7 +478,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             "ACR_INGEST_API_BASE_URL": emu.url,
             "ACR_INGEST_ACCESS_TOKEN": token,
             "ACR_INGEST_BROKER_URL": BROKER,
-            "ACR_INGEST_DATABASE_URL": f"sqlite:///{work / 'bench.db'}",
+            "ACR_INGEST_DATABASE_URL": args.database_url or f"sqlite:///{work / 'bench.db'}",
             "ACR_INGEST_POLL_INTERVAL": str(args.poll_interval),
             "ACR_INGEST_DEFAULT_BUCKET": str(PIPELINED_BUCKET),
         }
@@ -478,6 +494,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         from ingest.store.schema import upgrade
 
         upgrade()  # the tables, once, before the workers (which refuse a schema not at head)
+        forget_buckets()  # a database of the caller's (--database-url) may hold an earlier run's rows
         report.details["settings"] = {k: v for k, v in env.items() if k != "ACR_INGEST_ACCESS_TOKEN"}
 
         print(f"[1/4] naive loop: {n} sequential upload_url calls", flush=True)
@@ -539,35 +556,43 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                 else:
                     pipe = t
 
-            # Same port, so the running workers and beat keep their base URL; a fresh store and limiter.
-            m, limit = args.limited_jobs, args.rate_limit
-            print(f"[4/4] rate limit: {m} uploads against {limit:g} requests/s", flush=True)
             port = emu.port
+
+        # No rate-limit setting at all (the learned shared budget, the default), each worker count on fresh
+        # workers and beat, a fresh emulator limited to R req/s on the same port and a budget learned from scratch.
+        m, limit = args.limited_jobs, args.rate_limit
+        limited: list[Row] = []
+        for k in args.limited_workers:
+            print(f"[4/4] rate limit: {m} uploads against {limit:g} requests/s, {k} worker(s), no setting", flush=True)
             emu.stop()
             emu = emulator(limit, port)
-            limited = rate_limited(
-                report,
-                "rate_limit",
-                f"rate limit {limit:g}/s",
-                emu,
-                producer,
-                LIMIT_BUCKET,
-                m,
-                limit,
-                w,
-                kids,
-                args.timeout,
-            )
+            redis.Redis.from_url(BROKER).delete(LIMITER_KEY)
+            with workers("ingest.worker.app", f"limited{k}", k, args.concurrency, child_env, work, beat=True) as kids:
+                wait_ready(producer.app, kids, k)
+                limited += rate_limited(
+                    report,
+                    f"rate_limit_w{k}",
+                    f"rate limit {limit:g}/s, {k} worker(s)",
+                    emu,
+                    producer,
+                    LIMIT_BUCKET + k,
+                    m,
+                    limit,
+                    k,
+                    kids,
+                    args.timeout,
+                )
 
         if args.shared_limit:
             # The project's own answer to a rate limit (ACR_INGEST_RATE_LIMIT, a token bucket in Redis db 10
             # here) needs workers started with it: fresh workers, beat and emulator.
             print(f"[4b] rate limit with ACR_INGEST_RATE_LIMIT={args.shared_limit:g}: {m} uploads", flush=True)
+            redis.Redis.from_url(BROKER).delete(LIMITER_KEY)
             emu.stop()
             emu = emulator(limit, port)
-            # A fresh database too: the rows of [4/4] have verifications due in ~2 minutes (every re-posted
-            # upload gets one), which would spend this scenario's API budget.
-            fresh = {"ACR_INGEST_DATABASE_URL": f"sqlite:///{work / 'shared.db'}"}
+            # A fresh database too (SQLite): the rows of [4/4] have verifications due in ~2 minutes (every
+            # re-posted upload gets one), which would spend this scenario's API budget.
+            fresh = {"ACR_INGEST_DATABASE_URL": args.database_url or f"sqlite:///{work / 'shared.db'}"}
             os.environ.update(fresh)
             reset_settings()
             upgrade()
@@ -687,9 +712,19 @@ def notes(report: Report) -> str:
         return "-" if v is None else f"{v:.1f} s"
 
     d, out = report.details, []
-    for key in ("rate_limit", "shared_rate_limit"):
+    unlimited_cpu = d["ingest_pipelined"]["workers_cpu_ms_per_job"]
+    for key in [k for k in d if k.startswith("rate_limit_w")] + ["shared_rate_limit"]:
         if (lim := d.get(key)) is None:
             continue
+        calls = lim["api_until_ready"]["requests"]
+        share = lim["status_429"] / calls if calls else 0.0
+        cpu = lim["workers_cpu_ms_per_job"]
+        out.append(
+            f"{key}: {lim['accepted_requests_per_s'] or 0:.1f} accepted req/s = "
+            f"{(lim['accepted_requests_per_s'] or 0) / lim['limit_per_s']:.2f} of the limit; 429s {share:.2%} of "
+            f"{calls} calls; workers' CPU {cpu} ms/upload = "
+            f"{(cpu or 0) / unlimited_cpu if unlimited_cpu else 0:.2f}x the unlimited pipelined run"
+        )
         out.append(
             f"{key}: half the uploads had an id after {sec(lim['half_remote_s'])}, 90 % after "
             f"{sec(lim['p90_remote_s'])}, all after {sec(lim['remote_s'])}; {lim['status_429']} x 429; "
@@ -700,8 +735,10 @@ def notes(report: Report) -> str:
         f"CPU ms per job: naive loop (client + emulator) {d['naive']['driver_cpu_ms_per_job']}; no-op workers "
         f"{d['noop_backlog']['workers_cpu_ms_per_job']}; acr-ingest workers "
         f"{d['ingest_backlog']['workers_cpu_ms_per_job']} (backlog), producer + emulator "
-        f"{d['ingest_pipelined']['driver_cpu_ms_per_job']} (pipelined); rate-limited workers "
-        f"{d['rate_limit']['workers_cpu_ms_per_job']}"
+        f"{d['ingest_pipelined']['driver_cpu_ms_per_job']} (pipelined), workers "
+        f"{d['ingest_pipelined']['workers_cpu_ms_per_job']} (pipelined); no-op ratio (backlog) "
+        f"{_ratio(d['ingest_backlog']['workers_cpu_ms_per_job'], d['noop_backlog']['workers_cpu_ms_per_job']) or 0:.1f}"
+        "x"
     )
     return "\n".join(out)
 
@@ -715,6 +752,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--concurrency", type=int, default=8, help="threads per worker")
     p.add_argument("--rate-limit", type=float, default=20.0, help="emulator limit in the last scenario, requests/s")
+    p.add_argument(
+        "--limited-workers",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[2],
+        help="worker counts for the rate-limit scenario, e.g. 1,2,4 (each on fresh workers)",
+    )
+    p.add_argument(
+        "--database-url", default=None, help="e.g. postgresql+psycopg://postgres@127.0.0.1:5432/bench (default SQLite)"
+    )
     p.add_argument("--limited-jobs", type=int, default=200, help="uploads in the rate-limit scenario")
     p.add_argument(
         "--shared-limit",
