@@ -13,11 +13,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, insert
 
-from ingest.store.db import get_engine
-from ingest.store.models import FileStatus, OpStatus
-from tests.helpers import file_row
+from ingest.jobs.errors import RetryLater
+from ingest.store import gate_cache
+from ingest.store.auth_hold import HOLD_NAME, fingerprint
+from ingest.store.db import get_engine, session_scope
+from ingest.store.models import AuthHold, FileStatus, OpStatus
+from tests.conftest import TOKEN
+from tests.helpers import file_row, wait_for
 from tests.unit.support import record, run, url_args
 
 MAX_TRANSACTIONS = 3
@@ -67,3 +71,27 @@ def test_an_upload_takes_a_handful_of_statements_in_three_transactions(ctx, make
     listing = "\n".join(tally.statements)
     assert tally.commits <= MAX_TRANSACTIONS, f"{tally.commits} commits:\n{listing}"
     assert len(tally.statements) <= MAX_STATEMENTS, f"{len(tally.statements)} statements:\n{listing}"
+
+
+def test_a_hold_another_worker_sets_is_seen_within_the_gate_cache_time(make_ctx, emulator, bucket) -> None:
+    """The gates read clear are trusted for ``gate_cache_seconds``: a hold written by another process (not
+    through this one's store functions) lets at most that long of calls through, then holds the jobs."""
+    trust = 5.0  # long enough that the second job surely runs inside it, even on a busy machine
+    gate_cache.forget()
+    assert run("upload_url", url_args(bucket, "gate-1"), make_ctx(gate_cache_seconds=trust))["status"] == "succeeded"
+    with session_scope() as s:  # as another worker would: a row, no call into this process
+        s.execute(insert(AuthHold).values(name=HOLD_NAME, token_fingerprint=fingerprint(TOKEN), reason="401"))
+    try:
+        cached = run("upload_url", url_args(bucket, "gate-2"), make_ctx(gate_cache_seconds=trust))
+        assert cached["status"] == OpStatus.SUCCEEDED  # inside the cache time: not held yet
+
+        def held() -> bool:
+            try:
+                run("upload_url", url_args(bucket, "gate-3"), make_ctx(gate_cache_seconds=trust, auth_hold_recheck=60))
+            except RetryLater as wait:
+                return wait.held
+            return False
+
+        wait_for(held, timeout=3 * trust, interval=0.2, what="the hold to be seen once the cache time is over")
+    finally:
+        gate_cache.forget()
