@@ -15,6 +15,8 @@ from ingest.settings import get_settings
 from ingest.worker.app import celery_config
 
 COUNTER_KEY = "bench:noop:done"
+# In our task namespace: the message guard (same consumer as the ingest workers) runs only "ingest.*" tasks.
+NOOP_TASK = "ingest.bench_noop"
 
 app = Celery("bench_noop")
 app.conf.update(celery_config(get_settings()))
@@ -32,7 +34,7 @@ def _redis() -> redis.Redis:
         return _client
 
 
-@app.task(name="bench.noop")
+@app.task(name=NOOP_TASK)
 def noop() -> None:
     # The only work: one INCR, so the driver can tell when every task has run without a result backend.
     _redis().incr(COUNTER_KEY)

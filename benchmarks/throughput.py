@@ -32,12 +32,15 @@ from typing import Any
 
 import redis
 
+from benchmarks.profile import recording, render, top_frames
 from ingest.devtools.processes import ChildProcess, celery_command
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BROKER = "redis://127.0.0.1:6379/10"  # ours alone: the test suite uses 11-15
-NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, LIMIT_BUCKET, SHARED_BUCKET = 8800, 8801, 8802, 8803, 8804
+NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, LIMIT_BUCKET, SHARED_BUCKET = 8800, 8801, 8802, 8830, 8804
+BUCKETS = (NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, SHARED_BUCKET)
+LIMITER_KEY = "acr-ingest:ratelimit"  # the shared budget's state (SharedRateLimit's key), in db 10 here
 USER_DEFINED = {"artist": "Benchmark Ensemble"}
 TICK = 0.05  # how often completion is checked: the timing resolution of the worker scenarios
 CODE: dict[str, dict[str, Any]] = {}  # git state when each set of processes started
@@ -144,6 +147,16 @@ def workers(
             kid.stop()
 
 
+@contextmanager
+def profiled(out: Path | None, kids: list[ChildProcess]) -> Iterator[list[Path]]:
+    """py-spy on the workers while the body runs (``--profile``); nothing without it."""
+    if out is None:
+        yield []
+        return
+    with recording({k.name: k.proc.pid for k in kids if not k.name.startswith("beat")}, out) as files:
+        yield files
+
+
 def wait_ready(app: Any, kids: list[ChildProcess], count: int, timeout: float = 90) -> float:
     """Block until ``count`` workers answer a control ping; returns the seconds it took."""
     started = time.perf_counter()
@@ -232,7 +245,7 @@ def naive_loop(base_url: str, token: str, n: int) -> float:
 
 def noop_tasks(n: int, workers: int, kids: list[ChildProcess], timeout: float, *, backlog: bool) -> Timing:
     """``n`` no-op tasks, sent while the workers consume, or queued first and then drained (``backlog``)."""
-    from benchmarks.noop_app import COUNTER_KEY, app
+    from benchmarks.noop_app import COUNTER_KEY, NOOP_TASK, app
 
     r = redis.Redis.from_url(BROKER)
     r.delete(COUNTER_KEY)
@@ -240,7 +253,7 @@ def noop_tasks(n: int, workers: int, kids: list[ChildProcess], timeout: float, *
         pause(app, workers)
     started = time.perf_counter()
     for _ in range(n):
-        app.send_task("bench.noop")
+        app.send_task(NOOP_TASK)
     timing = Timing(time.perf_counter() - started)
     if backlog:
         started = time.perf_counter()
@@ -329,6 +342,20 @@ def ingest_uploads(
             kid.check()
         time.sleep(TICK)
     return timing
+
+
+def forget_buckets() -> None:
+    """Remove the benchmark's buckets' rows (an earlier run's, in a database given with --database-url)."""
+    from sqlalchemy import delete
+    from sqlmodel import col
+
+    from ingest.store.db import session_scope
+    from ingest.store.models import Operation, TrackFile
+
+    ours = [*BUCKETS, *(LIMIT_BUCKET + k for k in range(1, 17))]
+    with session_scope() as s:
+        s.execute(delete(Operation).where(col(Operation.bucket_id).in_(ours)))
+        s.execute(delete(TrackFile).where(col(TrackFile.bucket_id).in_(ours)))
 
 
 def bucket_check(emu: Any, bucket: int, tag: str, n: int) -> tuple[bool, dict[str, Any]]:
@@ -438,13 +465,20 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
     n, w, threads = args.jobs, args.workers, args.workers * args.concurrency
     token = secrets.token_urlsafe(24)
     with ExitStack() as stack:
-        emu = Emulator(tokens={token}, processing_delay=args.processing_delay).start()
+
+        def emulator(limit: float | None = None, port: int = 0) -> Emulator:
+            # Every scenario, the baseline too, sees the same API latency.
+            fresh = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit)
+            fresh.faults.latency = args.latency
+            return fresh.start(port=port)
+
+        emu = emulator()
         stack.callback(lambda: emu.stop())  # late binding: stops the restarted emulator too
         env = {
             "ACR_INGEST_API_BASE_URL": emu.url,
             "ACR_INGEST_ACCESS_TOKEN": token,
             "ACR_INGEST_BROKER_URL": BROKER,
-            "ACR_INGEST_DATABASE_URL": f"sqlite:///{work / 'bench.db'}",
+            "ACR_INGEST_DATABASE_URL": args.database_url or f"sqlite:///{work / 'bench.db'}",
             "ACR_INGEST_POLL_INTERVAL": str(args.poll_interval),
             "ACR_INGEST_DEFAULT_BUCKET": str(PIPELINED_BUCKET),
         }
@@ -460,6 +494,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         from ingest.store.schema import upgrade
 
         upgrade()  # the tables, once, before the workers (which refuse a schema not at head)
+        forget_buckets()  # a database of the caller's (--database-url) may hold an earlier run's rows
         report.details["settings"] = {k: v for k, v in env.items() if k != "ACR_INGEST_ACCESS_TOKEN"}
 
         print(f"[1/4] naive loop: {n} sequential upload_url calls", flush=True)
@@ -498,8 +533,11 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                 ("backlog", BACKLOG_BUCKET, "BACK", True),
             ):
                 before, cpu = emu.stats(), CpuMeter(kids).start()
-                t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog)
+                with profiled(args.profile if backlog else None, kids) as spied:
+                    t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog)
                 used = cpu.stop(n)
+                if spied:
+                    report.details["profile"] = render(*top_frames(spied, 40))
                 ok, info = bucket_check(emu, bucket, tag, n)
                 report.checks[f"acr-ingest {label}: one file per ref, every job succeeded, all ready"] = (
                     ok and t.ready_s is not None
@@ -518,35 +556,43 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                 else:
                     pipe = t
 
-            # Same port, so the running workers and beat keep their base URL; a fresh store and limiter.
-            m, limit = args.limited_jobs, args.rate_limit
-            print(f"[4/4] rate limit: {m} uploads against {limit:g} requests/s", flush=True)
             port = emu.port
+
+        # No rate-limit setting at all (the learned shared budget, the default), each worker count on fresh
+        # workers and beat, a fresh emulator limited to R req/s on the same port and a budget learned from scratch.
+        m, limit = args.limited_jobs, args.rate_limit
+        limited: list[Row] = []
+        for k in args.limited_workers:
+            print(f"[4/4] rate limit: {m} uploads against {limit:g} requests/s, {k} worker(s), no setting", flush=True)
             emu.stop()
-            emu = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit).start(port=port)
-            limited = rate_limited(
-                report,
-                "rate_limit",
-                f"rate limit {limit:g}/s",
-                emu,
-                producer,
-                LIMIT_BUCKET,
-                m,
-                limit,
-                w,
-                kids,
-                args.timeout,
-            )
+            emu = emulator(limit, port)
+            redis.Redis.from_url(BROKER).delete(LIMITER_KEY)
+            with workers("ingest.worker.app", f"limited{k}", k, args.concurrency, child_env, work, beat=True) as kids:
+                wait_ready(producer.app, kids, k)
+                limited += rate_limited(
+                    report,
+                    f"rate_limit_w{k}",
+                    f"rate limit {limit:g}/s, {k} worker(s)",
+                    emu,
+                    producer,
+                    LIMIT_BUCKET + k,
+                    m,
+                    limit,
+                    k,
+                    kids,
+                    args.timeout,
+                )
 
         if args.shared_limit:
             # The project's own answer to a rate limit (ACR_INGEST_RATE_LIMIT, a token bucket in Redis db 10
             # here) needs workers started with it: fresh workers, beat and emulator.
             print(f"[4b] rate limit with ACR_INGEST_RATE_LIMIT={args.shared_limit:g}: {m} uploads", flush=True)
+            redis.Redis.from_url(BROKER).delete(LIMITER_KEY)
             emu.stop()
-            emu = Emulator(tokens={token}, processing_delay=args.processing_delay, rate_limit=limit).start(port=port)
-            # A fresh database too: the rows of [4/4] have verifications due in ~2 minutes (every re-posted
-            # upload gets one), which would spend this scenario's API budget.
-            fresh = {"ACR_INGEST_DATABASE_URL": f"sqlite:///{work / 'shared.db'}"}
+            emu = emulator(limit, port)
+            # A fresh database too (SQLite): the rows of [4/4] have verifications due in ~2 minutes (every
+            # re-posted upload gets one), which would spend this scenario's API budget.
+            fresh = {"ACR_INGEST_DATABASE_URL": args.database_url or f"sqlite:///{work / 'shared.db'}"}
             os.environ.update(fresh)
             reset_settings()
             upgrade()
@@ -666,9 +712,19 @@ def notes(report: Report) -> str:
         return "-" if v is None else f"{v:.1f} s"
 
     d, out = report.details, []
-    for key in ("rate_limit", "shared_rate_limit"):
+    unlimited_cpu = d["ingest_pipelined"]["workers_cpu_ms_per_job"]
+    for key in [k for k in d if k.startswith("rate_limit_w")] + ["shared_rate_limit"]:
         if (lim := d.get(key)) is None:
             continue
+        calls = lim["api_until_ready"]["requests"]
+        share = lim["status_429"] / calls if calls else 0.0
+        cpu = lim["workers_cpu_ms_per_job"]
+        out.append(
+            f"{key}: {lim['accepted_requests_per_s'] or 0:.1f} accepted req/s = "
+            f"{(lim['accepted_requests_per_s'] or 0) / lim['limit_per_s']:.2f} of the limit; 429s {share:.2%} of "
+            f"{calls} calls; workers' CPU {cpu} ms/upload = "
+            f"{(cpu or 0) / unlimited_cpu if unlimited_cpu else 0:.2f}x the unlimited pipelined run"
+        )
         out.append(
             f"{key}: half the uploads had an id after {sec(lim['half_remote_s'])}, 90 % after "
             f"{sec(lim['p90_remote_s'])}, all after {sec(lim['remote_s'])}; {lim['status_429']} x 429; "
@@ -679,8 +735,10 @@ def notes(report: Report) -> str:
         f"CPU ms per job: naive loop (client + emulator) {d['naive']['driver_cpu_ms_per_job']}; no-op workers "
         f"{d['noop_backlog']['workers_cpu_ms_per_job']}; acr-ingest workers "
         f"{d['ingest_backlog']['workers_cpu_ms_per_job']} (backlog), producer + emulator "
-        f"{d['ingest_pipelined']['driver_cpu_ms_per_job']} (pipelined); rate-limited workers "
-        f"{d['rate_limit']['workers_cpu_ms_per_job']}"
+        f"{d['ingest_pipelined']['driver_cpu_ms_per_job']} (pipelined), workers "
+        f"{d['ingest_pipelined']['workers_cpu_ms_per_job']} (pipelined); no-op ratio (backlog) "
+        f"{_ratio(d['ingest_backlog']['workers_cpu_ms_per_job'], d['noop_backlog']['workers_cpu_ms_per_job']) or 0:.1f}"
+        "x"
     )
     return "\n".join(out)
 
@@ -694,12 +752,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--concurrency", type=int, default=8, help="threads per worker")
     p.add_argument("--rate-limit", type=float, default=20.0, help="emulator limit in the last scenario, requests/s")
+    p.add_argument(
+        "--limited-workers",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[2],
+        help="worker counts for the rate-limit scenario, e.g. 1,2,4 (each on fresh workers)",
+    )
+    p.add_argument(
+        "--database-url", default=None, help="e.g. postgresql+psycopg://postgres@127.0.0.1:5432/bench (default SQLite)"
+    )
     p.add_argument("--limited-jobs", type=int, default=200, help="uploads in the rate-limit scenario")
     p.add_argument(
         "--shared-limit",
         type=float,
         default=0.0,
         help="also run the rate-limit scenario on workers with ACR_INGEST_RATE_LIMIT=this (0: skip)",
+    )
+    p.add_argument("--latency", type=float, default=0.05, help="emulator latency of every request, s")
+    p.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the workers during the backlog drain into this folder"
     )
     p.add_argument("--processing-delay", type=float, default=0.2, help="emulator processing time, s")
     p.add_argument("--poll-interval", type=float, default=0.5, help="ACR_INGEST_POLL_INTERVAL, s")
@@ -771,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     print()
     print(notes(report))
+    if "profile" in d:
+        print(f"\nworkers' profile during the backlog drain:\n{d['profile']}")
     for name, ok in report.checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_window: float = Field(default=60.0, gt=0)
     breaker_probe_interval: float = Field(default=30.0, gt=0)
+    # Both gates (hold, breaker) read clear are trusted this long per process (0: read them for every job).
+    gate_cache_seconds: float = Field(default=1.0, ge=0)
 
     # --- Storage and polling ----------------------------------------------------------------------
     database_url: str = "sqlite:///acr-ingest.db"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from sqlmodel import Session
 
 from ingest.api.client import AcrCloudClient
 from ingest.settings import Settings
@@ -15,6 +18,10 @@ class Limiter(Protocol):
     def penalize(self, retry_after: float) -> None: ...
 
 
+# Writes the job's outcome in the caller's open transaction (committed by the caller).
+OutcomeWriter = Callable[[Session, dict[str, Any]], None]
+
+
 @dataclass
 class JobContext:
     task_id: str
@@ -23,6 +30,8 @@ class JobContext:
     owner: str = field(default="")
     limiter: Limiter | None = None  # the shared budget the client's gate draws on, told about 429s
     delivery: int = 0  # retries of this message so far (Celery's count; needs no database)
+    # Set by the runner: a handler may record its outcome with its own last commit instead of the runner's.
+    record_outcome: OutcomeWriter | None = None
 
     def __post_init__(self) -> None:
         if not self.owner:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import update
@@ -23,7 +24,7 @@ from ingest.jobs.managed_files import file_lease, files_with_ref, state_reason, 
 from ingest.jobs.parked_followups import wake_due
 from ingest.jobs.presence import files_present
 from ingest.jobs.runner import claim_stale
-from ingest.settings import Settings
+from ingest.settings import Settings, get_settings
 from ingest.store import auth_hold, leases, outbox
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, OpKind, TrackFile, utcnow
@@ -77,8 +78,7 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
                         counts["call_errors"] = counts.get("call_errors", 0) + 1
                         log.info("state poll: %s", exc)
                         continue
-                    for file_id, remote_id in chunk:
-                        _record_state(s, file_id, bucket, found.get(remote_id), counts, settings)
+                    _record_states(s, bucket, [(f, found.get(r)) for f, r in chunk], counts, settings)
                     s.commit()
             _verify_due(s, ctx, counts, bucket_id)
             auth_hold.lift(s)
@@ -100,54 +100,93 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
     return counts
 
 
-def _record_state(
-    s: Session, file_id: int, asked_bucket: int, remote: BucketFile | None, counts: dict[str, Any], settings: Settings
+def _record_states(
+    s: Session,
+    asked_bucket: int,
+    seen: list[tuple[int, BucketFile | None]],
+    counts: dict[str, Any],
+    settings: Settings,
 ) -> None:
-    """Write what the poll saw, only if the row is still processing in that bucket (a delete or move
-    committed meanwhile wins)."""
-    row = s.get(TrackFile, file_id)
-    if row is None or row.status != FileStatus.PROCESSING or row.bucket_id != asked_bucket:
-        return
-    counts["checked"] += 1
-    values: dict[str, Any]
-    if remote is None:
-        if not _vanished(row, settings):
-            values = {"missing_since": row.missing_since or utcnow()}
-        else:
-            values = {"status": FileStatus.ERROR, "reason": VANISHED, "updated_at": utcnow()}
-            counts["vanished"] += 1
-    elif remote.state == 0:
-        values = {"remote_state": 0, "missing_since": None}
-    else:
-        status = FileStatus.of_remote_state(remote.state)
-        values = {
-            "remote_state": remote.state if isinstance(remote.state, int) else None,
-            "status": status,
-            "missing_since": None,
-            "updated_at": utcnow(),
-            "reason": state_reason(remote.state),
-        }
-        counts["ready" if status == FileStatus.READY else "error"] += 1
-    changed = s.execute(
-        update(TrackFile)
-        .where(
-            col(TrackFile.id) == file_id,
+    """Write what the poll saw for one chunk: one SELECT, then one UPDATE per distinct change (a file still
+    processing as before is not written at all). Only rows still processing in that bucket change (a delete
+    or move committed meanwhile wins)."""
+    remote_of = dict(seen)
+    current = s.exec(
+        select(TrackFile.id, TrackFile.remote_state, TrackFile.missing_since).where(
+            col(TrackFile.id).in_(list(remote_of)),
             col(TrackFile.status) == FileStatus.PROCESSING,
             col(TrackFile.bucket_id) == asked_bucket,
         )
-        .values(**values)
-    )
-    if "status" in values and changed.rowcount == 1:  # type: ignore[attr-defined]
-        s.refresh(row)
-        events.file_changed(s, row, FileStatus.PROCESSING)  # committed with the chunk's states
+    ).all()
+    changes: dict[tuple[tuple[str, Any], ...], list[int]] = defaultdict(list)
+    now = utcnow()
+    for file_id, remote_state, missing_since in current:
+        assert file_id is not None
+        counts["checked"] += 1
+        values = _change(remote_of[file_id], remote_state, missing_since, counts, settings, now)
+        if values:
+            changes[tuple(sorted(values.items()))].append(file_id)
+    for values_key, ids in changes.items():
+        s.execute(
+            update(TrackFile)
+            .where(
+                col(TrackFile.id).in_(ids),
+                col(TrackFile.status) == FileStatus.PROCESSING,
+                col(TrackFile.bucket_id) == asked_bucket,
+            )
+            .values(**dict(values_key))
+        )
+        values = dict(values_key)
+        if "status" in values and get_settings().events_enabled:  # the rows this UPDATE moved: ready or error now
+            moved = s.exec(
+                select(TrackFile).where(
+                    col(TrackFile.id).in_(ids),
+                    col(TrackFile.status) == values["status"],
+                    col(TrackFile.updated_at) == values["updated_at"],
+                )
+            ).all()
+            for row in moved:
+                events.file_changed(s, row, FileStatus.PROCESSING)  # committed with the chunk's states
 
 
-def _vanished(row: TrackFile, settings: Settings) -> bool:
+def _change(
+    remote: BucketFile | None,
+    remote_state: int | None,
+    missing_since: datetime | None,
+    counts: dict[str, Any],
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    """What to write for one processing row given what the API answered (empty: nothing changed)."""
+    if remote is None:
+        if missing_since is None:
+            return {"missing_since": now}
+        if not _vanished(missing_since, settings):
+            return {}
+        counts["vanished"] += 1
+        return {"status": FileStatus.ERROR, "reason": VANISHED, "updated_at": now}
+    if remote.state == 0:
+        return {} if remote_state == 0 and missing_since is None else {"remote_state": 0, "missing_since": None}
+    status = FileStatus.of_remote_state(remote.state)
+    counts["ready" if status == FileStatus.READY else "error"] += 1
+    return {
+        "remote_state": remote.state if isinstance(remote.state, int) else None,
+        "status": status,
+        "missing_since": None,
+        "updated_at": now,
+        "reason": state_reason(remote.state),
+    }
+
+
+def _vanished(missing_since: datetime, settings: Settings) -> bool:
     """A file missing from one answer is not gone yet: a move may be landing (the row changes bucket
     just after the API answers). It is gone when it is still missing a while later."""
-    if row.missing_since is None:
-        return False
-    return (utcnow() - row.missing_since).total_seconds() > settings.late_request_seconds
+    return (utcnow() - _aware(missing_since)).total_seconds() > settings.late_request_seconds
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _verify_due(s: Session, ctx: JobContext, counts: dict[str, Any], bucket_id: int | None) -> None:

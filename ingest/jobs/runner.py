@@ -6,17 +6,19 @@ a recorded state: waiting (retry later), held (token rejected) or failed with it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ingest.api.errors import RateLimitedError
 from ingest.jobs import events
-from ingest.jobs.context import JobContext
+from ingest.jobs.context import JobContext, OutcomeWriter
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import VALIDATORS
 from ingest.jobs.retry_policy import (
@@ -27,7 +29,8 @@ from ingest.jobs.retry_policy import (
     outage_countdown,
     reason_of,
 )
-from ingest.store import auth_hold, circuit_breaker
+from ingest.settings import Settings, get_settings
+from ingest.store import auth_hold, circuit_breaker, gate_cache
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.values import db_id_or_none, storable_json
@@ -138,22 +141,10 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
         return _handle_failure(kind, op_id, exc, ctx)
 
     try:
-        with session_scope() as s:
-            if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
-                hold = auth_hold.current(s)
-                raise RetryLater(
-                    settings.auth_hold_recheck,
-                    f"held: the API rejects the access token ({hold.reason if hold else ''})",
-                    held=True,
-                )
-            if not circuit_breaker.may_call(s, settings.breaker_probe_interval):
-                outage = circuit_breaker.current(s)
-                raise RetryLater(
-                    outage_countdown(settings),
-                    f"held: the API is down for everyone ({outage.reason if outage else ''})",
-                    held=True,
-                )
-        result = handler(job, op_id, ctx)
+        if not gate_cache.clear():  # read both gates at most once a second per process while they are clear
+            _check_gates(settings)
+        recorded: dict[str, dict[str, Any]] = {}
+        result = handler(job, op_id, dataclasses.replace(ctx, record_outcome=_outcome_writer(op_id, recorded)))
     except RetryLater as wait:
         with session_scope() as s:
             _set(s, op_id, status=OpStatus.HELD if wait.held else OpStatus.WAITING, error=wait.reason)
@@ -161,13 +152,64 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
     except Exception as exc:
         return _handle_failure(kind, op_id, exc, ctx)
 
+    if "summary" in recorded:  # the handler wrote the outcome with its own last commit
+        return recorded["summary"]
     with session_scope() as s:
-        status = result.pop("status", OpStatus.SUCCEEDED)
-        if status in OpStatus.final():  # a parked follow-up may not have called the API at all
-            auth_hold.lift(s)
-            circuit_breaker.record_success(s)
-        op = _set(s, op_id, status=status, result=result or None, error=result.get("error"))
-        return summary(op)
+        return _write_outcome(s, op_id, result)
+
+
+def _outcome_writer(op_id: int, recorded: dict[str, dict[str, Any]]) -> OutcomeWriter:
+    """The ``record_outcome`` a handler may call in its last transaction (saving the runner one of its own)."""
+
+    def write(session: Session, result: dict[str, Any]) -> None:
+        recorded["summary"] = _write_outcome(session, op_id, dict(result), commit=False)
+
+    return write
+
+
+def _write_outcome(session: Session, op_id: int, result: dict[str, Any], *, commit: bool = True) -> dict[str, Any]:
+    """The outcome in one UPDATE (no read first); the summary is what was written."""
+    status = result.pop("status", OpStatus.SUCCEEDED)
+    # A parked follow-up may not have called the API at all; with both gates clear there is nothing to lift.
+    if status in OpStatus.final() and not gate_cache.clear():
+        auth_hold.lift(session)
+        circuit_breaker.record_success(session)
+    error, stored = result.get("error"), result or None
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "result": stored, "error": error, "updated_at": now}
+    if status in OpStatus.final():
+        values["finished_at"] = now
+    session.execute(update(Operation).where(col(Operation.id) == op_id).values(**values))
+    if status in OpStatus.final() and get_settings().events_enabled:  # the event in the same transaction
+        op = session.get(Operation, op_id)
+        if op is not None:
+            session.refresh(op)
+            events.operation_ended(session, op, OpStatus.RUNNING)
+    if commit:
+        session.commit()
+    return {"operation_id": op_id, "status": status, "error": error, "result": stored}
+
+
+def _check_gates(settings: Settings) -> None:
+    """Raise RetryLater while the token is rejected or the API is down for everyone (unless this job is the
+    probe); remember when both are clear."""
+    with session_scope() as s:
+        if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
+            hold = auth_hold.current(s)
+            raise RetryLater(
+                settings.auth_hold_recheck,
+                f"held: the API rejects the access token ({hold.reason if hold else ''})",
+                held=True,
+            )
+        if not circuit_breaker.may_call(s, settings.breaker_probe_interval):
+            outage = circuit_breaker.current(s)
+            raise RetryLater(
+                outage_countdown(settings),
+                f"held: the API is down for everyone ({outage.reason if outage else ''})",
+                held=True,
+            )
+        if settings.gate_cache_seconds > 0 and auth_hold.current(s) is None and circuit_breaker.is_clear(s):
+            gate_cache.remember_clear(settings.gate_cache_seconds)
 
 
 def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from ingest.api.client import AcrCloudClient
 from ingest.api.errors import ApiError, TransientError
@@ -25,7 +25,6 @@ from ingest.jobs.managed_files import (
     UploadPlan,
     adopt,
     by_ref,
-    file_lease,
     files_with_ref,
     plan_upload,
     prepare_upload_row,
@@ -36,6 +35,7 @@ from ingest.jobs.managed_files import (
 from ingest.jobs.updates import update_row_meta
 from ingest.settings import Settings
 from ingest.store.db import session_scope
+from ingest.store.leases import claim_file, claim_file_of_operation, kept_alive, release_file
 from ingest.store.models import FileStatus, Operation, TrackFile, utcnow
 
 log = logging.getLogger("ingest.jobs.uploads")
@@ -138,6 +138,8 @@ def _may_have_created(exc: Exception) -> bool:
 
 
 def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
+    """Mark, POST, adopt. The mark (with the try counted) is the one commit before the call; the adopt is
+    left to the caller's next commit, which also releases the lease."""
     version = row.meta_version
     earlier = row.post_started_at
     if earlier is not None:
@@ -160,12 +162,64 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
             s.add(row)
             s.commit()
         raise
+    # An update merged while the POST was out bumped meta_version: read it, so sync_meta sends it.
+    s.refresh(row)
     adopt(row, remote, synced_version=version)
     s.add(row)
+
+
+def _upload_leased(s: Session, row: TrackFile, ctx: JobContext) -> dict[str, Any]:
+    """The upload of a row whose lease this job holds (taken in the session's open transaction)."""
+    if row.status == FileStatus.CANCELLED:
+        return {"file_id": row.id, "cancelled": True}
+    adopted = False
+    if row.remote_id is None:
+        if row.post_started_at is not None:
+            _wait_for_earlier_post(row, ctx.settings)
+        row.attempts += 1  # one more try at getting this file into the bucket
+        s.add(row)
+        if row.post_started_at is not None:  # looking first: the try counts even if the search fails
+            s.commit()
+            adopted = _adopt_earlier(s, row, ctx.client)
+        if not adopted:
+            _post_once(s, row, ctx)
+    if adopted or row.synced_meta_version < row.meta_version:
+        s.commit()  # the adopt kept before another call
+        sync_meta(s, row, ctx.client, ctx.settings)
+    return {"file_id": row.id, "id": row.remote_id, "acr_id": row.acr_id, "adopted": adopted}
+
+
+def _upload_claimed(s: Session, row: TrackFile, ctx: JobContext) -> dict[str, Any]:
+    """Run the upload under the lease (kept alive while it runs). The lease goes with the last commit: on
+    success in the adopt's own UPDATE, on any exception by its own."""
+    assert row.id is not None
+    try:
+        with kept_alive(row.id, ctx.owner, ctx.settings.lease_seconds):
+            result = _upload_leased(s, row, ctx)
+    except BaseException:
+        s.rollback()
+        release_file(s, row.id, ctx.owner)
+        raise
+    row.lease_owner, row.lease_until = None, None
+    s.add(row)
+    if ctx.record_outcome is not None:  # the operation's outcome in the same commit
+        ctx.record_outcome(s, result)
     s.commit()
+    return result
 
 
 def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
+    with session_scope() as s:
+        # The common case: the producer planned the row and nobody holds it. One statement takes it.
+        if claim_file_of_operation(s, op_id, ctx.owner, ctx.settings.lease_seconds):
+            row = s.exec(
+                select(TrackFile)
+                .join(Operation, col(Operation.file_id) == col(TrackFile.id))
+                .where(Operation.id == op_id)
+            ).one()
+            return _upload_claimed(s, row, ctx)
+        s.rollback()
+
     file_id, planned = _own_row(job, op_id)
     if file_id is None:  # same ref already here: nothing to post, maybe metadata to update
         if planned["plan"] == UploadPlan.NOOP:  # same source and metadata: the row's own upload covers it
@@ -173,23 +227,15 @@ def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]
         return {**planned, **update_row_meta(planned["file_id"], op_id, job.title, job.user_defined, ctx)}
 
     with session_scope() as s:
-        row = s.get(TrackFile, file_id)
-        assert row is not None
-        if row.status == FileStatus.CANCELLED:
+        found = s.get(TrackFile, file_id)
+        assert found is not None
+        if found.status == FileStatus.CANCELLED:
             return {"file_id": file_id, "cancelled": True}
-        with file_lease(s, row, ctx):
-            s.refresh(row)
-            if row.status == FileStatus.CANCELLED:
-                return {"file_id": file_id, "cancelled": True}
-            adopted = False
-            if row.remote_id is None:
-                if row.post_started_at is not None:
-                    _wait_for_earlier_post(row, ctx.settings)
-                row.attempts += 1  # one more try at getting this file into the bucket
-                s.add(row)
-                s.commit()
-                adopted = row.post_started_at is not None and _adopt_earlier(s, row, ctx.client)
-                if not adopted:
-                    _post_once(s, row, ctx)
-            sync_meta(s, row, ctx.client, ctx.settings)
-            return {"file_id": row.id, "id": row.remote_id, "acr_id": row.acr_id, "adopted": adopted}
+        taken, remaining = claim_file(s, file_id, ctx.owner, ctx.settings.lease_seconds)
+        if not taken:
+            raise RetryLater(
+                min(max(remaining, 1.0), ctx.settings.dependency_wait),
+                f"ref {found.ref!r} is being changed by another worker",
+            )
+        s.refresh(found)  # as the lease holder sees it
+        return _upload_claimed(s, found, ctx)

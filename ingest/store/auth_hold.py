@@ -18,6 +18,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
+from ingest.store import gate_cache
 from ingest.store.models import AuthHold, utcnow
 
 log = logging.getLogger("ingest.auth")
@@ -52,6 +53,7 @@ def may_call(session: Session, token: str | None, recheck: float) -> bool:
 
 
 def hold(session: Session, token: str | None, reason: str) -> None:
+    gate_cache.forget()
     fp = fingerprint(token)
     existing = session.get(AuthHold, HOLD_NAME)
     if existing is not None:

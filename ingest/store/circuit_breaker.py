@@ -23,6 +23,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
+from ingest.store import gate_cache
 from ingest.store.models import CircuitBreaker, utcnow
 
 log = logging.getLogger("ingest.breaker")
@@ -46,6 +47,12 @@ def _row(session: Session) -> CircuitBreaker:
     row = session.get(CircuitBreaker, BREAKER)
     assert row is not None
     return row
+
+
+def is_clear(session: Session) -> bool:
+    """Closed with no failure counted: a success would have nothing to reset."""
+    row = session.get(CircuitBreaker, BREAKER)
+    return row is None or (row.opened_at is None and row.failures == 0)
 
 
 def current(session: Session) -> CircuitBreaker | None:
@@ -75,6 +82,7 @@ def may_call(session: Session, probe_interval: float) -> bool:
 
 def record_failure(session: Session, op_id: int, reason: str, *, threshold: int, window: float) -> bool:
     """Count a transient failure of operation ``op_id``; True when the breaker is open (now or already)."""
+    gate_cache.forget()
     row = _row(session)
     if row.opened_at is not None:
         return True

@@ -20,7 +20,7 @@ from sqlalchemy.engine import CursorResult
 from sqlmodel import Session, col, select
 
 from ingest.store.db import session_scope
-from ingest.store.models import Lease, TrackFile, utcnow
+from ingest.store.models import Lease, Operation, TrackFile, utcnow
 
 HOST = socket.gethostname()
 
@@ -70,6 +70,26 @@ def claim_file(session: Session, file_id: int, owner: str, seconds: float) -> tu
     )
     session.commit()
     return result.rowcount == 1, 0.0
+
+
+def claim_file_of_operation(session: Session, op_id: int, owner: str, seconds: float) -> bool:
+    """Take the lease of the operation's file in one statement when it is free (the common case), not
+    committed: the caller commits it with its own first write. False: no file yet, or someone holds it
+    (``claim_file`` then tells a dead holder from a live one)."""
+    now = utcnow()
+    file_of_op = select(Operation.file_id).where(col(Operation.id) == op_id).scalar_subquery()
+    free = or_(
+        col(TrackFile.lease_owner).is_(None), col(TrackFile.lease_until) <= now, col(TrackFile.lease_owner) == owner
+    )
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(TrackFile)
+            .where(and_(col(TrackFile.id) == file_of_op, free))
+            .values(lease_owner=owner, lease_until=now + timedelta(seconds=seconds))
+        ),
+    )
+    return result.rowcount == 1
 
 
 @contextmanager
