@@ -109,7 +109,7 @@ class SharedRateLimit:
         *,
         rate: float | None = None,
         initial: float = 5.0,
-        max_rate: float = 100.0,
+        max_rate: float = 1000.0,
         burst_seconds: float = 0.0,
         max_inline_wait: float = 1.0,
         key: str = "acr-ingest:ratelimit",
