@@ -72,10 +72,10 @@ def _cancel_if_unsent(session: Session, row: TrackFile) -> bool:
     return result.rowcount == 1
 
 
-def _save(session: Session, op_id: int, outcomes: dict[str, str]) -> None:
+def _save(session: Session, op_id: int, outcomes: dict[str, str], generations: dict[str, int]) -> None:
     op = session.get(Operation, op_id)
     assert op is not None
-    op.result = {"outcomes": dict(outcomes)}
+    op.result = {"outcomes": dict(outcomes), "generations": dict(generations)}
     op.updated_at = utcnow()
     session.add(op)
     session.commit()
@@ -86,7 +86,9 @@ def _result(outcomes: dict[str, str]) -> dict[str, Any]:
     for outcome in outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
     problems = {
-        name: o for name, o in outcomes.items() if o in ("not_found", "unknown_ref", "conflict", "upload_failed")
+        name: o
+        for name, o in outcomes.items()
+        if o in ("not_found", "unknown_ref", "conflict", "upload_failed", "reuploaded_since")
     }
     status = OpStatus.PARTIAL if problems else OpStatus.SUCCEEDED
     out: dict[str, Any] = {"status": status, "counts": counts, "outcomes": outcomes}
@@ -150,6 +152,9 @@ def _run_batch(
         op = s.get(Operation, op_id)
         assert op is not None
         outcomes: dict[str, str] = dict((op.result or {}).get("outcomes", {}))
+        # The file each ref named when this job first saw it: a retry (retry-failed, hours later) must not
+        # delete or move a newer file uploaded under the same ref since.
+        generations: dict[str, int] = dict((op.result or {}).get("generations", {}))
         waiting: list[str] = []
         parked: list[str] = []  # refs not seen yet that may still arrive: kept until their upload lands
         send: list[tuple[str, TrackFile | None, Any]] = []
@@ -168,6 +173,9 @@ def _run_batch(
             if row is None:
                 send.append((name, None, key))
                 continue
+            if name.startswith("ref:") and generations.setdefault(name, row.generation) != row.generation:
+                outcomes[name] = "reuploaded_since"  # the file it named is gone; this one was not asked for
+                continue
             if row.status in FileStatus.gone():
                 outcomes[name] = "already_deleted"
             elif row.remote_id is None:
@@ -181,7 +189,7 @@ def _run_batch(
                 outcomes[name] = problem
             else:
                 send.append((name, row, row.remote_id))
-        _save(s, op_id, outcomes)
+        _save(s, op_id, outcomes, generations)
 
         for chunk in chunks(send, settings.ids_chunk_size):
             managed = {key for _, row, key in chunk if row is not None}
@@ -195,7 +203,7 @@ def _run_batch(
                         verb.on_done(s, row)
                 else:
                     outcomes[name] = "not_found"
-            _save(s, op_id, outcomes)
+            _save(s, op_id, outcomes, generations)
 
     if waiting:
         raise RetryLater(

@@ -6,7 +6,8 @@ import pytest
 
 from ingest.devtools.emulator.app import DELETE_IDS, MOVE_IDS
 from ingest.jobs.errors import RetryLater
-from ingest.store.models import FileStatus, OpStatus
+from ingest.store.db import session_scope
+from ingest.store.models import FileStatus, Operation, OpStatus
 from tests.helpers import file_row
 from tests.unit.support import op_of, record, run, run_to_end, url_args
 
@@ -114,3 +115,30 @@ def test_a_move_naming_an_upload_not_sent_yet_waits_for_it(make_ctx, emulator, b
     assert out["result"]["outcomes"] == {"ref:p": "moved"}
     assert [f["audio_id"] for f in emulator.files(target)] == ["p"] and emulator.files(bucket) == []
     assert file_row(target, "p").status == FileStatus.PROCESSING
+
+
+def test_a_delete_retried_after_its_ref_was_uploaded_again_leaves_the_new_file(make_ctx, emulator, bucket) -> None:
+    """A delete that failed while the API was down, re-sent by a human after the ref was deleted and uploaded
+    again, must not delete the newer file (it was asked for the old one)."""
+    run("upload_url", url_args(bucket, "again", "Old"), make_ctx())
+    stale = make_ctx(max_attempts=1)
+    emulator.faults.error_rate = 1.0  # the API is down for this delete's only attempt
+    out = run("delete_batch", {"bucket_id": bucket, "refs": ["again"]}, stale)
+    assert out["status"] == OpStatus.FAILED
+    emulator.faults.reset()
+
+    run_to_end("delete_batch", {"bucket_id": bucket, "refs": ["again"]}, make_ctx())  # deleted meanwhile
+    run_to_end("upload_url", url_args(bucket, "again", "New"), make_ctx())  # and uploaded again
+    new = file_row(bucket, "again")
+    assert new is not None and new.status != FileStatus.DELETED and new.generation == 1
+
+    op = op_of(stale)
+    with session_scope() as s:  # what retry-failed does to the row before re-sending it
+        row = s.get(Operation, op.id)
+        assert row is not None
+        row.status, row.error, row.attempts = OpStatus.QUEUED, None, 0
+        s.add(row)
+    out, _ = run_to_end("delete_batch", {"bucket_id": bucket, "refs": ["again"]}, stale)  # the same operation
+    assert out["status"] == OpStatus.PARTIAL
+    assert op_of(stale).result["outcomes"] == {"ref:again": "reuploaded_since"}
+    assert [f["title"] for f in emulator.files(bucket)] == ["New"]
