@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         profile = cProfile.Profile(time.thread_time)
         for i in range(20 + args.jobs, 20 + 2 * args.jobs):
             one(i, profile)
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+        stats = pstats.Stats(profile)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(30)  # where the time is spent, not only under what
+        if os.environ.get("JOB_CPU_CALLERS"):
+            stats.print_callers(os.environ["JOB_CPU_CALLERS"])
     client.close()
     emu.stop()
     return 0

@@ -122,15 +122,32 @@ def _retry_unrecorded(kind: str, exc: Exception, ctx: JobContext) -> RetryLater:
     return RetryLater(countdown, f"database unavailable: {reason_of(exc)}", counts=True)
 
 
+def _start(s: Session, task_id: str) -> int | None:
+    """The common case in one statement: our producer wrote the operation and it is not finished yet; mark
+    it running and return its id. None: no row yet, or a redelivery of finished work."""
+    return (
+        s.connection()
+        .execute(
+            update(Operation)
+            .where(col(Operation.task_id) == task_id, col(Operation.status).not_in(OpStatus.final()))
+            .values(status=OpStatus.RUNNING, updated_at=utcnow())
+            .returning(col(Operation.id))
+        )
+        .scalar()
+    )
+
+
 def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) -> dict[str, Any]:
     settings = ctx.settings
     with session_scope() as s:
-        op = ensure_operation(s, kind, args, ctx.task_id)
-        if op.status in OpStatus.final():  # a redelivered message whose work is already recorded
-            return summary(op)
-        op_id = op.id
-        assert op_id is not None
-        _set(s, op_id, status=OpStatus.RUNNING)
+        op_id = _start(s, ctx.task_id)
+        if op_id is None:
+            op = ensure_operation(s, kind, args, ctx.task_id)
+            if op.status in OpStatus.final():  # a redelivered message whose work is already recorded
+                return summary(op)
+            assert op.id is not None
+            op_id = op.id
+            _set(s, op_id, status=OpStatus.RUNNING)
 
     try:
         job = VALIDATORS[kind](args, settings)
@@ -179,7 +196,11 @@ def _write_outcome(session: Session, op_id: int, result: dict[str, Any], *, comm
     values: dict[str, Any] = {"status": status, "result": stored, "error": error, "updated_at": now}
     if status in OpStatus.final():
         values["finished_at"] = now
-    session.execute(update(Operation).where(col(Operation.id) == op_id).values(**values))
+    # A plain UPDATE on the session's connection (the ORM's bulk-update bookkeeping costs more than the
+    # statement), after the session's pending changes so none of them is written over it later; an
+    # Operation loaded in this session is refreshed below before it is read.
+    session.flush()
+    session.connection().execute(update(Operation).where(col(Operation.id) == op_id).values(**values))
     if status in OpStatus.final() and get_settings().events_enabled:  # the event in the same transaction
         op = session.get(Operation, op_id)
         if op is not None:

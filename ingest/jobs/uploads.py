@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from ingest.api.client import AcrCloudClient
@@ -162,8 +163,8 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
             s.add(row)
             s.commit()
         raise
-    # An update merged while the POST was out bumped meta_version: read it, so sync_meta sends it.
-    s.refresh(row)
+    # An update merged while the POST was out bumped meta_version: read it (only it), so sync_meta sends it.
+    set_committed_value(row, "meta_version", s.scalar(select(TrackFile.meta_version).where(TrackFile.id == row.id)))
     adopt(row, remote, synced_version=version)
     s.add(row)
 

@@ -81,13 +81,12 @@ def claim_file_of_operation(session: Session, op_id: int, owner: str, seconds: f
     free = or_(
         col(TrackFile.lease_owner).is_(None), col(TrackFile.lease_until) <= now, col(TrackFile.lease_owner) == owner
     )
-    result = cast(
-        CursorResult[Any],
-        session.execute(
-            update(TrackFile)
-            .where(and_(col(TrackFile.id) == file_of_op, free))
-            .values(lease_owner=owner, lease_until=now + timedelta(seconds=seconds))
-        ),
+    # On the session's connection: a plain UPDATE, without the ORM's bulk-update bookkeeping (no object of
+    # this row is loaded yet), in the session's transaction all the same.
+    result = session.connection().execute(
+        update(TrackFile)
+        .where(and_(col(TrackFile.id) == file_of_op, free))
+        .values(lease_owner=owner, lease_until=now + timedelta(seconds=seconds))
     )
     return result.rowcount == 1
 

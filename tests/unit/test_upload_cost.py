@@ -25,7 +25,7 @@ from tests.helpers import file_row, wait_for
 from tests.unit.support import record, run, url_args
 
 MAX_TRANSACTIONS = 3
-MAX_STATEMENTS = 8
+MAX_STATEMENTS = 7
 
 
 @dataclass
