@@ -754,9 +754,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-limit", type=float, default=20.0, help="emulator limit in the last scenario, requests/s")
     p.add_argument(
         "--limited-workers",
-        type=lambda v: [int(x) for x in v.split(",")],
+        type=lambda v: [int(x) for x in v.split(",") if x.strip() and int(x) > 0],
         default=[2],
-        help="worker counts for the rate-limit scenario, e.g. 1,2,4 (each on fresh workers)",
+        help="worker counts for the rate-limit scenario, e.g. 1,2,4 (each on fresh workers; 0: skip it)",
     )
     p.add_argument(
         "--database-url", default=None, help="e.g. postgresql+psycopg://postgres@127.0.0.1:5432/bench (default SQLite)"
