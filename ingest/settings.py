@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     rate_limit_initial: float = Field(default=5.0, gt=0)  # auto: where learning starts
     rate_limit_max: float = Field(default=1000.0, gt=0)  # auto: never above this (a ceiling, not a target)
     # A thread waits this long for a token at most; a longer wait defers the job (one broker round trip).
-    rate_limit_max_inline_wait: float = Field(default=1.0, ge=0)
+    rate_limit_max_inline_wait: float = Field(default=3.0, ge=0)
     # The budget lives in Redis: required when the broker is not Redis (RabbitMQ cannot hold it).
     rate_limit_redis_url: str | None = None  # default: the broker, when it is Redis
 

@@ -46,7 +46,7 @@ def test_a_short_wait_is_waited_in_the_thread_not_sent_through_the_broker() -> N
 def test_a_429_drains_the_budget_for_every_worker_for_retry_after() -> None:
     limit = _limit("penalty", rate=5)
     other_worker = SharedRateLimit(redis.Redis.from_url(REDIS_URL), rate=5, key=limit.key, max_inline_wait=0)
-    limit.penalize(3.0)
+    limit.observe("upload", 429, {"Retry-After": "3"})  # what the client's observer passes on
     with pytest.raises(RetryLater) as deferred:
         other_worker("get")
     assert deferred.value.countdown >= 3.0
@@ -100,17 +100,17 @@ def test_with_no_setting_the_limit_is_learned_from_the_apis_answers() -> None:
         t.join()
     client.close()
     emu.stop()
-    late = [s for at, s in calls if at > stop - 6]  # the last six seconds: learned by then
+    late = [s for at, s in calls if at > stop - 8]  # the last eight seconds: learned by then
     ok = sum(s == 200 for s in late)
     refused = sum(s == 429 for _, s in calls)
-    assert ok >= 0.85 * 20 * 6, f"used {ok / 6:.1f}/s of 20/s"
-    assert refused <= 0.03 * len(calls), f"{refused} of {len(calls)} calls refused"  # slow start's overshoot
-    assert 16 <= limit.budget().rate <= 22
+    assert ok >= 0.85 * 20 * 8, f"used {ok / 8:.1f}/s of 20/s"
+    # The announced limit is trusted once Remaining stops falling: no 429 is needed to find it.
+    assert refused <= 1, f"{refused} of {len(calls)} calls refused"
+    assert 16 <= limit.budget().rate <= 20
 
 
 def test_a_budget_whose_redis_is_away_lets_calls_through_instead_of_failing_jobs() -> None:
     gone = SharedRateLimit(redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), max_inline_wait=0)
     gone("upload")  # no exception: the API's own 429s are the backstop while the budget is away
     gone.observe("upload", 429, {"Retry-After": "1"})
-    gone.penalize(1.0)
     assert gone.budget().ceiling is None

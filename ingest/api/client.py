@@ -589,7 +589,7 @@ def _status_error(resp: requests.Response, method: str, url: str, text: str) -> 
     if status == 422:
         return ValidationError(message, errors=_field_errors(body), **kw)
     if status == 429:
-        return RateLimitedError(message, retry_after=_retry_after(resp.headers.get("Retry-After")), **kw)
+        return RateLimitedError(message, retry_after=retry_after_seconds(resp.headers.get("Retry-After")), **kw)
     if status == 408:
         # The server gave up waiting for our request: it did not act on it, and a retry may succeed.
         return TransientError(message, maybe_applied=False, **kw)
@@ -617,7 +617,7 @@ def _field_errors(body: Any) -> dict[str, list[str]]:
     return {str(k): [str(m) for m in v] if isinstance(v, list) else [str(v)] for k, v in errors.items()}
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
     if not value:
         return None

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sqlmodel import Session
 
 from ingest.api.client import AcrCloudClient
 from ingest.settings import Settings
 from ingest.store.leases import owner_id
-
-
-class Limiter(Protocol):
-    def __call__(self, operation: str) -> None: ...
-    def penalize(self, retry_after: float) -> None: ...
-
 
 # Writes the job's outcome in the caller's open transaction (committed by the caller).
 OutcomeWriter = Callable[[Session, dict[str, Any]], None]
@@ -28,7 +22,6 @@ class JobContext:
     settings: Settings
     client: AcrCloudClient
     owner: str = field(default="")
-    limiter: Limiter | None = None  # the shared budget the client's gate draws on, told about 429s
     delivery: int = 0  # retries of this message so far (Celery's count; needs no database)
     # Set by the runner: a handler may record its outcome with its own last commit instead of the runner's.
     record_outcome: OutcomeWriter | None = None

@@ -86,8 +86,6 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
             auth_hold.hold(s, settings.current_token(), str(exc))
             counts["held"] = 1
         except (RateLimitedError, RetryLater) as exc:  # the API's or our budget is spent: next cycle
-            if isinstance(exc, RateLimitedError) and ctx.limiter is not None:
-                ctx.limiter.penalize(exc.retry_after or 1.0)
             log.info("state poll paused until the next cycle: %s", exc)
             counts["error_stop"] = 1
         except ApiError as exc:  # transient: the next cycle tries again

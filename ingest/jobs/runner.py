@@ -239,8 +239,6 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
         op = s.get(Operation, op_id)
         assert op is not None
         throttled = op.throttled + (1 if isinstance(exc, RateLimitedError) else 0)
-        if isinstance(exc, RateLimitedError) and ctx.limiter is not None:
-            ctx.limiter.penalize(exc.retry_after or 1.0)  # every worker holds off, not just this one
         api_down = is_outage_failure(exc) and circuit_breaker.record_failure(
             s, op_id, reason_of(exc), threshold=settings.breaker_threshold, window=settings.breaker_window
         )

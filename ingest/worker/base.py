@@ -47,12 +47,11 @@ class IngestTask(Task):
             IngestTask._client = IngestTask._limiter = None
 
     def job_context(self) -> JobContext:
-        client, limiter = self.api()
+        client, _ = self.api()
         return JobContext(
             task_id=self.request.id,
             settings=get_settings(),
             client=client,
-            limiter=limiter,
             delivery=self.request.retries or 0,
         )
 
