@@ -582,6 +582,21 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                     kids,
                     args.timeout,
                 )
+                # Again on the budget that run learned (kept in Redis for a day): what restarted workers and
+                # every later batch start from.
+                limited += rate_limited(
+                    report,
+                    f"rate_limit_w{k}_learned",
+                    f"rate limit {limit:g}/s, {k} worker(s), learned",
+                    emu,
+                    producer,
+                    LIMIT_BUCKET + 10 + k,
+                    m,
+                    limit,
+                    k,
+                    kids,
+                    args.timeout,
+                )
 
         if args.shared_limit:
             # The project's own answer to a rate limit (ACR_INGEST_RATE_LIMIT, a token bucket in Redis db 10

@@ -109,7 +109,7 @@ local function credit(n, limit, remaining)  -- n successes; the headers of the l
       if remaining <= math.floor(limit * 0.02) then
         share = math.max(0.5, share * 0.998)
       elseif remaining >= math.max(2, limit * 0.05) then
-        share = math.min(headroom, share + 0.002 * n)
+        share = math.min(headroom, share + 0.0005 * n)
       end
       rate = share * trusted
     elseif remaining <= math.floor(limit * 0.02) then
@@ -149,7 +149,7 @@ elseif verb == 'observe' then
     if fixed <= 0 and now >= calm then    -- one decrease per episode, however many workers were refused
       calm = now + math.max(retry_after, 1)
       if trusted > 0 and retry_after <= 2 then
-        share = math.max(0.5, share * 0.9)  -- a short window after all: others use it too, or calls bunch up
+        share = math.max(0.5, share * 0.93)  -- a short window after all: others use it too, or calls bunch up
         rate = share * trusted
       else                                -- no trusted limit, or a long window: AIMD from here
         rate = math.max(0.05, rate * 0.85)
