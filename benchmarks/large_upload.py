@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -98,8 +99,19 @@ def loadavg() -> list[float]:
 # --- the three paths ---------------------------------------------------------------------------------
 
 
-def curl_upload(curl: str, url: str, auth_header: Path, path: Path, ref: str, work: Path) -> float:
-    """``curl -F`` with the fields ``AcrCloudClient.upload_file`` sends; seconds from start to exit."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # processes waited for: curl, the client
+    return usage.ru_utime + usage.ru_stime
+
+
+def pid_cpu(pid: int) -> float:
+    # utime and stime are fields 14 and 15, after the command name (in parentheses, may hold spaces).
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def curl_upload(curl: str, url: str, auth_header: Path, path: Path, ref: str, work: Path) -> tuple[float, float]:
+    """``curl -F`` with the fields ``AcrCloudClient.upload_file`` sends; seconds from start to exit, and its CPU."""
     out = work / "curl-answer.json"
     cmd = [
         curl,
@@ -123,13 +135,13 @@ def curl_upload(curl: str, url: str, auth_header: Path, path: Path, ref: str, wo
         f"file=@{path};type=application/octet-stream",
         f"{url}/buckets/{CURL_BUCKET}/files",
     ]
-    started = time.perf_counter()
+    cpu, started = children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, children_cpu() - cpu
     if done.returncode != 0 or done.stdout.strip() != "200":
         answer = out.read_text(errors="replace")[:500] if out.exists() else ""
         raise RuntimeError(f"curl failed ({done.returncode}, HTTP {done.stdout.strip()}): {done.stderr} {answer}")
-    return seconds
+    return seconds, cpu
 
 
 CLIENT_SCRIPT = """
@@ -141,11 +153,12 @@ big, warmup, bucket, warm_bucket, ref = sys.argv[1:6]
 with AcrCloudClient.from_settings(get_settings()) as client:
     client.upload_file(int(warm_bucket), warmup, title="client warm-up", audio_id=ref + "-warmup")
     hwm0 = proc_status_kb("self", "VmHWM")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     ud = {"artist": "Benchmark Ensemble"}
     client.upload_file(int(bucket), big, title="client " + ref, user_defined=ud, audio_id=ref)
-    seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "hwm_before_kb": hwm0, "hwm_after_kb": proc_status_kb("self", "VmHWM")}))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+hwm1 = proc_status_kb("self", "VmHWM")
+print(json.dumps({"seconds": seconds, "cpu_s": cpu, "hwm_before_kb": hwm0, "hwm_after_kb": hwm1}))
 """
 
 
@@ -180,12 +193,13 @@ def wait_for(done: Callable[[], Any], check: Callable[[], None], timeout: float,
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def worker_upload(producer: Any, worker: Any, path: str, ref: str, bucket: int, timeout: float) -> float:
-    """One ``ingest.upload_file`` job; seconds from the enqueue until the row has its remote id."""
-    started = time.perf_counter()
+def worker_upload(producer: Any, worker: Any, path: str, ref: str, bucket: int, timeout: float) -> tuple[float, float]:
+    """One ``ingest.upload_file`` job; seconds from the enqueue until the row has its remote id, and the
+    worker's CPU in that time."""
+    cpu, started = pid_cpu(worker.pid), time.perf_counter()
     producer.upload_file(path, title=f"worker {ref}", bucket_id=bucket, ref=ref, user_defined=USER_DEFINED)
     wait_for(lambda: remote_id_of(ref, bucket), worker.check, timeout, f"the remote id of {ref}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, pid_cpu(worker.pid) - cpu
 
 
 # --- checks ------------------------------------------------------------------------------------------
@@ -299,20 +313,26 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
         producer = Producer()
         wait_for(lambda: producer.app.control.ping(timeout=0.5) or None, worker.check, 90, "the worker's ping")
         idle_hwm = proc_status_kb(worker.pid, "VmHWM")
-        wait_for_warmup = worker_upload(producer, worker, WARMUP_NAME, "WARMUP", WARMUP_BUCKET, args.timeout)
+        wait_for_warmup, _ = worker_upload(producer, worker, WARMUP_NAME, "WARMUP", WARMUP_BUCKET, args.timeout)
         warm_hwm = proc_status_kb(worker.pid, "VmHWM")
         emu_hwm0 = proc_status_kb("self", "VmHWM")
 
         print(f"[3/4] {args.rounds} round(s): curl -F, the client alone, the worker", flush=True)
         curl_s: list[float] = []
+        curl_cpu: list[float] = []
         client: list[dict[str, Any]] = []
         worker_s: list[float] = []
+        worker_cpu: list[float] = []
         load = [loadavg()]
         for r in range(1, args.rounds + 1):
             ref = f"BIG-{r}"
-            curl_s.append(curl_upload(args.curl, emu.url, auth_header, big, ref, work))
+            seconds, cpu = curl_upload(args.curl, emu.url, auth_header, big, ref, work)
+            curl_s.append(seconds)
+            curl_cpu.append(cpu)
             client.append(client_upload(child_env, big, warmup, ref))
-            worker_s.append(worker_upload(producer, worker, BIG_NAME, ref, WORKER_BUCKET, args.timeout))
+            seconds, cpu = worker_upload(producer, worker, BIG_NAME, ref, WORKER_BUCKET, args.timeout)
+            worker_s.append(seconds)
+            worker_cpu.append(cpu)
             load.append(loadavg())
             print(
                 f"      round {r}: curl {curl_s[-1]:.2f} s, client {client[-1]['seconds']:.2f} s, "
@@ -332,6 +352,7 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
             "worker: every operation succeeded, ids recorded": worker_db_check(emu, refs),
         }
         curl_med = statistics.median(curl_s)
+        curl_cpu_med = statistics.median(curl_cpu) or 0.001  # one clock tick: never a division by zero
         client_s = [c["seconds"] for c in client]
         result.update(
             {
@@ -341,7 +362,12 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
                 "curl_s": [round(s, 3) for s in curl_s],
                 "client_s": [round(s, 3) for s in client_s],
                 "worker_s": [round(s, 3) for s in worker_s],
+                "curl_cpu_s": [round(s, 3) for s in curl_cpu],
+                "client_cpu_s": [round(c["cpu_s"], 3) for c in client],
+                "worker_cpu_s": [round(s, 3) for s in worker_cpu],
                 "client_x_curl": round(statistics.median(client_s) / curl_med, 3),
+                "client_cpu_x_curl": round(statistics.median(c["cpu_s"] for c in client) / curl_cpu_med, 3),
+                "worker_cpu_x_curl": round(statistics.median(worker_cpu) / curl_cpu_med, 3),
                 "worker_x_curl": round(statistics.median(worker_s) / curl_med, 3),
                 "curl_mb_per_s": round(size / MIB / curl_med, 1),
                 "worker_warmup_s": round(wait_for_warmup, 3),
@@ -370,22 +396,24 @@ def table(r: dict[str, Any]) -> str:
         return f"{med(xs):.2f}" + (f" ({min(xs):.2f}-{max(xs):.2f})" if n > 1 else "")
 
     rows = [
-        ("curl -F (baseline)", span(r["curl_s"]), "1.00", "-"),
+        ("curl -F (baseline)", span(r["curl_s"]), "1.00", f"{med(r['curl_cpu_s']):.2f}", "-"),
         (
             "AcrCloudClient.upload_file, own process",
             span(r["client_s"]),
             f"{r['client_x_curl']:.2f}",
+            f"{med(r['client_cpu_s']):.2f} ({r['client_cpu_x_curl']:.2f}x)",
             f"+{max(r['client_rss_growth_mb']):.2f} MB",
         ),
         (
             "worker: enqueue -> remote id",
             span(r["worker_s"]),
             f"{r['worker_x_curl']:.2f}",
+            f"{med(r['worker_cpu_s']):.2f} ({r['worker_cpu_x_curl']:.2f}x)",
             f"+{rss['growth_large_mb']:.2f} MB (+{rss['growth_from_idle_mb']:.2f} from idle)",
         ),
     ]
-    head = ("path", f"seconds (median of {n})", "x curl", "peak RSS growth")
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(4)]
+    head = ("path", f"seconds (median of {n})", "x curl", "its CPU s (x curl)", "peak RSS growth")
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
