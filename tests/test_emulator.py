@@ -189,10 +189,20 @@ def test_upload_audio_url_json_and_fingerprint_and_acrid(http: requests.Session,
     assert r.status_code == 200 and r.json()["data"]["acr_id"] == acrid
 
 
-def test_big_upload_is_counted_not_buffered(http: requests.Session, emu: Emulator, bucket: int) -> None:
-    # Over Werkzeug's in-memory threshold: the part goes to a temporary file and is sized by seeking.
-    f = upload(http, emu, bucket, "big", content=b"\0" * 4_000_000)
-    assert f["duration"] == "250.000000"
+def test_big_upload_is_counted_not_buffered(
+    http: requests.Session, emu: Emulator, bucket: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Werkzeug's default keeps a part in memory up to 500 KB and in a temporary file beyond: the
+    # emulator must use neither (a 1 GB upload would take 1 GB of /tmp, of memory on a tmpfs).
+    def kept(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the emulator kept an uploaded part")
+
+    monkeypatch.setattr("werkzeug.wrappers.request.default_stream_factory", kept)
+    monkeypatch.setattr("werkzeug.formparser.default_stream_factory", kept)
+    sizes = (4_000_000, 100_000, 0)
+    made = [upload(http, emu, bucket, f"big {n}", content=b"\1" * n) for n in sizes]
+    assert [f["duration"] for f in made] == ["250.000000", "6.250000", "0.000000"]
+    assert emu.received_bytes(bucket) == {f["id"]: n for f, n in zip(made, sizes, strict=True)}
 
 
 @pytest.mark.parametrize(

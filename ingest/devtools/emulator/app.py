@@ -7,6 +7,7 @@ for the load balancer and the network, which act before the application sees any
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import logging
@@ -14,7 +15,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from werkzeug.datastructures import FileStorage
@@ -144,9 +145,55 @@ def _is_http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+class _CountedPart(io.RawIOBase):
+    """Where a multipart file part goes: its bytes are counted and dropped as they arrive.
+
+    The emulator needs a file's size only (for the fake duration), so it keeps nothing: a 1 GB upload
+    costs no memory and no temporary file (Werkzeug's default spools parts over 500 KB to one, which
+    on a tmpfs /tmp is memory again).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def readinto(self, buffer: Any) -> int:
+        return 0  # nothing was kept
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        # Werkzeug rewinds a finished part; the end is where the counted bytes would have ended.
+        return self.size if whence == io.SEEK_END else 0
+
+
+class _Request(Request):
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return cast(IO[bytes], _CountedPart())
+
+
 def _stream_size(storage: FileStorage) -> int:
-    # Werkzeug spooled the part to memory or a temporary file: its size is one seek away.
     stream = storage.stream
+    if isinstance(stream, _CountedPart):
+        return stream.size
     try:
         return stream.seek(0, 2)
     except (AttributeError, OSError, ValueError):
@@ -215,11 +262,10 @@ class EmulatorApp:
     # --- WSGI -----------------------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        request = Request(environ)
+        request = _Request(environ)
         try:
             response = self._dispatch(request)
         finally:
-            # Removes the spooled temporary files of a multipart body at once.
             request.close()
         return response(environ, start_response)
 
@@ -370,7 +416,7 @@ class EmulatorApp:
     # --- handlers -------------------------------------------------------------------------------
 
     def _upload(self, request: Request, bucket: int) -> Response:
-        fields = self._fields(request)  # reads the whole body; file parts spool to disk when large
+        fields = self._fields(request)  # reads the whole body; file parts are counted, not kept
         errors: dict[str, list[str]] = {}
 
         data_type = fields.get("data_type")
@@ -381,12 +427,13 @@ class EmulatorApp:
         title = _check_title(fields.get("title"), errors)
 
         size = 0
+        received: int | None = None
         url = ""
         acrid: str | None = None
         if data_type in ("audio", "fingerprint"):
             part = request.files.get("file")
             if part is not None:
-                size = _stream_size(part)
+                size = received = _stream_size(part)
             # A part with neither a filename nor bytes is what a form sends for "no file chosen".
             if part is None or (not part.filename and size == 0):
                 errors["file"] = ["The file field is required."]
@@ -442,6 +489,7 @@ class EmulatorApp:
             final_state=final_state,
             processing_delay=self.processing_delay,
             acr_id=acrid,
+            received_bytes=received,
         )
         self.stats.upload_created()
         if self.injector.created_then_error():

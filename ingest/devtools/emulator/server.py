@@ -218,6 +218,10 @@ class Emulator:
         """Snapshot of the stored files (list shape, current state), by id."""
         return self._app.store.snapshot(bucket_id)
 
+    def received_bytes(self, bucket_id: int | None = None) -> dict[int, int]:
+        """Bytes of the file part each stored file was uploaded with, by id (not part of the API's answers)."""
+        return self._app.store.received_bytes(bucket_id)
+
     def reset(self) -> None:
         """Drop all files, counters, rate-limit windows and faults; re-seed the dice."""
         self._app.reset()

@@ -44,6 +44,8 @@ class FileRecord:
     updated_at: float
     #: Wall-clock time at which processing ends (state leaves 0). Computed on read: no timer thread.
     ready_at: float
+    #: Bytes of the file part (audio, fingerprint uploads); None for URL and acrid uploads. Not in the API.
+    received_bytes: int | None = None
 
     def state(self, now: float) -> int:
         return self.final_state if now >= self.ready_at else 0
@@ -116,6 +118,7 @@ class Store:
         final_state: int,
         processing_delay: float,
         acr_id: str | None = None,
+        received_bytes: int | None = None,
     ) -> dict[str, Any]:
         now = time.time()
         with self._lock:
@@ -131,6 +134,7 @@ class Store:
                 created_at=now,
                 updated_at=now,
                 ready_at=now + max(0.0, processing_delay),
+                received_bytes=received_bytes,
             )
             self._next_id += 1
             self._files[rec.id] = rec
@@ -259,6 +263,12 @@ class Store:
         out.sort(key=lambda f: f["id"])
         # Callers (tests) may mutate what they get; the store's own dicts must not change with it.
         return copy.deepcopy(out)
+
+    def received_bytes(self, bucket_id: int | None = None) -> dict[int, int]:
+        """Bytes of the file part each file was uploaded with, by id (URL and acrid uploads left out)."""
+        with self._lock:
+            recs = self._files.values() if bucket_id is None else self._by_bucket.get(bucket_id, {}).values()
+            return {r.id: r.received_bytes for r in recs if r.received_bytes is not None}
 
     def __len__(self) -> int:
         with self._lock:
