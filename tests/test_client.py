@@ -21,7 +21,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from ingest.api.client import UPLOAD_READ_SIZE, USER_AGENT, AcrCloudClient, _FileForm, _form_fields, _retry_after
+from ingest.api.client import UPLOAD_READ_SIZE, USER_AGENT, AcrCloudClient, _FileForm, _form_fields, retry_after_seconds
 from ingest.api.errors import (
     ApiError,
     AuthError,
@@ -368,12 +368,12 @@ def test_rate_limited_carries_retry_after(client: AcrCloudClient, emu: Emulator,
 
 
 def test_retry_after_parsing() -> None:
-    assert _retry_after(None) is None and _retry_after("") is None and _retry_after("soon") is None
-    assert _retry_after("3") == 3.0 and _retry_after("1.5") == 1.5 and _retry_after("-4") == 0.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("") is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds("1.5") == 1.5 and retry_after_seconds("-4") == 0.0
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    assert 25 <= (_retry_after(when) or 0) <= 30
+    assert 25 <= (retry_after_seconds(when) or 0) <= 30
     past = format_datetime(datetime.now(UTC) - timedelta(seconds=30), usegmt=True)
-    assert _retry_after(past) == 0.0
+    assert retry_after_seconds(past) == 0.0
 
 
 def test_server_error_is_transient_maybe_applied(client: AcrCloudClient, emu: Emulator, bucket: int) -> None:
