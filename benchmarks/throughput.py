@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BROKER = "redis://127.0.0.1:6379/10"  # ours alone: the test suite uses 11-15
 NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, LIMIT_BUCKET, SHARED_BUCKET = 8800, 8801, 8802, 8830, 8804
+PIPELINED_BULK_BUCKET = 8805
+BULK_BATCH = 50  # upload_many's batch in the bulk pipelined scenario: small, so workers start at once
 BUCKETS = (NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, SHARED_BUCKET)
 LIMITER_KEY = "acr-ingest:ratelimit"  # the shared budget's state (SharedRateLimit's key), in db 10 here
 USER_DEFINED = {"artist": "Benchmark Ensemble"}
@@ -305,18 +307,30 @@ def ingest_uploads(
     timeout: float,
     *,
     backlog: bool = False,
+    bulk: int = 0,
 ) -> Timing:
     """``n`` URL uploads through the producer; seconds until every row has a remote id and until every row
     is ready. Pipelined (default): the workers consume while the producer enqueues and the clock starts at
     the first enqueue, so the producer is part of the path. ``backlog``: all are queued first and the clock
-    starts when the workers resume: what the workers alone can do."""
+    starts when the workers resume: what the workers alone can do. ``bulk``: enqueued with
+    ``Producer.upload_many`` in batches of that many (validated as they are built), as a catalog import does."""
     if backlog:
         pause(producer.app, workers)
     started = time.perf_counter()
-    for i in range(n):
-        producer.upload_url(
-            _url(tag, i), title=f"{tag} {i}", bucket_id=bucket, ref=f"{tag}-{i:05d}", user_defined=USER_DEFINED
-        )
+    if bulk:
+        from ingest.jobs.inputs import validate_upload_url
+
+        def job(i: int) -> Any:
+            args = {"url": _url(tag, i), "title": f"{tag} {i}", "bucket_id": bucket, "ref": f"{tag}-{i:05d}"}
+            return validate_upload_url({**args, "user_defined": USER_DEFINED}, producer.settings)
+
+        for _ in producer.upload_many((job(i) for i in range(n)), batch_size=bulk):
+            pass
+    else:
+        for i in range(n):
+            producer.upload_url(
+                _url(tag, i), title=f"{tag} {i}", bucket_id=bucket, ref=f"{tag}-{i:05d}", user_defined=USER_DEFINED
+            )
     timing = Timing(time.perf_counter() - started)
     if backlog:
         started = time.perf_counter()
@@ -520,7 +534,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         redis.Redis.from_url(BROKER).flushdb()
 
         print(
-            f"[3/4] acr-ingest: 2 x {n} uploads through the producer, {w} workers x {args.concurrency} threads + beat",
+            f"[3/4] acr-ingest: 3 x {n} uploads through the producer, {w} workers x {args.concurrency} threads + beat",
             flush=True,
         )
         from ingest.producer import Producer
@@ -528,13 +542,14 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         producer = Producer()
         with workers("ingest.worker.app", "ingest", w, args.concurrency, child_env, work, beat=True) as kids:
             report.details["ingest_worker_start_s"] = round(wait_ready(producer.app, kids, w), 2)
-            for label, bucket, tag, backlog in (
-                ("pipelined", PIPELINED_BUCKET, "PIPE", False),
-                ("backlog", BACKLOG_BUCKET, "BACK", True),
+            for label, bucket, tag, backlog, bulk in (
+                ("pipelined", PIPELINED_BUCKET, "PIPE", False, 0),
+                ("pipelined_bulk", PIPELINED_BULK_BUCKET, "BULK", False, BULK_BATCH),
+                ("backlog", BACKLOG_BUCKET, "BACK", True, 0),
             ):
                 before, cpu = emu.stats(), CpuMeter(kids).start()
                 with profiled(args.profile if backlog else None, kids) as spied:
-                    t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog)
+                    t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog, bulk=bulk)
                 used = cpu.stop(n)
                 if spied:
                     report.details["profile"] = render(*top_frames(spied, 40))
@@ -553,6 +568,8 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                 }
                 if backlog:
                     back = t
+                elif bulk:
+                    pipe_bulk = t
                 else:
                     pipe = t
 
@@ -660,6 +677,33 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             _rate(n, pipe.ready_s),
             "files/s",
             _ratio(_rate(n, pipe.ready_s), naive),
+            "x naive",
+        ),
+        Row(
+            f"producer upload_many (batches of {BULK_BATCH}), workers running",
+            n,
+            pipe_bulk.enqueue_s,
+            _rate(n, pipe_bulk.enqueue_s),
+            "jobs/s",
+            _ratio(_rate(n, pipe_bulk.enqueue_s), naive),
+            "x naive",
+        ),
+        Row(
+            "acr-ingest pipelined, upload_many -> remote id",
+            n,
+            pipe_bulk.remote_s,
+            _rate(n, pipe_bulk.remote_s),
+            "files/s",
+            _ratio(_rate(n, pipe_bulk.remote_s), naive),
+            "x naive",
+        ),
+        Row(
+            "acr-ingest pipelined, upload_many -> ready",
+            n,
+            pipe_bulk.ready_s,
+            _rate(n, pipe_bulk.ready_s),
+            "files/s",
+            _ratio(_rate(n, pipe_bulk.ready_s), naive),
             "x naive",
         ),
         Row(
