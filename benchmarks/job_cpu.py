@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 BUCKET = 8820
 
@@ -27,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--database-url", default=None, help="default: SQLite in a temporary folder")
     p.add_argument("--cprofile", action="store_true", help="also print a cProfile of the jobs (thread CPU)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="also run the jobs on this many threads at once (as a worker's pool) against an emulator in its own "
+        "process, and report this process's CPU per job: what threads sharing one interpreter and one database add",
+    )
     args = p.parse_args(argv)
 
     from ingest.devtools.emulator import Emulator
@@ -58,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     client = AcrCloudClient(settings.base_url, settings.current_token)
     run_tag = uuid.uuid4().hex[:8]
 
-    def one(i: int, profile: cProfile.Profile | None = None) -> float:
+    clients: dict[str, Any] = {}
+
+    def one(i: int, profile: cProfile.Profile | None = None, client_url: str | None = None) -> float:
         task_id, ref = str(uuid.uuid4()), f"job-{run_tag}-{i}"
         job_args = {"url": f"https://cdn.example.com/{ref}.mp3", "bucket_id": BUCKET, "title": ref, "ref": ref}
         with session_scope() as s:  # as the producer leaves it
@@ -66,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             op = ensure_operation(s, "upload_url", job_args, task_id)
             op.file_id = file_id
             s.add(op)
-        ctx = JobContext(task_id=task_id, settings=settings, client=client)
+        job_client = client
+        if client_url is not None:  # one client per base URL, shared by the threads (a worker's is)
+            job_client = clients.get(client_url) or clients.setdefault(
+                client_url, AcrCloudClient(client_url, settings.current_token, pool_maxsize=32)
+            )
+        ctx = JobContext(task_id=task_id, settings=settings, client=job_client)
         started = time.thread_time()
         if profile is not None:
             profile.enable()
@@ -84,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU per upload job (this thread, no Celery, {settings.database_url.split(':')[0]}): "
         f"{spent / args.jobs * 1000:.2f} ms over {args.jobs} jobs"
     )
+    if args.threads:
+        _threaded(args.threads, args.jobs, one, token)
     if args.cprofile:
         profile = cProfile.Profile(time.thread_time)
         for i in range(20 + args.jobs, 20 + 2 * args.jobs):
@@ -96,6 +113,47 @@ def main(argv: list[str] | None = None) -> int:
     client.close()
     emu.stop()
     return 0
+
+
+def _threaded(threads: int, jobs: int, one: Any, token: str) -> None:
+    """The same jobs on ``threads`` threads, the emulator in a child process (its CPU is not ours)."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest.devtools.processes import free_port
+    from ingest.settings import get_settings, reset_settings
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "ingest.devtools.emulator", "--port", str(port), "--token", token]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        os.environ["ACR_INGEST_API_BASE_URL"] = f"http://127.0.0.1:{port}/api"
+        reset_settings()
+        import socket
+
+        deadline = time.monotonic() + 20
+        while True:  # listening yet?
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        base = 10_000
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda i: one(i, client_url=get_settings().base_url), range(base, base + 2 * threads)))
+            started_cpu, started = time.process_time(), time.perf_counter()
+            list(pool.map(lambda i: one(i, client_url=get_settings().base_url), range(base + 100, base + 100 + jobs)))
+            cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started
+        print(
+            f"CPU per upload job ({threads} threads, emulator in its own process): {cpu / jobs * 1000:.2f} ms "
+            f"({jobs / wall:.0f} jobs/s)"
+        )
+    finally:
+        child.terminate()
+        child.wait(10)
 
 
 if __name__ == "__main__":
