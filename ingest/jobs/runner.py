@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -122,19 +122,26 @@ def _retry_unrecorded(kind: str, exc: Exception, ctx: JobContext) -> RetryLater:
     return RetryLater(countdown, f"database unavailable: {reason_of(exc)}", counts=True)
 
 
+# The hot path's statements, built once: building and keying a statement per job cost more than running it.
+_START = (
+    update(Operation)
+    .where(col(Operation.task_id) == bindparam("b_task_id"), col(Operation.status).not_in(OpStatus.final()))
+    .values(status=OpStatus.RUNNING, updated_at=bindparam("b_now"))
+    .returning(col(Operation.id))
+)
+_OUTCOME_COLUMNS = ("status", "result", "error", "updated_at", "finished_at")
+_OUTCOME = {
+    final: update(Operation)
+    .where(col(Operation.id) == bindparam("b_op_id"))
+    .values({c: bindparam(f"v_{c}") for c in _OUTCOME_COLUMNS if final or c != "finished_at"})
+    for final in (True, False)
+}
+
+
 def _start(s: Session, task_id: str) -> int | None:
     """The common case in one statement: our producer wrote the operation and it is not finished yet; mark
     it running and return its id. None: no row yet, or a redelivery of finished work."""
-    return (
-        s.connection()
-        .execute(
-            update(Operation)
-            .where(col(Operation.task_id) == task_id, col(Operation.status).not_in(OpStatus.final()))
-            .values(status=OpStatus.RUNNING, updated_at=utcnow())
-            .returning(col(Operation.id))
-        )
-        .scalar()
-    )
+    return s.connection().execute(_START, {"b_task_id": task_id, "b_now": utcnow()}).scalar()
 
 
 def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) -> dict[str, Any]:
@@ -193,14 +200,15 @@ def _write_outcome(session: Session, op_id: int, result: dict[str, Any], *, comm
         circuit_breaker.record_success(session)
     error, stored = result.get("error"), result or None
     now = utcnow()
-    values: dict[str, Any] = {"status": status, "result": stored, "error": error, "updated_at": now}
-    if status in OpStatus.final():
-        values["finished_at"] = now
+    final = status in OpStatus.final()
+    values: dict[str, Any] = {"v_status": status, "v_result": stored, "v_error": error, "v_updated_at": now}
+    if final:
+        values["v_finished_at"] = now
     # A plain UPDATE on the session's connection (the ORM's bulk-update bookkeeping costs more than the
     # statement), after the session's pending changes so none of them is written over it later; an
     # Operation loaded in this session is refreshed below before it is read.
     session.flush()
-    session.connection().execute(update(Operation).where(col(Operation.id) == op_id).values(**values))
+    session.connection().execute(_OUTCOME[final], {"b_op_id": op_id, **values})
     if status in OpStatus.final() and get_settings().events_enabled:  # the event in the same transaction
         op = session.get(Operation, op_id)
         if op is not None:

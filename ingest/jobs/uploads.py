@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
@@ -164,7 +165,7 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
             s.commit()
         raise
     # An update merged while the POST was out bumped meta_version: read it (only it), so sync_meta sends it.
-    set_committed_value(row, "meta_version", s.scalar(select(TrackFile.meta_version).where(TrackFile.id == row.id)))
+    set_committed_value(row, "meta_version", s.connection().execute(_META_VERSION, {"b_id": row.id}).scalar())
     adopt(row, remote, synced_version=version)
     s.add(row)
 
@@ -209,15 +210,20 @@ def _upload_claimed(s: Session, row: TrackFile, ctx: JobContext) -> dict[str, An
     return result
 
 
+# The hot path's reads, built once.
+_META_VERSION = select(TrackFile.meta_version).where(col(TrackFile.id) == bindparam("b_id"))
+_ROW_OF_OPERATION = (
+    select(TrackFile)
+    .join(Operation, col(Operation.file_id) == col(TrackFile.id))
+    .where(col(Operation.id) == bindparam("b_op_id"))
+)
+
+
 def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
     with session_scope() as s:
         # The common case: the producer planned the row and nobody holds it. One statement takes it.
         if claim_file_of_operation(s, op_id, ctx.owner, ctx.settings.lease_seconds):
-            row = s.exec(
-                select(TrackFile)
-                .join(Operation, col(Operation.file_id) == col(TrackFile.id))
-                .where(Operation.id == op_id)
-            ).one()
+            row = s.exec(_ROW_OF_OPERATION, params={"b_op_id": op_id}).one()
             return _upload_claimed(s, row, ctx)
         s.rollback()
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, bindparam, or_, update
 from sqlalchemy.engine import CursorResult
 from sqlmodel import Session, col, select
 
@@ -72,21 +72,34 @@ def claim_file(session: Session, file_id: int, owner: str, seconds: float) -> tu
     return result.rowcount == 1, 0.0
 
 
+# Built once (the job's hot path): building and keying the statement per call cost more than running it.
+_CLAIM_OF_OPERATION = (
+    update(TrackFile)
+    .where(
+        and_(
+            col(TrackFile.id)
+            == select(Operation.file_id).where(col(Operation.id) == bindparam("b_op_id")).scalar_subquery(),
+            or_(
+                col(TrackFile.lease_owner).is_(None),
+                col(TrackFile.lease_until) <= bindparam("b_now"),
+                col(TrackFile.lease_owner) == bindparam("b_owner"),
+            ),
+        )
+    )
+    .values(lease_owner=bindparam("b_owner"), lease_until=bindparam("b_until"))
+)
+
+
 def claim_file_of_operation(session: Session, op_id: int, owner: str, seconds: float) -> bool:
     """Take the lease of the operation's file in one statement when it is free (the common case), not
     committed: the caller commits it with its own first write. False: no file yet, or someone holds it
     (``claim_file`` then tells a dead holder from a live one)."""
     now = utcnow()
-    file_of_op = select(Operation.file_id).where(col(Operation.id) == op_id).scalar_subquery()
-    free = or_(
-        col(TrackFile.lease_owner).is_(None), col(TrackFile.lease_until) <= now, col(TrackFile.lease_owner) == owner
-    )
     # On the session's connection: a plain UPDATE, without the ORM's bulk-update bookkeeping (no object of
     # this row is loaded yet), in the session's transaction all the same.
     result = session.connection().execute(
-        update(TrackFile)
-        .where(and_(col(TrackFile.id) == file_of_op, free))
-        .values(lease_owner=owner, lease_until=now + timedelta(seconds=seconds))
+        _CLAIM_OF_OPERATION,
+        {"b_op_id": op_id, "b_now": now, "b_owner": owner, "b_until": now + timedelta(seconds=seconds)},
     )
     return result.rowcount == 1
 
