@@ -7,9 +7,13 @@ need not wait for the expiry on a single machine.
 
 from __future__ import annotations
 
+import itertools
+import logging
+import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -23,6 +27,7 @@ from ingest.store.db import session_scope
 from ingest.store.models import Lease, Operation, TrackFile, utcnow
 
 HOST = socket.gethostname()
+log = logging.getLogger(__name__)
 
 
 def owner_id(task_id: str) -> str:
@@ -104,28 +109,130 @@ def claim_file_of_operation(session: Session, op_id: int, owner: str, seconds: f
     return result.rowcount == 1
 
 
-@contextmanager
-def kept_alive(file_id: int, owner: str, seconds: float) -> Iterator[None]:
-    """Renew the file's lease while the body runs: an upload of a large file may take longer than
-    ``lease_seconds``, and a redelivered copy must not take the file over while this one is alive."""
-    stop = threading.Event()
+class _KeepAlive:
+    """One daemon thread per process renews every lease held under ``kept_alive``.
 
-    def renew() -> None:
-        while not stop.wait(seconds / 3):
-            with session_scope() as s:
+    The registry maps a token per ``kept_alive`` body to (file_id, owner, seconds). While anything is
+    held the thread runs a round every (shortest held lease)/3: one transaction, one UPDATE per (owner,
+    seconds), its session closed before it sleeps again. Entering and leaving a body only touch the
+    registry under a lock (no thread start, no join, no statement), so a job shorter than a third of its
+    lease costs nothing here. A round that finds nothing held makes the thread idle (no timeout); the
+    next ``hold`` wakes it, and so does one whose lease is shorter than the next round allows. The rounds
+    of a busy worker rarely find the registry empty, so a ``hold`` seldom wakes the thread.
+
+    A round that fails (database away) is logged at most once per ``ERROR_LOG_EVERY`` seconds and the
+    next round comes as usual. The thread starts on first use; a forked child (a prefork pool process)
+    has none of its parent's threads: ``os.register_at_fork`` empties its registry (the bodies that
+    registered run in the parent) and its next ``kept_alive`` starts its own.
+    """
+
+    ERROR_LOG_EVERY = 60.0
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held: dict[int, tuple[int, str, float]] = {}
+        self._tokens = itertools.count()
+        self._next_round: float | None = None  # time.monotonic() of the next round; None: idle
+        self._thread: threading.Thread | None = None
+        self._last_error_log = -math.inf
+        self.rounds = 0  # rounds run, failed and empty ones included (tests wait on it)
+        self.failures = 0
+
+    def hold(self, file_id: int, owner: str, seconds: float) -> int:
+        with self._cond:
+            token = next(self._tokens)
+            self._held[token] = (file_id, owner, seconds)
+            due = time.monotonic() + seconds / 3
+            if self._next_round is None or due < self._next_round:
+                self._next_round = due
+                self._cond.notify_all()  # (all: tests may wait on the same condition)
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="lease-keepalive", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:
+                    self._held.pop(token)
+                    raise
+                self._thread = thread
+            return token
+
+    def drop(self, token: int) -> None:
+        """Nothing renews this body's lease from now on, except a round already in flight; waiting for that
+        round could deadlock (its UPDATE may wait for a row lock the caller's open transaction holds), and
+        what it writes is harmless: it only matches while the owner still holds the lease, and every caller
+        releases the lease after the body."""
+        with self._cond:
+            self._held.pop(token, None)
+
+    @property
+    def idle(self) -> bool:
+        """The thread runs and waits for a ``hold`` (its last round found nothing held)."""
+        with self._cond:
+            return self._thread is not None and self._next_round is None
+
+    def wait_rounds(self, count: int, timeout: float) -> bool:
+        """For tests: wait until ``count`` more rounds have run; False at the deadline."""
+        with self._cond:
+            target = self.rounds + count
+            return self._cond.wait_for(lambda: self.rounds >= target, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._next_round is None or time.monotonic() < self._next_round:
+                    self._cond.wait(None if self._next_round is None else self._next_round - time.monotonic())
+                groups: dict[tuple[str, float], set[int]] = {}
+                for file_id, owner, seconds in self._held.values():
+                    groups.setdefault((owner, seconds), set()).add(file_id)
+                self._next_round = time.monotonic() + min(s for _, s in groups) / 3 if groups else None
+            try:
+                if groups:
+                    self._renew(groups)
+            except Exception as exc:
+                self.failures += 1
+                now = time.monotonic()
+                if now - self._last_error_log >= self.ERROR_LOG_EVERY:
+                    self._last_error_log = now
+                    log.warning(  # the first line: SQLAlchemy's message goes on with the statement
+                        "could not renew %d file lease(s) (%s: %s); trying again every round",
+                        sum(len(ids) for ids in groups.values()),
+                        type(exc).__name__,
+                        str(exc).partition("\n")[0][:300],
+                    )
+            with self._cond:
+                self.rounds += 1
+                self._cond.notify_all()
+
+    @staticmethod
+    def _renew(groups: dict[tuple[str, float], set[int]]) -> None:
+        with session_scope() as s:
+            for (owner, seconds), file_ids in groups.items():
                 s.execute(
                     update(TrackFile)
-                    .where(and_(col(TrackFile.id) == file_id, col(TrackFile.lease_owner) == owner))
+                    .where(and_(col(TrackFile.id).in_(sorted(file_ids)), col(TrackFile.lease_owner) == owner))
                     .values(lease_until=utcnow() + timedelta(seconds=seconds))
                 )
 
-    thread = threading.Thread(target=renew, name=f"lease-{file_id}", daemon=True)
-    thread.start()
+
+KEEPER = _KeepAlive()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=KEEPER._reset)
+
+
+@contextmanager
+def kept_alive(file_id: int, owner: str, seconds: float) -> Iterator[None]:
+    """Renew the file's lease while the body runs: an upload of a large file may take longer than
+    ``lease_seconds``, and a redelivered copy must not take the file over while this one is alive.
+    The renewals come from the process's one keep-alive thread (``_KeepAlive``), every ``seconds``/3 or
+    sooner."""
+    token = KEEPER.hold(file_id, owner, seconds)
     try:
         yield
     finally:
-        stop.set()
-        thread.join()
+        KEEPER.drop(token)
 
 
 def release_file(session: Session, file_id: int, owner: str) -> None:
