@@ -165,10 +165,15 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
         return _handle_failure(kind, op_id, exc, ctx)
 
     try:
-        if not gate_cache.clear():  # read both gates at most once a second per process while they are clear
+        # Read both gates at most once a second per process while they are clear. A job that trusted that memory
+        # is no probe: its success must not lift a hold another worker wrote meanwhile (the memory may expire
+        # while it runs, and it may not have called the API at all).
+        probed = not gate_cache.clear()
+        if probed:
             _check_gates(settings)
         recorded: dict[str, dict[str, Any]] = {}
-        result = handler(job, op_id, dataclasses.replace(ctx, record_outcome=_outcome_writer(op_id, recorded)))
+        writer = _outcome_writer(op_id, recorded, probed=probed)
+        result = handler(job, op_id, dataclasses.replace(ctx, record_outcome=writer))
     except RetryLater as wait:
         with session_scope() as s:
             _set(s, op_id, status=OpStatus.HELD if wait.held else OpStatus.WAITING, error=wait.reason)
@@ -179,23 +184,26 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
     if "summary" in recorded:  # the handler wrote the outcome with its own last commit
         return recorded["summary"]
     with session_scope() as s:
-        return _write_outcome(s, op_id, result)
+        return _write_outcome(s, op_id, result, probed=probed)
 
 
-def _outcome_writer(op_id: int, recorded: dict[str, dict[str, Any]]) -> OutcomeWriter:
+def _outcome_writer(op_id: int, recorded: dict[str, dict[str, Any]], *, probed: bool) -> OutcomeWriter:
     """The ``record_outcome`` a handler may call in its last transaction (saving the runner one of its own)."""
 
     def write(session: Session, result: dict[str, Any]) -> None:
-        recorded["summary"] = _write_outcome(session, op_id, dict(result), commit=False)
+        recorded["summary"] = _write_outcome(session, op_id, dict(result), commit=False, probed=probed)
 
     return write
 
 
-def _write_outcome(session: Session, op_id: int, result: dict[str, Any], *, commit: bool = True) -> dict[str, Any]:
-    """The outcome in one UPDATE (no read first); the summary is what was written."""
+def _write_outcome(
+    session: Session, op_id: int, result: dict[str, Any], *, commit: bool = True, probed: bool = True
+) -> dict[str, Any]:
+    """The outcome in one UPDATE (no read first); the summary is what was written. ``probed``: the job read
+    the gates itself (it may be the probe of a hold or an open breaker, whose success lifts them)."""
     status = result.pop("status", OpStatus.SUCCEEDED)
     # A parked follow-up may not have called the API at all; with both gates clear there is nothing to lift.
-    if status in OpStatus.final() and not gate_cache.clear():
+    if status in OpStatus.final() and probed and not gate_cache.clear():
         auth_hold.lift(session)
         circuit_breaker.record_success(session)
     error, stored = result.get("error"), result or None

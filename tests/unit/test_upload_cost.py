@@ -95,3 +95,28 @@ def test_a_hold_another_worker_sets_is_seen_within_the_gate_cache_time(make_ctx,
         wait_for(held, timeout=3 * trust, interval=0.2, what="the hold to be seen once the cache time is over")
     finally:
         gate_cache.forget()
+
+
+def test_a_job_that_trusted_the_gate_memory_does_not_lift_a_hold_when_the_memory_expires_meanwhile(
+    make_ctx, emulator, bucket
+) -> None:
+    """Only a job that read the gates itself may be a hold's probe: one that ran on the memory of clear gates
+    (and may not have called the API at all) leaves a hold another worker wrote alone, even if the memory
+    expires while it runs."""
+    gate_cache.forget()
+    assert run("upload_url", url_args(bucket, "trust-1"), make_ctx(gate_cache_seconds=60))["status"] == "succeeded"
+    assert gate_cache.clear()
+    with session_scope() as s:  # another worker's hold, not seen by this process
+        s.execute(insert(AuthHold).values(name=HOLD_NAME, token_fingerprint=fingerprint(TOKEN), reason="401"))
+    emulator.set_faults(latency=0.5)
+    expiry = threading.Timer(0.2, gate_cache.forget)  # the memory runs out while the POST is on its way
+    expiry.start()
+    try:
+        out = run("upload_url", url_args(bucket, "trust-2"), make_ctx(gate_cache_seconds=60))
+    finally:
+        expiry.cancel()
+        emulator.set_faults(latency=0.0)
+        gate_cache.forget()
+    assert out["status"] == OpStatus.SUCCEEDED
+    with session_scope() as s:
+        assert s.get(AuthHold, HOLD_NAME) is not None, "a job that was no probe lifted the hold"
