@@ -114,3 +114,44 @@ def test_a_budget_whose_redis_is_away_lets_calls_through_instead_of_failing_jobs
     gone("upload")  # no exception: the API's own 429s are the backstop while the budget is away
     gone.observe("upload", 429, {"Retry-After": "1"})
     assert gone.budget().ceiling is None
+
+
+def test_a_limit_counted_over_a_long_window_is_not_taken_for_a_per_second_limit() -> None:
+    """The page does not say how long the window of X-RateLimit-Limit is (Laravel's default is a minute). An API
+    allowing 30 calls in any 3 seconds (10/s) must not be sent 30/s once Remaining stops falling: the budget
+    settles under 10/s, finding the window by a few 429s (AIMD)."""
+    token = "window-token"
+    emu = Emulator(tokens={token}, rate_limit=10, rate_window=3.0, buckets=[1]).start(host="127.0.0.1", port=0)
+    limit = _limit("window")
+    client = AcrCloudClient(emu.url, token, gate=limit, observers=[limit.observe], pool_maxsize=8)
+    calls: list[tuple[float, int]] = []
+    stop = time.monotonic() + 15
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        while time.monotonic() < stop:
+            try:
+                client.list_page(1)
+                status = 200
+            except RetryLater as wait:
+                time.sleep(min(wait.countdown, 0.5))
+                continue
+            except RateLimitedError:
+                status = 429
+            with lock:
+                calls.append((time.monotonic(), status))
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client.close()
+    emu.stop()
+    late = [s for at, s in calls if at > stop - 6]
+    ok = sum(s == 200 for s in late)
+    refused = sum(s == 429 for _, s in calls)
+    assert ok >= 0.6 * 10 * 6, f"used {ok / 6:.1f}/s of 10/s"
+    # AIMD finds a long window by its 429s (each drains the budget for Retry-After): a few, not a storm.
+    assert refused <= 0.12 * len(calls), f"{refused} of {len(calls)} calls refused"
+    assert limit.budget().rate <= 11, "the budget took a 3-second window's limit for a per-second one"

@@ -47,7 +47,8 @@ HEADROOM = 0.97
 # KEYS[1]: the bucket hash. ARGV[1]: the verb ("take", "observe", "peek"), ARGV[2..5] the configuration,
 # then the verb's arguments. The hash: tokens, at (last refill), rate (tokens/s), ceiling (0 = unknown),
 # calm (no decrease before), trusted (the announced limit per second in use, 0 = none), first and rprev
-# (when the headers were first seen while learning, and the last Remaining), share (of the trusted limit).
+# (when the headers were first seen while learning, and the last Remaining), share (of the trusted limit),
+# fresh (1: learning began on an empty window), gen (429 episodes so far: a slot reserved before one is void).
 _SCRIPT = """
 local key = KEYS[1]
 local verb = ARGV[1]
@@ -58,7 +59,8 @@ local initial = tonumber(ARGV[3])
 local max_rate = tonumber(ARGV[4])
 local burst_s = tonumber(ARGV[5])     -- bucket size in seconds of the rate (at least one token)
 local headroom = tonumber(ARGV[6])
-local s = redis.call('HMGET', key, 'tokens', 'at', 'rate', 'ceiling', 'calm', 'trusted', 'first', 'rprev', 'share')
+local s = redis.call('HMGET', key, 'tokens', 'at', 'rate', 'ceiling', 'calm', 'trusted', 'first', 'rprev', 'share',
+  'fresh', 'gen')
 local rate = tonumber(s[3]) or initial
 if fixed > 0 then rate = fixed end
 local burst = math.max(1, rate * burst_s)
@@ -70,6 +72,8 @@ local trusted = tonumber(s[6]) or 0
 local first = tonumber(s[7]) or 0
 local rprev = tonumber(s[8]) or -1
 local share = tonumber(s[9]) or headroom
+local fresh = tonumber(s[10]) or 0
+local gen = tonumber(s[11]) or 0
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 
 local function grow(n)                -- n answers without trouble, no usable headers
@@ -87,21 +91,36 @@ end
 local function credit(n, limit, remaining)  -- n successes; the headers of the latest (-1: none)
   if n <= 0 or fixed > 0 then return end
   if limit > 0 and remaining >= 0 then
+    -- While callers queue for tokens, calls leave at the rate, so the (limit - remaining) calls in the window
+    -- took (limit - remaining) / rate seconds: the API allows about limit * rate / (limit - remaining) a second
+    -- (at most limit: no window is taken for shorter than a second). 0: cannot tell.
+    local estimate = 0
+    if tokens < 0 and remaining < limit then estimate = math.min(limit, limit * rate / (limit - remaining)) end
     if trusted > 0 then                   -- rprev holds the announced limit: follow a change of it
       if rprev > 0 and limit ~= rprev then trusted = trusted * limit / rprev end
       rprev = limit
-      if tokens < 0 and remaining > 0 and remaining < limit then
-        -- Callers queue for tokens, so calls leave at the rate: (limit - remaining) of them fill the window,
-        -- which makes it (limit - remaining) / rate seconds long. Trust at most limit a second.
-        trusted = math.max(trusted, math.min(limit, limit * rate / (limit - remaining)))
-      end
+      if estimate > 0 then trusted = 0.9 * trusted + 0.1 * estimate end
     elseif first == 0 or rprev < 0 then
       first = now
       rprev = remaining
+      fresh = (remaining >= limit - 2) and 1 or 0   -- an empty window: its length can be timed from here
     elseif remaining >= rprev and now - first >= 0.5 then
-      trusted = limit / math.max(1, now - first)   -- calls leave a window no longer than this
-      ceiling = trusted
-      rprev = limit
+      -- Remaining stopped falling: calls leave the window as fast as they enter it. Only a window watched
+      -- from empty is timed (it filled in no longer than this); one already busy (after a 429) is not, and
+      -- the budget stays with AIMD.
+      if fresh == 1 then
+        local bound = limit / math.max(1, now - first)
+        estimate = (estimate > 0) and math.min(estimate, bound) or bound
+      else
+        estimate = 0
+      end
+      if estimate > 0 then
+        trusted = estimate
+        ceiling = trusted
+        rprev = limit
+      else
+        rprev = remaining
+      end
     else
       rprev = remaining
     end
@@ -146,7 +165,10 @@ elseif verb == 'observe' then
   local limit = tonumber(ARGV[8])         -- -1: no header
   local retry_after = tonumber(ARGV[9])   -- -1: no header
   if status == 429 then
-    if fixed <= 0 and now >= calm then    -- one decrease per episode, however many workers were refused
+    if now >= calm then                   -- one episode, however many workers were refused
+      gen = gen + 1                       -- slots reserved before it are void
+    end
+    if fixed <= 0 and now >= calm then    -- one decrease per episode
       calm = now + math.max(retry_after, 1)
       if trusted > 0 and retry_after <= 2 then
         share = math.max(0.5, share * 0.93)  -- a short window after all: others use it too, or calls bunch up
@@ -162,12 +184,13 @@ elseif verb == 'observe' then
       end
     end
     tokens = math.min(tokens, -math.max(retry_after, 0.05) * rate)
+    if fixed > 0 then calm = math.max(calm, now + math.max(retry_after, 0.05)) end
   end
 end
 redis.call('HSET', key, 'tokens', tokens, 'at', now, 'rate', rate, 'ceiling', ceiling, 'calm', calm,
-  'trusted', trusted, 'first', first, 'rprev', rprev, 'share', share)
+  'trusted', trusted, 'first', first, 'rprev', rprev, 'share', share, 'fresh', fresh, 'gen', gen)
 redis.call('EXPIRE', key, 86400)
-return {tostring(result), tostring(rate), tostring(ceiling)}
+return {tostring(result), tostring(rate), tostring(ceiling), gen}
 """
 
 
@@ -210,8 +233,9 @@ class SharedRateLimit:
         self._successes = 0
         self._limit_header = -1.0
         self._remaining_header = -1.0
-        # A 429 seen in this process: a thread waking for a slot reserved before it takes another.
-        self._refused_at = 0.0
+        # The newest 429 episode any call of this process has seen: a thread waking for a slot reserved before
+        # it takes another (the budget was drained for Retry-After meanwhile).
+        self._generation = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SharedRateLimit | None:
@@ -243,7 +267,8 @@ class SharedRateLimit:
         fixed = self.fixed or 0.0
         config = [fixed, self.initial, self.max_rate, self.burst_seconds, self.headroom]
         try:
-            wait, rate, ceiling = self._script(keys=[self.key], args=[verb, *config, *args])
+            wait, rate, ceiling, generation = self._script(keys=[self.key], args=[verb, *config, *args])
+            self._generation = max(self._generation, int(generation))
         except redis.RedisError as exc:
             # The budget's Redis is away (often the broker, restarting): let the call go rather than fail the
             # job. The API's own 429s and Retry-After remain the backstop until the budget is back.
@@ -254,24 +279,24 @@ class SharedRateLimit:
             return 0.0, Budget(self.fixed or self.initial, None)
         return float(wait), Budget(float(rate), float(ceiling) or None)
 
-    def _take(self) -> float:
+    def _take(self) -> tuple[float, int]:
         with self._lock:
             credit = (self._successes, self._limit_header, self._remaining_header)
             self._successes = 0
         wait, _ = self._call("take", *credit, self.max_inline_wait)
-        return wait
+        return wait, self._generation
 
     def __call__(self, operation: str) -> None:
         """Take a token: at once, after a short wait in this thread for the slot reserved, or by deferring the job."""
         deadline = time.monotonic() + self.max_inline_wait
         while True:
             asked = time.monotonic()
-            wait = self._take()
+            wait, generation = self._take()
             if wait == 0:
                 return
             if wait > 0:  # a slot reserved: sleep until it, cheaper than a trip through the broker
                 time.sleep(wait)
-                if self._refused_at < asked:  # no 429 here since the slot was reserved: it is still good
+                if self._generation == generation:  # no 429 seen since it was reserved: it is still good
                     return
                 continue
             wait = -wait  # nothing reserved: too far ahead for now
@@ -286,7 +311,6 @@ class SharedRateLimit:
         if status is None:
             return
         if status == 429:
-            self._refused_at = time.monotonic()
             self._call(
                 "observe",
                 429,

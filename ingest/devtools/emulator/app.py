@@ -227,6 +227,7 @@ class EmulatorApp:
         rate_limit: float | None,
         seed: int | None,
         profile: Profile = LENIENT,
+        rate_window: float = 1.0,
     ) -> None:
         #: Fixed for the app's life: how it answers where the vendor page is silent (profiles.py).
         self.profile = profile
@@ -235,7 +236,7 @@ class EmulatorApp:
         self.buckets: frozenset[int] | None = None if buckets is None else frozenset(buckets)
         self.faults = Faults()
         self.injector = FaultInjector(self.faults, seed)
-        self.limiter = RateLimiter(rate_limit)
+        self.limiter = RateLimiter(rate_limit, rate_window)
         self.store = Store()
         self.stats = Stats()
         self.url_map = _url_map()

@@ -57,7 +57,9 @@ class Emulator:
         *,
         access_log: bool = False,
         profile: str = "lenient",
+        rate_window: float = 1.0,
     ) -> None:
+        """``rate_limit`` requests per second on average over ``rate_window`` seconds (see ``RateLimiter``)."""
         if isinstance(tokens, str):
             raise TypeError("tokens is a set of strings, not one string")
         if rate_limit is not None and rate_limit <= 0:
@@ -69,6 +71,7 @@ class Emulator:
             rate_limit=rate_limit,
             seed=seed,
             profile=get_profile(profile),
+            rate_window=rate_window,
         )
         self._app.on_reset = self.reset
         self.access_log = access_log

@@ -333,13 +333,18 @@ class RateDecision:
 
 
 class RateLimiter:
-    """A sliding one-second window per token. ``limit`` None = unlimited (settable at runtime).
+    """A sliding window per token. ``limit`` None = unlimited (settable at runtime), in requests per second on
+    average over ``window`` seconds: the API allows ``limit * window`` requests in any ``window`` seconds and
+    announces that number as ``X-RateLimit-Limit`` (the vendor page does not say how long its window is;
+    Laravel's default is a minute: ``limit=1, window=60``).
 
-    A limit below 1 widens the window instead (0.5 = one request per two seconds).
+    With the default one-second window, a limit below 1 widens the window instead (0.5 = one request per two
+    seconds).
     """
 
-    def __init__(self, limit: float | None) -> None:
+    def __init__(self, limit: float | None, window: float = 1.0) -> None:
         self.limit = limit
+        self.window = window
         self._lock = threading.Lock()
         self._hits: dict[str, deque[float]] = {}
 
@@ -352,8 +357,10 @@ class RateLimiter:
         limit = self.limit
         if limit is None or limit <= 0:
             return None
-        cap = max(1, int(limit))
-        window = 1.0 if limit >= 1 else 1.0 / limit
+        if self.window != 1.0:
+            cap, window = max(1, int(limit * self.window)), self.window
+        else:
+            cap, window = max(1, int(limit)), (1.0 if limit >= 1 else 1.0 / limit)
         now = time.monotonic()
         with self._lock:
             hits = self._hits.setdefault(key, deque())
