@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from ingest.store.bulk import insert_rows
 from ingest.store.models import Operation, OutboxEntry, utcnow
 
 TASK = "task"  # kind: a Celery task sent by name; destination = the task name, payload = its kwargs
@@ -41,7 +42,7 @@ def add_many(session: Session, entries: list[dict[str, Any]], *, grace: float) -
     if entries:
         now = utcnow()
         due = now + timedelta(seconds=grace)
-        session.execute(insert(OutboxEntry), [{**e, "due_at": due, "attempts": 0, "created_at": now} for e in entries])
+        insert_rows(session, OutboxEntry, [{**e, "due_at": due, "attempts": 0, "created_at": now} for e in entries])
 
 
 def mark_sent_many(session: Session, message_ids: list[str]) -> None:
