@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 
 from ingest.jobs.bulk_uploads import Message
 
@@ -86,6 +87,7 @@ def publish_tasks(app: Celery, messages: Sequence[Message]) -> None:
     policy = {k: v for k, v in (conf.task_publish_retry_policy or {}).items() if k in _POLICY_KEYS}
     serializer, compression = conf.task_serializer, conf.task_compression
     reply_to = app.thread_oid
+    origin = anon_nodename()  # as_task_v2 works it out again for every message otherwise
     routes: dict[str, _Route] = {}
     with app.producer_or_acquire() as producer:
         if retry:
@@ -106,6 +108,7 @@ def publish_tasks(app: Celery, messages: Sequence[Message]) -> None:
                     (),
                     m.args,
                     reply_to=reply_to,
+                    origin=origin,
                     ignore_result=None,
                     argsrepr="()",
                     kwargsrepr=short_kwargsrepr(m.args),
