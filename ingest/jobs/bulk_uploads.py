@@ -32,7 +32,7 @@ from ingest.jobs.managed_files import (
 )
 from ingest.settings import Settings
 from ingest.store import outbox
-from ingest.store.bulk import insert_rows
+from ingest.store.bulk import insert_rows, plan_each_query
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 
 # The error an operation carries while its message has not reached the broker.
@@ -195,6 +195,7 @@ def plan_batch(session: Session, batch: Sequence[tuple[int, Item]], settings: Se
     """Decide every item of the batch; unless ``dry_run``, write the rows and operations (the caller's
     session commits) and return the messages to publish, in item order."""
     now = utcnow()
+    plan_each_query(session)  # PostgreSQL: the lookups by 1,000 refs or ids stay linear (store/bulk.py)
     jobs = [item for _, item in batch if not isinstance(item, Refused)]
     existing = existing_rows(session, jobs)
     decided: list[tuple[int, Item, UploadPlan | None, str | None]] = []
