@@ -114,3 +114,18 @@ def test_a_duplicate_ref_is_an_integrity_error(url: str) -> None:
         insert_rows(s, TrackFile, [_file("other", when), _file("dup", when)])
     with Session(engine) as s:  # the failed batch left nothing, and the session is usable again
         assert [r["ref"] for r in _read(s, TrackFile, TrackFile.ref, ["dup", "other"])] == ["dup"]
+
+
+def test_plan_each_query_lasts_for_the_transaction(url: str) -> None:
+    """On PostgreSQL the batch's lookups are planned for their own values (a generic plan of
+    ``ref IN (1,000 parameters)`` is quadratic over an import), for that transaction only."""
+    from ingest.store.bulk import plan_each_query
+
+    engine = get_engine(url)
+    with Session(engine) as s:
+        plan_each_query(s)
+        if engine.dialect.name == "postgresql":
+            assert s.connection().exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+        s.commit()
+        if engine.dialect.name == "postgresql":  # the same pooled connection, the next transaction: as before
+            assert s.connection().exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
