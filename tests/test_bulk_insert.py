@@ -129,3 +129,28 @@ def test_plan_each_query_lasts_for_the_transaction(url: str) -> None:
         s.commit()
         if engine.dialect.name == "postgresql":  # the same pooled connection, the next transaction: as before
             assert s.connection().exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
+
+
+def test_lookups_by_ref_find_exactly_the_bucket_s_rows(url: str) -> None:
+    """files_by_ref / file_ids_by_ref (LATERAL index probes on PostgreSQL, IN elsewhere): the rows of the
+    refs asked for, in that bucket only, once each however often a ref is asked for."""
+    from ingest.store.bulk import file_ids_by_ref, files_by_ref
+
+    engine = get_engine(url)
+    when = datetime.now(UTC)
+    other_bucket = {**_file("shared", when), "bucket_id": 5}
+    with Session(engine) as s:
+        insert_rows(s, TrackFile, [_file("a", when), _file("b", when), _file("shared", when), other_bucket])
+        s.commit()
+        bucket = _file("a", when)["bucket_id"]
+        asked = ["a", "missing", "shared", "a", AWKWARD]
+        found = files_by_ref(s, bucket, asked)
+        assert sorted((f.ref, f.bucket_id, f.title) for f in found) == [
+            ("a", bucket, AWKWARD),
+            ("shared", bucket, AWKWARD),
+        ]
+        assert all(isinstance(f, TrackFile) and f.id for f in found)
+        ids = file_ids_by_ref(s, bucket, asked)
+        assert ids == {f.ref: f.id for f in found}
+        assert file_ids_by_ref(s, 5, ["shared", "a"]) == {"shared": ids["shared"] + 1}
+        assert files_by_ref(s, bucket, []) == [] and file_ids_by_ref(s, 999, ["a"]) == {}
