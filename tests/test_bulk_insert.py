@@ -154,3 +154,29 @@ def test_lookups_by_ref_find_exactly_the_bucket_s_rows(url: str) -> None:
         assert ids == {f.ref: f.id for f in found}
         assert file_ids_by_ref(s, 5, ["shared", "a"]) == {"shared": ids["shared"] + 1}
         assert files_by_ref(s, bucket, []) == [] and file_ids_by_ref(s, 999, ["a"]) == {}
+
+
+def test_mark_sent_many_marks_the_unsent_and_keeps_an_earlier_mark(url: str) -> None:
+    from ingest.store import outbox
+
+    engine = get_engine(url)
+    entries = [
+        {"kind": outbox.TASK, "destination": "ingest.upload_url", "message_id": f"m-{i}", "payload": {"i": i}}
+        for i in range(3)
+    ]
+    with Session(engine) as s:
+        outbox.add_many(s, entries, grace=60)
+        s.commit()
+        (first,) = s.exec(select(OutboxEntry).where(OutboxEntry.message_id == "m-0")).all()
+        assert first.id is not None
+        outbox.mark_sent(s, first.id)
+        s.refresh(first)
+        earlier = first.sent_at
+        assert earlier is not None
+        outbox.mark_sent_many(s, ["m-0", "m-1"])
+        got = {
+            e.message_id: e.sent_at for e in s.exec(select(OutboxEntry).where(col(OutboxEntry.message_id).like("m-%")))
+        }
+        s.refresh(first)
+    assert first.sent_at == earlier  # the earlier mark kept
+    assert got["m-1"] is not None and got["m-2"] is None
