@@ -12,8 +12,11 @@ database in a temporary folder; both are removed afterwards. Checks: one row and
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import resource
 import shutil
 import sys
@@ -45,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-rows", type=int, default=2_000, help="rows enqueued one at a time (the baseline)")
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--database-url", help="default: SQLite in the temporary folder (a PostgreSQL one is emptied)")
+    ap.add_argument(
+        "--cprofile", metavar="FILE", help="cProfile the import (slower): stats to FILE, top frames printed"
+    )
     opts = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="acr-bench-import-"))
@@ -84,13 +90,25 @@ def main(argv: list[str] | None = None) -> int:
         _write_catalog(catalog, opts.rows, bucket=2)
         rss: list[tuple[int, float]] = [(0, _rss_mb())]
         counts: dict[str, int] = {}
+        profile = cProfile.Profile() if opts.cprofile else None
         t0, cpu0 = time.perf_counter(), time.process_time()
+        if profile:
+            profile.enable()
         with catalog.open(newline="") as f:
             for o in producer.upload_many(read_catalog(f, "csv", settings), batch_size=opts.batch_size):
                 counts[o.outcome.value] = counts.get(o.outcome.value, 0) + 1
                 if o.index % (opts.rows // 10 or 1) == 0:
                     rss.append((o.index, _rss_mb()))
+        if profile:
+            profile.disable()
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        if profile:
+            profile.dump_stats(opts.cprofile)
+            out = io.StringIO()
+            stats = pstats.Stats(profile, stream=out).strip_dirs()
+            stats.sort_stats("cumulative").print_stats(35)
+            stats.sort_stats("tottime").print_stats(25)
+            print(out.getvalue(), file=sys.stderr)
         bulk_rate = opts.rows / seconds
         queued = broker.llen("ingest")
 

@@ -32,6 +32,7 @@ from ingest.store import outbox
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.reports import failed_operations
+from ingest.worker.bulk_publish import publish_tasks
 from ingest.worker.outbox import PublishError, publish
 
 log = logging.getLogger("ingest.producer")
@@ -61,7 +62,6 @@ class Producer:
 
             app = create_app(self.settings)
         self.app = app
-        self._bulk: Celery | None = None
 
     # --- uploads -----------------------------------------------------------------------------
 
@@ -167,29 +167,10 @@ class Producer:
             self._publish_many(plan.messages)
             yield from plan.outcomes
 
-    def _bulk_app(self) -> Celery:
-        """The app for bulk publishes: the same broker and routes, without a task-sent event per message
-        (it doubles the publish cost; the operations table records what was sent, and Flower sees each
-        job once a worker receives it)."""
-        if self._bulk is None:
-            from ingest.worker.app import create_app
-
-            self._bulk = create_app(self.settings)
-            self._bulk.conf.update(broker_url=self.app.conf.broker_url, task_send_sent_event=False)
-        return self._bulk
-
     def _publish_many(self, messages: list[Message]) -> None:
         try:
-            # kombu's publish batch pipelines the broker commands (Redis: one round trip per batch
-            # instead of two per message, the job and its task-sent event); other brokers publish at once.
-            app = self._bulk_app()
-            with app.producer_or_acquire() as publisher, publisher.batch(max_size=2 * len(messages) + 2):
-                for m in messages:
-                    # A short kwargsrepr: Celery's saferepr of the arguments costs as much as the publish.
-                    kwargsrepr = f"{{'ref': {m.args.get('ref')!r}, 'bucket_id': {m.args.get('bucket_id')!r}}}"
-                    app.send_task(
-                        m.task_name, kwargs=m.args, task_id=m.task_id, producer=publisher, kwargsrepr=kwargsrepr
-                    )
+            # Celery's envelope, routed and declared once per batch, pipelined on Redis (worker/bulk_publish.py).
+            publish_tasks(self.app, messages)
             with session_scope() as s:
                 outbox.mark_sent_many(s, [m.task_id for m in messages])
         except Exception as exc:

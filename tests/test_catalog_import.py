@@ -113,7 +113,7 @@ def test_a_broker_failing_midway_loses_nothing_and_a_rerun_sends_the_rest(produc
     )
     settings = get_settings().model_copy(update={"broker_url": f"redis+socket://{WORKDIR}/no-such-broker.sock"})
     dead = Producer(create_app(settings), settings)
-    dead._bulk_app().conf.update(task_publish_retry=False)
+    dead.app.conf.update(task_publish_retry=False)
     with pytest.raises(EnqueueError, match="a batch of 6 messages"):
         list(dead.upload_many(read_catalog(io.StringIO(lines), "jsonl", settings), batch_size=100))
     rows = files_in(bucket)

@@ -24,6 +24,8 @@ from ingest.store.values import BIGINT_MAX
 ACR_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 REF_MAX = 255
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Exactly str.isspace (checked over every code point), without a Python-level loop over the characters.
+_SPACE_RE = re.compile(r"\s")
 _DIGITS_RE = re.compile(r"^[0-9]{1,19}$")  # ASCII digits only: str.isdigit also takes "²", which int() refuses
 # user_defined is flat metadata; deeper nesting is a mistake (and 50k levels would exhaust the stack).
 MAX_USER_DEFINED_DEPTH = 32
@@ -280,7 +282,7 @@ def _http_url(c: _Collector, value: Any) -> str | None:
         c.add("url", f"must be a string, got {type(value).__name__}")
         return None
     url = value.strip()
-    if len(url) > 2048 or any(ch.isspace() for ch in url):
+    if len(url) > 2048 or _SPACE_RE.search(url):
         c.add("url", "must be at most 2048 characters with no spaces (percent-encode them)")
         return None
     if _CONTROL_RE.search(url) or not _utf8(url):

@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from ingest.store.bulk import insert_rows, plan_each_query
 from ingest.store.models import Operation, OutboxEntry, utcnow
 
 TASK = "task"  # kind: a Celery task sent by name; destination = the task name, payload = its kwargs
@@ -41,16 +42,21 @@ def add_many(session: Session, entries: list[dict[str, Any]], *, grace: float) -
     if entries:
         now = utcnow()
         due = now + timedelta(seconds=grace)
-        session.execute(insert(OutboxEntry), [{**e, "due_at": due, "attempts": 0, "created_at": now} for e in entries])
+        insert_rows(session, OutboxEntry, [{**e, "due_at": due, "attempts": 0, "created_at": now} for e in entries])
 
 
 def mark_sent_many(session: Session, message_ids: list[str]) -> None:
-    """The broker took these messages (a bulk publish); committed."""
+    """The broker took these messages (a bulk publish); committed. An entry already marked keeps its time.
+
+    Found by message id alone: with ``sent_at IS NULL`` in the WHERE clause PostgreSQL takes the ``sent_at``
+    index, whose entries for the versions just updated stay NULL until a vacuum, so each batch read every
+    entry marked since (measured: 28 ms at the first of 100 batches, 60-220 ms at the last)."""
     if message_ids:
+        plan_each_query(session)
         session.execute(
             update(OutboxEntry)
-            .where(col(OutboxEntry.message_id).in_(message_ids), col(OutboxEntry.sent_at).is_(None))
-            .values(sent_at=utcnow())
+            .where(col(OutboxEntry.message_id).in_(message_ids))
+            .values(sent_at=func.coalesce(OutboxEntry.sent_at, utcnow()))
         )
         session.commit()
 
