@@ -61,6 +61,16 @@ for _k, _v in TEST_ENV.items():
 os.environ.pop("ACR_INGEST_ACCESS_TOKEN_FILE", None)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The inner ring first. The outer ring's session worker and beat (fixtures ``worker``, ``beat``) live until
+    the session ends and poll the same database: run after them, a unit test's parked or waiting operation
+    was woken by the real poll and run by the session worker under the global settings (an intermittent
+    failure of the parked follow-ups' horizon test). Run first, the handlers see no worker at all, as the
+    inner ring promises; and it fails fast."""
+    unit = Path(__file__).resolve().parent / "unit"
+    items.sort(key=lambda item: not item.path.is_relative_to(unit))  # stable: each ring keeps its order
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         for url in (REDIS_URL, IDLE_BROKER):
