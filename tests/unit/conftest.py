@@ -62,10 +62,11 @@ def _the_tests_own_database() -> None:
 
 @pytest.fixture(autouse=True)
 def _no_other_poll() -> Iterator[None]:
-    """Hold the state poll's lease for the test. In a full run the outer ring's beat and worker are still
-    alive when this directory runs (same process, same database and emulator); their poll would mark these
-    tests' rows ready behind their backs and add requests to the emulator's counters. With the lease
-    held, it skips. ``support.poll`` polls under this lease and takes it back afterwards."""
+    """Hold the state poll's lease for the test. A full run puts this directory first (tests/conftest.py), before
+    the outer ring starts its session worker and beat; a run that selects outer tests first may still have
+    them alive here (same process, same database and emulator), and their poll would mark these tests' rows
+    ready behind their backs and add requests to the emulator's counters. With the lease held, it skips.
+    ``support.poll`` polls under this lease and takes it back afterwards."""
     with session_scope() as s:
         wait_for(lambda: leases.acquire(s, LEASE, POLL_OWNER, 60), timeout=20, what="the state-poll lease")
     yield
