@@ -25,6 +25,35 @@ def _limit(name: str, **kw: float) -> SharedRateLimit:
     return SharedRateLimit(client, key=key, **kw)
 
 
+def _hammer(client: AcrCloudClient, *, seconds: float, threads: int = 8) -> tuple[float, list[tuple[float, int]]]:
+    """``threads`` threads listing a page for ``seconds`` through the client (its gate takes the token, its
+    observer learns); a deferred call sleeps as a deferred job would, without the broker. Returns when they
+    stopped and each answered call's (time, status)."""
+    stop = time.monotonic() + seconds
+    calls: list[tuple[float, int]] = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        while time.monotonic() < stop:
+            try:
+                client.list_page(1)
+                status = 200
+            except RetryLater as wait:
+                time.sleep(min(wait.countdown, 0.5))
+                continue
+            except RateLimitedError:
+                status = 429
+            with lock:
+                calls.append((time.monotonic(), status))
+
+    workers = [threading.Thread(target=hammer) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return stop, calls
+
+
 def test_the_burst_is_granted_then_the_next_caller_is_deferred_not_blocked() -> None:
     limit = _limit("burst", rate=5, burst_seconds=0.4, max_inline_wait=0)
     limit("upload")
@@ -76,28 +105,7 @@ def test_with_no_setting_the_limit_is_learned_from_the_apis_answers() -> None:
     emu = Emulator(tokens={token}, rate_limit=20, buckets=[1]).start(host="127.0.0.1", port=0)
     limit = _limit("learn")  # auto, starting at 5/s
     client = AcrCloudClient(emu.url, token, gate=limit, observers=[limit.observe], pool_maxsize=8)
-    calls: list[tuple[float, int]] = []
-    stop = time.monotonic() + 12
-    lock = threading.Lock()
-
-    def hammer() -> None:
-        while time.monotonic() < stop:
-            try:
-                client.list_page(1)  # the client's gate takes the token; its observer learns
-                status = 200
-            except RetryLater as wait:
-                time.sleep(min(wait.countdown, 0.5))  # what a deferred job does, without the broker
-                continue
-            except RateLimitedError:
-                status = 429
-            with lock:
-                calls.append((time.monotonic(), status))
-
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    stop, calls = _hammer(client, seconds=12)
     client.close()
     emu.stop()
     late = [s for at, s in calls if at > stop - 8]  # the last eight seconds: learned by then
@@ -124,28 +132,7 @@ def test_a_limit_counted_over_a_long_window_is_not_taken_for_a_per_second_limit(
     emu = Emulator(tokens={token}, rate_limit=10, rate_window=3.0, buckets=[1]).start(host="127.0.0.1", port=0)
     limit = _limit("window")
     client = AcrCloudClient(emu.url, token, gate=limit, observers=[limit.observe], pool_maxsize=8)
-    calls: list[tuple[float, int]] = []
-    stop = time.monotonic() + 15
-    lock = threading.Lock()
-
-    def hammer() -> None:
-        while time.monotonic() < stop:
-            try:
-                client.list_page(1)
-                status = 200
-            except RetryLater as wait:
-                time.sleep(min(wait.countdown, 0.5))
-                continue
-            except RateLimitedError:
-                status = 429
-            with lock:
-                calls.append((time.monotonic(), status))
-
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    stop, calls = _hammer(client, seconds=15)
     client.close()
     emu.stop()
     late = [s for at, s in calls if at > stop - 6]
