@@ -174,7 +174,7 @@ elseif verb == 'observe' then
         share = math.max(0.5, share * 0.93)  -- a short window after all: others use it too, or calls bunch up
         rate = share * trusted
       else                                -- no trusted limit, or a long window: AIMD from here
-        rate = math.max(0.05, rate * 0.85)
+        rate = rate * 0.85
         if limit > 0 and retry_after > 0 then rate = math.min(rate, 0.9 * limit / math.max(retry_after, 1)) end
         rate = math.max(0.05, rate)
         ceiling = rate                    -- trouble began above this: only probe beyond it
