@@ -22,10 +22,14 @@ def test_rabbitmq_gets_publisher_confirms_durable_queues_and_no_redis_options() 
     assert all(q.durable for q in conf["task_queues"])
 
 
-def test_redis_gets_the_visibility_timeout_and_our_transport() -> None:
-    conf = celery_config(_settings(broker_url="redis://127.0.0.1:6379/0", visibility_timeout=900))
+def test_redis_gets_our_transport_with_its_heartbeat_and_the_visibility_timeout() -> None:
+    conf = celery_config(
+        _settings(broker_url="redis://127.0.0.1:6379/0", visibility_timeout=900, redis_heartbeat_timeout=15)
+    )
     assert conf["broker_transport"] == REDIS_TRANSPORT
-    assert conf["broker_transport_options"]["visibility_timeout"] == 900
+    options = conf["broker_transport_options"]
+    assert (options["heartbeat_timeout"], options["heartbeat_interval"]) == (15, 3)
+    assert options["visibility_timeout"] == 900  # for what an earlier version left in kombu's unacked hash
     assert "confirm_publish" not in conf["broker_transport_options"]
     # rediss:// keeps kombu's class, which sets up TLS by the scheme's name.
     assert celery_config(_settings(broker_url="rediss://h:6380/0"))["broker_transport"] is None
@@ -42,7 +46,10 @@ def test_a_shared_rate_limit_on_rabbitmq_needs_a_redis_url() -> None:
 def test_countdowns_stay_under_rabbitmqs_consumer_timeout() -> None:
     rabbit = _settings(broker_url="amqp://127.0.0.1//", visibility_timeout=3600, rabbitmq_consumer_timeout=1200)
     assert rabbit.max_countdown == 600
-    assert _settings(broker_url="redis://127.0.0.1/0", visibility_timeout=3600).max_countdown == 1800
+    # Our Redis transport takes a message back by liveness only: a countdown held by a live worker has no bound.
+    assert _settings(broker_url="redis://127.0.0.1/0", visibility_timeout=3600).max_countdown == float("inf")
+    # kombu's (rediss://) hands it to another worker after the visibility timeout.
+    assert _settings(broker_url="rediss://127.0.0.1/0", visibility_timeout=3600).max_countdown == 1800
     with pytest.raises(ValidationError, match="ACR_INGEST_RABBITMQ_CONSUMER_TIMEOUT"):
         _settings(
             broker_url="amqp://127.0.0.1//", visibility_timeout=3600, rabbitmq_consumer_timeout=100, backoff_max=300

@@ -1,7 +1,8 @@
 """The broker part of the Celery configuration: each broker gets the options that mean something to it.
 
-Redis and RabbitMQ differ in what they guarantee (README, "Choosing a broker"): Redis redelivers an
-unacknowledged message after a visibility timeout, RabbitMQ as soon as the consumer's connection closes.
+On Redis our transport (``worker/redis_transport.py``) keeps each message in a consumer's in-progress list
+until it is acknowledged and gives a dead consumer's messages back by liveness; RabbitMQ does the same as
+soon as the consumer's connection closes (README, "Choosing a broker").
 Options meant for one transport break the other (py-amqp refuses Redis' keyword arguments), so they are
 chosen here by the URL's scheme.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from ingest.settings import Settings
 
-# Our Redis transport: kombu's, with a fix for closing a channel whose connection is already gone.
+# Our Redis transport: reliable fetch (in-progress lists and heartbeats) on kombu's.
 REDIS_TRANSPORT = "ingest.worker.redis_transport:Transport"
 
 
@@ -27,8 +28,11 @@ def broker_config(settings: Settings) -> dict[str, Any]:
             # rediss:// keeps kombu's own class: kombu sets up TLS by that scheme name.
             "broker_transport": REDIS_TRANSPORT if url.lower().startswith("redis://") else None,
             "broker_transport_options": {
-                # Must exceed the longest task plus the longest retry countdown (backoff_max, auth recheck),
-                # or Redis hands a still-running or waiting message to a second worker.
+                # Ours: a consumer silent this long is dead and its messages go back (beats every fifth).
+                "heartbeat_timeout": settings.redis_heartbeat_timeout,
+                "heartbeat_interval": settings.redis_heartbeat_timeout / 5,
+                # kombu's own transport (rediss://) and entries of its `unacked` hash an earlier version
+                # left: redelivered after this (settings.uses_visibility_timeout).
                 "visibility_timeout": settings.visibility_timeout,
                 "unacked_restore_interval": settings.redelivery_check_interval,
                 "unacked_restore_throttle": 1,

@@ -63,6 +63,6 @@ def deliver_webhook(task: Task, event: dict[str, Any]) -> dict[str, Any]:
         decision = decide(exc, attempt, attempt if isinstance(exc, RateLimitedError) else 0, settings)
         if decision.action is Action.RETRY:
             log.info("webhook: event %s, retry in %.1fs (attempt %d): %s", event_id, decision.countdown, attempt, exc)
-            raise task.retry(countdown=min(decision.countdown, settings.visibility_timeout / 2)) from None
+            raise task.retry(countdown=min(decision.countdown, settings.max_countdown)) from None
         log.error("webhook: event %s (%s) not delivered: %s", event_id, event.get("type"), decision.reason)
         return {"delivered": False, "event_id": event_id, "reason": decision.reason}
