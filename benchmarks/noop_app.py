@@ -6,6 +6,7 @@ the ingest workers, so their throughput is the ceiling that Celery + Redis allow
 
 from __future__ import annotations
 
+import os
 import threading
 
 import redis
@@ -20,6 +21,8 @@ NOOP_TASK = "ingest.bench_noop"
 
 app = Celery("bench_noop")
 app.conf.update(celery_config(get_settings()))
+if os.environ.get("ACR_INGEST_BENCH_TRANSPORT") == "kombu":
+    app.conf.broker_transport = None  # kombu's own Redis transport, the baseline of benchmarks/redis_fetch.py
 
 _client: redis.Redis | None = None
 _lock = threading.Lock()
