@@ -248,6 +248,7 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, rea
     """Operations that failed for good, and batches that were partly done, with their reasons."""
     from ingest.cli.render import table
     from ingest.store.db import session_scope
+    from ingest.store.history import arg_ref
     from ingest.store.reports import failures
 
     with session_scope() as s:
@@ -261,7 +262,7 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, rea
                         op.kind,
                         op.status,
                         op.bucket_id,
-                        op.args.get("ref"),
+                        arg_ref(op.args),
                         op.attempts,
                         op.updated_at.isoformat(" ", "seconds"),
                         op.error,

@@ -510,3 +510,14 @@ VALIDATORS = {
     "delete_batch": validate_delete_batch,
     "move_batch": validate_move_batch,
 }
+
+
+def job_args(job: BaseModel) -> dict[str, Any]:
+    """A validated job as the arguments an operation row keeps (what the producer stores and sends): the read
+    side (``show``, ``failures``, ``retry-failed``) then sees the validated types, not a message's own shape."""
+    if isinstance(job, DeleteBatchJob | MoveBatchJob):
+        data = {k: v for k, v in job.model_dump().items() if k != "targets"}
+        data.update(job.targets.model_dump())
+    else:
+        data = job.model_dump()
+    return {k: v for k, v in data.items() if v is not None and v != []}
