@@ -208,6 +208,10 @@ def _user_defined(c: _Collector, value: Any, settings: Settings) -> dict[str, An
     if _depth_over(value, MAX_USER_DEFINED_DEPTH):
         c.add("user_defined", f"is nested too deeply; keep it to {MAX_USER_DEFINED_DEPTH} levels")
         return None
+    if bad_key := _non_text_key(value):
+        key = bad_key[0]
+        c.add("user_defined", f"keys must be text, as in JSON; got {key!r} ({type(key).__name__}): quote it")
+        return None
     if REF_KEY in value:
         c.add("user_defined", f"{REF_KEY!r} is reserved (acr-ingest keeps the ref there); rename that key")
         return None
@@ -232,6 +236,21 @@ class _NotJsonNumber(ValueError):
 
 def _no_constant(name: str) -> Any:
     raise _NotJsonNumber(name)
+
+
+def _non_text_key(value: Any) -> tuple[Any] | None:
+    """(the first key of an object, at any depth, that is not text: a Python dict may have any), else None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    return (key,)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _depth_over(value: Any, limit: int) -> bool:
