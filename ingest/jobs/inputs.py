@@ -477,7 +477,7 @@ def _targets(c: _Collector, args: dict[str, Any], settings: Settings) -> Targets
             c.add(field, f"must be a list, got {type(value).__name__}")
             return []
         if len(value) > settings.max_ids_per_job:  # refused before checking each of a million entries
-            c.add("refs", f"{len(value)} {field} in one job; split it into jobs of at most {settings.max_ids_per_job}")
+            c.add(field, f"{len(value)} {field} in one job; split it into jobs of at most {settings.max_ids_per_job}")
             return []
         return list(value)
 

@@ -85,3 +85,11 @@ def test_upload_many_reads_dicts_as_rows_and_refuses_the_rest(producer_on_own_db
         assert field in bad.value.errors
     with pytest.raises(InputError, match="batch_size"):
         list(p.upload_many([], batch_size=0))
+
+
+def test_too_many_ids_names_the_ids_field() -> None:
+    from ingest.jobs.inputs import validate_delete_batch
+
+    with pytest.raises(InputError) as bad:
+        validate_delete_batch({"bucket_id": 1, "ids": list(range(1, 10_002))}, get_settings())
+    assert list(bad.value.errors) == ["ids"] and "split it into jobs of at most" in bad.value.errors["ids"]
