@@ -16,9 +16,12 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from ingest.jobs.bulk_uploads import Item, Message, RowOutcome, batches, mark_unsent, plan_batch
-from ingest.jobs.errors import EnqueueError
+from ingest.jobs.bulk_uploads import Item, Message, Refused, RowOutcome, batches, mark_unsent, plan_batch
+from ingest.jobs.catalog_input import to_job
+from ingest.jobs.errors import EnqueueError, InputError
 from ingest.jobs.inputs import (
+    UploadFileJob,
+    UploadUrlJob,
     validate_delete_batch,
     validate_move_batch,
     validate_update_meta,
@@ -32,6 +35,7 @@ from ingest.store import outbox
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.reports import failed_operations
+from ingest.store.values import BIGINT_MAX, db_id_or_none
 from ingest.worker.bulk_publish import publish_tasks
 from ingest.worker.outbox import PublishError, publish
 
@@ -52,6 +56,23 @@ class Enqueued:
 
 def _compact(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if v is not None and v != []}
+
+
+def _check_filters(*, kind: Any, bucket_id: Any, since: Any, limit: Any, reason: Any) -> None:
+    """``retry_failed``'s filters, refused with ``InputError`` before they reach SQL."""
+    errors: dict[str, str] = {}
+    if kind is not None and kind not in [k.value for k in OpKind]:
+        errors["kind"] = f"must be one of {', '.join(k.value for k in OpKind)}"
+    if bucket_id is not None and db_id_or_none(bucket_id) is None:
+        errors["bucket_id"] = f"must be a positive integer bucket id of at most {BIGINT_MAX}"
+    if since is not None and not isinstance(since, datetime):
+        errors["since"] = f"must be a datetime, got {type(since).__name__}"
+    if limit is not None and (type(limit) is not int or not 0 <= limit <= BIGINT_MAX):
+        errors["limit"] = "must be a positive integer (or None for all)"
+    if reason is not None and not isinstance(reason, str):
+        errors["reason"] = f"must be text, got {type(reason).__name__}"
+    if errors:
+        raise InputError(errors)
 
 
 class Producer:
@@ -154,8 +175,13 @@ class Producer:
         """Enqueue many uploads (validated jobs, or ``Refused`` for a bad one, in order): one outcome per
         item, numbered from 1. Each batch is planned and written in one transaction, then published
         over one broker connection. If the broker fails midway the rows stay queued and marked unsent:
-        re-running the same items sends them (EnqueueError says so)."""
-        for batch in batches(items, batch_size):
+        re-running the same items sends them (EnqueueError says so). A dict is read as a catalog row (the
+        columns of ``acr-ingest import``); anything else is refused with the reason."""
+        if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
+            raise InputError({"items": f"must be an iterable of upload jobs, got {type(items).__name__}"})
+        if type(batch_size) is not int or batch_size < 1:
+            raise InputError({"batch_size": f"must be a positive integer, got {batch_size!r}"})
+        for batch in batches((self._as_item(item) for item in items), batch_size):
             for attempt in range(3):
                 try:
                     with session_scope() as s:
@@ -166,6 +192,20 @@ class Producer:
                         raise
             self._publish_many(plan.messages)
             yield from plan.outcomes
+
+    def _as_item(self, item: Any) -> Item:
+        if isinstance(item, UploadUrlJob | UploadFileJob | Refused):
+            return item
+        if isinstance(item, dict):
+            return to_job(item, self.settings)
+        return Refused(
+            InputError(
+                {
+                    "item": f"must be an upload job (validate_upload_url/validate_upload_file) or a dict of catalog "
+                    f"columns, got {type(item).__name__}"
+                }
+            )
+        )
 
     def _publish_many(self, messages: list[Message]) -> None:
         try:
@@ -281,6 +321,7 @@ class Producer:
         Bad input fails the same way again, so it is left out unless ``include_bad_input``; ``reason``
         keeps only failures whose error contains it. Each job is judged against the state it finds when
         it runs (an update from before a re-upload of its ref is skipped, with the reason)."""
+        _check_filters(kind=kind, bucket_id=bucket_id, since=since, limit=limit, reason=reason)
         out: list[tuple[int, OpKind, dict[str, Any], str, int | None, int]] = []
         with session_scope() as s:
             query = failed_operations(

@@ -7,6 +7,7 @@ row was refused, 2 when some were (the good rows are enqueued all the same), 1 w
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -22,6 +23,7 @@ import click
 
 from ingest.jobs.bulk_uploads import Item, Outcome, Refused, RowOutcome
 from ingest.jobs.catalog_input import format_of, read_catalog
+from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 
 REPORT_FIELDS = ("row", "bucket_id", "ref", "outcome", "error")
@@ -36,13 +38,27 @@ def open_input(name: str) -> Iterator[TextIO]:
         yield f
 
 
-def _count_rows(name: str, fmt: str) -> int | None:
-    """Rows in the file (for the ETA), counted without parsing; None for standard input."""
+def check_text(name: str) -> int | None:
+    """Rows in the file (for the ETA), counted without parsing; None for standard input. Refuses (``InputError``)
+    a file that is not UTF-8 text before any row is acted on: read as it comes, a Latin-1 byte would stop the
+    import midway with its earlier rows enqueued."""
     if name == "-":
         return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 0
     with open(name, "rb") as f:
-        lines = sum(1 for line in f if line.strip())
-    return max(lines - 1, 0) if fmt == "csv" else lines
+        for number, line in enumerate(f, start=1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    {
+                        "file": f"{name} is not UTF-8 text (byte 0x{line[exc.start]:02x} on line {number}, "
+                        "perhaps Latin-1 or Windows-1252): save it as UTF-8 and run again"
+                    }
+                ) from None
+            lines += bool(line.strip())
+    return lines
 
 
 class ReportWriter:
@@ -172,12 +188,13 @@ def import_catalog(
     from ingest.producer import Producer
 
     fmt = format_of(source, fmt)
+    lines = check_text(source)  # before the report is created: a missing or unreadable file leaves nothing behind
     if status_only:
         _show_status(source, fmt, bucket_id)
         return
     settings = get_settings()
     report = ReportWriter(report_path or _default_report(source))
-    progress = Progress(_count_rows(source, fmt))
+    progress = Progress(None if lines is None else max(lines - 1, 0) if fmt == "csv" else lines)
     counts: Counter[str] = Counter()
     started = time.monotonic()
     failed: EnqueueError | None = None

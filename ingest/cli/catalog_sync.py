@@ -66,8 +66,9 @@ def _summary(plan: SyncPlan) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The plan as JSON.")
 def sync(manifest: str, bucket_id: int | None, fmt: str | None, prune: bool, apply_plan: bool, as_json: bool) -> None:
     """Plan (and with --apply enqueue) the uploads, updates, moves and, with --prune, deletes that make
-    the bucket hold exactly MANIFEST (.jsonl, .csv, or - for standard input). Exits 2 if a row was refused."""
-    from ingest.cli.catalog_import import open_input
+    the bucket hold exactly MANIFEST (.jsonl, .csv, or - for standard input). Exits 2 if a row was refused;
+    then --apply enqueues nothing (a refused row may name a ref that --prune would delete)."""
+    from ingest.cli.catalog_import import check_text, open_input
     from ingest.jobs.catalog_input import format_of, read_catalog
     from ingest.jobs.catalog_sync import plan_sync
     from ingest.store.db import session_scope
@@ -76,18 +77,28 @@ def sync(manifest: str, bucket_id: int | None, fmt: str | None, prune: bool, app
     bucket = bucket_id or settings.default_bucket
     if bucket is None:
         raise click.UsageError("give --bucket (or set ACR_INGEST_DEFAULT_BUCKET)")
+    check_text(manifest)
     with open_input(manifest) as stream, session_scope() as s:
         plan = plan_sync(s, read_catalog(stream, format_of(manifest, fmt), settings, bucket), bucket, prune=prune)
     out: dict[str, Any] = plan.as_dict()
-    if apply_plan:
+    # A refused row may name a ref the bucket holds: applied, the plan would prune (or leave stale) a file the
+    # manifest meant to keep. A plan with refused rows is shown, never applied.
+    refuse_apply = apply_plan and bool(plan.refused)
+    if apply_plan and not refuse_apply:
         out["applied"] = _apply(plan)
     if as_json:
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         _summary(plan)
-        if apply_plan:
+        if "applied" in out:
             click.echo("applied: " + ", ".join(f"{k} {v}" for k, v in out["applied"].items()))
-        elif not plan.empty:
+        elif not plan.empty and not refuse_apply:
             click.echo("(nothing enqueued: add --apply)")
+    if refuse_apply:
+        click.echo(
+            f"error: nothing applied: {len(plan.refused)} row(s) refused (listed above); fix or remove them "
+            "in the manifest and run again",
+            err=True,
+        )
     if plan.refused:
         sys.exit(2)

@@ -62,9 +62,30 @@ def _since(value: str | None) -> datetime | None:
         raise click.BadParameter("give an ISO time (2026-11-25T10:00) or a duration (30m, 2h, 1d)") from None
 
 
-@click.group()
+class IngestGroup(click.Group):
+    """The command group whose commands never end in a traceback: whatever a command lets through becomes one
+    line on stderr and exit status 2 (usage, configuration) or 1 (a dependency down), ingest/cli/errors.py.
+    ``--debug`` or ACR_INGEST_DEBUG=1 lets it through with its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            from ingest.cli.errors import debug_from_env, explain
+
+            if ctx.params.get("debug") or debug_from_env():
+                raise
+            line, code = explain(exc)
+            click.echo(f"error: {line}", err=True)
+            ctx.exit(code)
+
+
+@click.group(cls=IngestGroup)
 @click.version_option(package_name="acr-ingest")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of a failure (also ACR_INGEST_DEBUG=1).")
+def main(debug: bool) -> None:
     """Keep ACRCloud buckets in step with your catalog. Settings: ACR_INGEST_* variables (see .env.example)."""
 
 
@@ -248,6 +269,7 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, rea
     """Operations that failed for good, and batches that were partly done, with their reasons."""
     from ingest.cli.render import table
     from ingest.store.db import session_scope
+    from ingest.store.history import arg_ref
     from ingest.store.reports import failures
 
     with session_scope() as s:
@@ -261,7 +283,7 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, rea
                         op.kind,
                         op.status,
                         op.bucket_id,
-                        op.args.get("ref"),
+                        arg_ref(op.args),
                         op.attempts,
                         op.updated_at.isoformat(" ", "seconds"),
                         op.error,

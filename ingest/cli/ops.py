@@ -111,6 +111,7 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
 
     from ingest.worker.app import app
 
+    get_settings()  # a settings mistake is told here in one line, not from inside Celery's command line
     if not os.environ.get("FLOWER_BASIC_AUTH", "").strip():
         raise click.UsageError(
             "FLOWER_BASIC_AUTH is not set: set it to user:password (comma-separate several); "

@@ -34,7 +34,9 @@ def read_rows(stream: TextIO, fmt: str) -> Iterator[dict[str, Any] | InputError]
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            # Without its line end: a line cut short is then reported at its real end, not at "column 1" of
+            # the next line that json sees after the newline.
+            value = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             yield InputError({"row": f"is not valid JSON ({exc.msg} at column {exc.colno}); fix the line"})
             continue

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from ingest.settings import get_settings
 from ingest.store import outbox
+from ingest.store.history import arg_ref
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 
 WEBHOOK_TASK = "ingest.deliver_webhook"
@@ -63,7 +64,7 @@ def operation_ended(session: Session, op: Operation, previous: str) -> None:
         return
     row = session.get(TrackFile, op.file_id) if op.file_id is not None else None
     body: dict[str, Any] = {
-        "ref": row.ref if row else op.args.get("ref"),
+        "ref": row.ref if row else arg_ref(op.args),
         "bucket_id": op.bucket_id,
         "id": row.remote_id if row else None,
         "acr_id": row.acr_id if row else None,

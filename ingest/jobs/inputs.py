@@ -208,6 +208,10 @@ def _user_defined(c: _Collector, value: Any, settings: Settings) -> dict[str, An
     if _depth_over(value, MAX_USER_DEFINED_DEPTH):
         c.add("user_defined", f"is nested too deeply; keep it to {MAX_USER_DEFINED_DEPTH} levels")
         return None
+    if bad_key := _non_text_key(value):
+        key = bad_key[0]
+        c.add("user_defined", f"keys must be text, as in JSON; got {key!r} ({type(key).__name__}): quote it")
+        return None
     if REF_KEY in value:
         c.add("user_defined", f"{REF_KEY!r} is reserved (acr-ingest keeps the ref there); rename that key")
         return None
@@ -232,6 +236,21 @@ class _NotJsonNumber(ValueError):
 
 def _no_constant(name: str) -> Any:
     raise _NotJsonNumber(name)
+
+
+def _non_text_key(value: Any) -> tuple[Any] | None:
+    """(the first key of an object, at any depth, that is not text: a Python dict may have any), else None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    return (key,)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _depth_over(value: Any, limit: int) -> bool:
@@ -458,7 +477,7 @@ def _targets(c: _Collector, args: dict[str, Any], settings: Settings) -> Targets
             c.add(field, f"must be a list, got {type(value).__name__}")
             return []
         if len(value) > settings.max_ids_per_job:  # refused before checking each of a million entries
-            c.add("refs", f"{len(value)} {field} in one job; split it into jobs of at most {settings.max_ids_per_job}")
+            c.add(field, f"{len(value)} {field} in one job; split it into jobs of at most {settings.max_ids_per_job}")
             return []
         return list(value)
 
@@ -510,3 +529,14 @@ VALIDATORS = {
     "delete_batch": validate_delete_batch,
     "move_batch": validate_move_batch,
 }
+
+
+def job_args(job: BaseModel) -> dict[str, Any]:
+    """A validated job as the arguments an operation row keeps (what the producer stores and sends): the read
+    side (``show``, ``failures``, ``retry-failed``) then sees the validated types, not a message's own shape."""
+    if isinstance(job, DeleteBatchJob | MoveBatchJob):
+        data = {k: v for k, v in job.model_dump().items() if k != "targets"}
+        data.update(job.targets.model_dump())
+    else:
+        data = job.model_dump()
+    return {k: v for k, v in data.items() if v is not None and v != []}

@@ -20,7 +20,7 @@ from ingest.api.errors import RateLimitedError
 from ingest.jobs import events
 from ingest.jobs.context import JobContext, OutcomeWriter
 from ingest.jobs.errors import InputError, RetryLater
-from ingest.jobs.inputs import VALIDATORS
+from ingest.jobs.inputs import VALIDATORS, job_args
 from ingest.jobs.retry_policy import (
     Action,
     database_unavailable,
@@ -146,23 +146,24 @@ def _start(s: Session, task_id: str) -> int | None:
 
 def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) -> dict[str, Any]:
     settings = ctx.settings
+    validated: tuple[Any, Exception | None] | None = None
     with session_scope() as s:
         op_id = _start(s, ctx.task_id)
         if op_id is None:
-            op = ensure_operation(s, kind, args, ctx.task_id)
+            # A message sent by name (no row of our producer): its row keeps the validated arguments, so every
+            # read path sees the types it expects; a message that fails validation keeps what it sent.
+            validated = _validate(kind, args, ctx)
+            job, _ = validated
+            op = ensure_operation(s, kind, job_args(job) if job is not None else args, ctx.task_id)
             if op.status in OpStatus.final():  # a redelivered message whose work is already recorded
                 return summary(op)
             assert op.id is not None
             op_id = op.id
             _set(s, op_id, status=OpStatus.RUNNING)
 
-    try:
-        job = VALIDATORS[kind](args, settings)
-    except InputError as exc:  # the policy fails it at once, naming the field
-        return _handle_failure(kind, op_id, exc, ctx)
-    except Exception as exc:  # a gap in validation must end the job failed with the reason, not stuck running
-        log.exception("%s %s: validation raised %s", kind, ctx.task_id, type(exc).__name__)
-        return _handle_failure(kind, op_id, exc, ctx)
+    job, invalid = validated or _validate(kind, args, ctx)
+    if invalid is not None:  # bad input: the policy fails it at once, naming the field
+        return _handle_failure(kind, op_id, invalid, ctx)
 
     try:
         # Read both gates at most once a second per process while they are clear. A job that trusted that memory
@@ -185,6 +186,17 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
         return recorded["summary"]
     with session_scope() as s:
         return _write_outcome(s, op_id, result, probed=probed)
+
+
+def _validate(kind: str, args: dict[str, Any], ctx: JobContext) -> tuple[Any, Exception | None]:
+    """(the job, None), or (None, why not)."""
+    try:
+        return VALIDATORS[kind](args, ctx.settings), None
+    except InputError as exc:
+        return None, exc
+    except Exception as exc:  # a gap in validation must end the job failed with the reason, not stuck running
+        log.exception("%s %s: validation raised %s", kind, ctx.task_id, type(exc).__name__)
+        return None, exc
 
 
 def _outcome_writer(op_id: int, recorded: dict[str, dict[str, Any]], *, probed: bool) -> OutcomeWriter:

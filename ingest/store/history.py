@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import String, cast, or_
 from sqlmodel import Session, col, select
 
 from ingest.store.models import Operation, OpKind, TrackFile
+from ingest.store.values import BIGINT_MAX
 
 BATCH_KINDS = (OpKind.DELETE_BATCH, OpKind.MOVE_BATCH)
 
@@ -19,6 +21,26 @@ class FileHistory:
     file: TrackFile
     # (operation, the outcomes a batch recorded for the names that mean this file, e.g. {"ref:CAT-1": "deleted"})
     operations: list[tuple[Operation, dict[str, str]]] = field(default_factory=list)
+
+
+def named(args: Any, key: str) -> list[Any]:
+    """The names a batch's ``args[key]`` holds (``refs``/``acr_ids``: text, ``ids``: integers a BIGINT holds),
+    whatever shape the row has: a message sent by name that failed validation keeps its arguments as sent (a
+    string, a number, an object, ids past BIGINT...), and a read path must neither crash nor send them to SQL."""
+    value = args.get(key) if isinstance(args, dict) else None
+    if not isinstance(value, list):
+        return []
+    if key == "ids":
+        return [v for v in value if type(v) is int and 0 < v <= BIGINT_MAX]
+    return [v for v in value if isinstance(v, str)]
+
+
+def arg_ref(args: Any) -> str | None:
+    """An operation's ``ref`` argument as text, or None when the row holds none (or something that is no ref)."""
+    value = args.get("ref") if isinstance(args, dict) else None
+    if isinstance(value, str):
+        return value
+    return str(value) if type(value) is int else None
 
 
 def find_files(
@@ -46,9 +68,9 @@ def find_files(
             query = query.where(TrackFile.id == op.file_id)
         else:
             args = op.args
-            names = [col(TrackFile.ref).in_(args.get("refs") or [])]
-            names.append(col(TrackFile.remote_id).in_([i for i in args.get("ids") or [] if isinstance(i, int)]))
-            names.append(col(TrackFile.acr_id).in_(args.get("acr_ids") or []))
+            names = [col(TrackFile.ref).in_(named(args, "refs"))]
+            names.append(col(TrackFile.remote_id).in_(named(args, "ids")))
+            names.append(col(TrackFile.acr_id).in_(named(args, "acr_ids")))
             query = query.where(or_(*names))
     else:
         raise ValueError("name the file by ref, remote_id, acr_id or op_id")
@@ -69,15 +91,15 @@ def _names(row: TrackFile) -> set[str]:
 
 def _batch_names_this_file(op: Operation, row: TrackFile, buckets: set[int]) -> set[str]:
     args = op.args
-    named: set[str] = set()
+    found: set[str] = set()
     # A ref means a file of the batch's own bucket; ids and acr_ids are the API's, unique across buckets.
-    if row.ref in (args.get("refs") or []) and op.bucket_id in buckets:
-        named.add(f"ref:{row.ref}")
-    if row.remote_id is not None and row.remote_id in (args.get("ids") or []):
-        named.add(f"id:{row.remote_id}")
-    if row.acr_id and row.acr_id in (args.get("acr_ids") or []):
-        named.add(f"acr_id:{row.acr_id}")
-    return named
+    if row.ref in named(args, "refs") and op.bucket_id in buckets:
+        found.add(f"ref:{row.ref}")
+    if row.remote_id is not None and row.remote_id in named(args, "ids"):
+        found.add(f"id:{row.remote_id}")
+    if row.acr_id and row.acr_id in named(args, "acr_ids"):
+        found.add(f"acr_id:{row.acr_id}")
+    return found
 
 
 def history(session: Session, row: TrackFile) -> FileHistory:
@@ -95,9 +117,10 @@ def history(session: Session, row: TrackFile) -> FileHistory:
     ).all()
     entries: list[tuple[Operation, dict[str, str]]] = [(op, {}) for op in own]
     for op in candidates:
-        named = _batch_names_this_file(op, row, buckets)
-        if named:
-            outcomes = (op.result or {}).get("outcomes", {})
-            entries.append((op, {n: outcomes.get(n, "(pending)") for n in sorted(named)}))
+        names = _batch_names_this_file(op, row, buckets)
+        if names:
+            outcomes = op.result.get("outcomes") if isinstance(op.result, dict) else None
+            outcomes = outcomes if isinstance(outcomes, dict) else {}
+            entries.append((op, {n: str(outcomes.get(n, "(pending)")) for n in sorted(names)}))
     entries.sort(key=lambda e: e[0].id or 0)
     return FileHistory(row, entries)

@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from ingest.store import auth_hold, circuit_breaker, outbox, rejected_messages
+from ingest.store.history import arg_ref
 from ingest.store.models import Operation, OpStatus, ParkedFollowup, TrackFile
 
 
@@ -116,7 +117,7 @@ def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any
                 "error": op.error,
                 "attempts": op.attempts,
                 "at": op.updated_at.isoformat(),
-                "ref": op.args.get("ref"),
+                "ref": arg_ref(op.args),
             }
             for op in failures(session, limit=failure_limit)
         ],
