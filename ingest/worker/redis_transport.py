@@ -146,7 +146,10 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval):
-            self.beat()
+            try:
+                self.beat()
+            except Exception:  # never end the thread: a consumer that stops beating is judged dead
+                log.exception("heartbeat failed")
 
     def beat(self) -> int:
         """One beat (and, once in touch for a whole timeout, one judgement); the number of messages restored."""
@@ -255,9 +258,11 @@ class Channel(kombu_redis.Channel):
                 client.eval(BEAT, 2, HEARTBEATS, CONSUMERS, self.consumer_id, self.lists_json(), 1, 1, "0")
             self._registered_keys = frozenset(self._lists)
             self._released = False
-            if self._heartbeat is None:
-                self._heartbeat = Heartbeat(self)
-                self._heartbeat.start()
+        if self._heartbeat is None or not self._heartbeat.thread.is_alive():
+            if self._heartbeat is not None:
+                log.error("the heartbeat thread had stopped; starting it again")
+            self._heartbeat = Heartbeat(self)
+            self._heartbeat.start()
         return [k for key in keys for k in (key, self._lists[key])]
 
     def release(self) -> None:
