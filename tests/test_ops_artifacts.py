@@ -172,3 +172,271 @@ def test_alerts_name_only_documented_metrics() -> None:
         names = metric_names(rule["expr"])
         assert names, rule["alert"]
         assert names <= documented, f"{rule['alert']} names undocumented metrics: {sorted(names - documented)}"
+
+
+# --- 2. a real Prometheus scraping a real worker and exporter -------------------------------------------------
+
+
+@dataclass
+class Prometheus:
+    base: str
+    process: ChildProcess
+
+    def get(self, path: str, **params: str) -> Any:
+        self.process.check()
+        answer = requests.get(f"{self.base}{path}", params=params, timeout=10)
+        body = answer.json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.get("/api/v1/query", query=expr)
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def scalar(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def rule_state(self, alert: str) -> str:
+        for group in self.get("/api/v1/rules", type="alert")["groups"]:
+            for rule in group["rules"]:
+                if rule["name"] == alert:
+                    return str(rule["state"])
+        raise AssertionError(f"Prometheus has no rule {alert}")
+
+    def names(self) -> set[str]:
+        return set(self.get("/api/v1/label/__name__/values"))
+
+
+def _fast_rules(folder: Path) -> Path:
+    """alerts.yml with every `for:` at 1s: the production durations (minutes) would make this test wait
+    minutes for what it checks, the alert's firing and clearing on the real gauges. The expressions are the
+    file's own, unchanged."""
+    doc = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "1s"
+    path = folder / "alerts.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Stack:
+    prometheus: Prometheus
+    worker_port: int
+    exporter_port: int
+    env: dict[str, str]
+    jobs: int
+
+
+@pytest.fixture(scope="module")
+def stack(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A prefork worker with its metrics port, one beat, `acr-ingest metrics` and a Prometheus scraping the
+    two every second; a few uploads (two answered 429, so the shared limit defers calls) already counted."""
+    folder = tmp_path_factory.mktemp("ops")
+    redis.Redis.from_url(BROKER).flushdb()
+    worker_port, exporter_port, prometheus_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "ACR_INGEST_BROKER_URL": BROKER,
+        "ACR_INGEST_METRICS_PORT": str(worker_port),
+        "ACR_INGEST_METRICS_DIR": str(folder / "counters"),
+        "ACR_INGEST_RATE_LIMIT": "50",  # the shared limit, which the injected 429s drain: limiter waits
+    }
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(_fast_rules(folder))],
+        "scrape_configs": [
+            {"job_name": "acr-ingest-worker", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
+            {"job_name": "acr-ingest-state", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
+        ],
+    }
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    prometheus_bin = _tool("prometheus")
+    with beat_process(env):
+        worker = WorkerProcess("ops", env, concurrency=2)
+        exporter = ChildProcess(
+            "metrics-exporter",
+            [ACR_INGEST, "metrics", "--host", "127.0.0.1", "--port", str(exporter_port)],
+            log=WORKDIR / f"ops-exporter-{exporter_port}.log",
+            # State only: the worker's counters are scraped from its own port (both would count them twice).
+            env={k: v for k, v in env.items() if k not in ("ACR_INGEST_METRICS_DIR", "ACR_INGEST_METRICS_PORT")},
+        )
+        prom = Prometheus(
+            f"http://127.0.0.1:{prometheus_port}",
+            ChildProcess(
+                "prometheus",
+                [
+                    prometheus_bin,
+                    f"--config.file={folder / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={folder / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    "--log.level=warn",
+                ],
+                log=WORKDIR / f"prometheus-{prometheus_port}.log",
+                cwd=folder,
+            ),
+        )
+        try:
+            worker.wait_ready()
+            wait_for(lambda: _ready(prom), timeout=30, what="Prometheus ready")
+            wait_for(
+                lambda: exporter.check() or prom.scalar('count(up{job=~"acr-ingest-.*"} == 1)') == 2,
+                timeout=30,
+                what=lambda: f"both targets up: {prom.get('/api/v1/targets')}",
+            )
+            n = 4
+            emulator.set_faults(burst_429=2, retry_after=1)  # the next two API requests answer 429
+            producer = producer_for(BROKER)
+            for i in range(n):
+                producer.upload_url(
+                    f"https://cdn.example.com/ops{i}.mp3", title=f"O{i}", bucket_id=880_001, ref=f"o{i}"
+                )
+            wait_for(
+                lambda: (
+                    prom.scalar('sum(acr_ingest_jobs_total{kind="upload_url", outcome="succeeded"})') == n
+                    and (prom.scalar("sum(acr_ingest_limiter_waits_total)") or 0) >= 1
+                ),
+                timeout=60,
+                what=lambda: f"{n} uploads and a limiter wait seen by Prometheus: {_ours(prom)}",
+            )
+            emulator.faults.reset()
+            yield Stack(prom, worker_port, exporter_port, env, n)
+        finally:
+            for proc in (prom.process, exporter):
+                proc.stop()
+            worker.stop()
+
+
+def _ready(prom: Prometheus) -> bool:
+    prom.process.check()
+    try:
+        return requests.get(f"{prom.base}/-/ready", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def _ours(prom: Prometheus) -> dict[str, float]:
+    return {
+        f"{s['metric']['__name__']}{ {k: v for k, v in s['metric'].items() if k not in ('__name__', 'job')} }": float(
+            s["value"][1]
+        )
+        for s in prom.query('{__name__=~"acr_ingest_.*"}')
+    }
+
+
+def test_prometheus_scrapes_the_series_and_the_auth_hold_alert_fires_and_clears(stack: Stack, emulator: Any) -> None:
+    prom = stack.prometheus
+    # The series, from both targets: the worker's counters and last poll, the exporter's state.
+    by_job = {(s["metric"]["__name__"], s["metric"]["job"]) for s in prom.query('{__name__=~"acr_ingest_.*"}')}
+    for name in documented_metrics():
+        job = "acr-ingest-state" if name in _STATE_GAUGES else "acr-ingest-worker"
+        assert (name, job) in by_job, f"{name} not scraped from {job}"
+    assert prom.scalar("sum(acr_ingest_api_rate_limited_total)") == 2  # exactly the two injected 429s
+    assert prom.scalar('sum(acr_ingest_files{bucket="880001"})') == stack.jobs
+    assert prom.scalar('acr_ingest_state_up{source="database"}') == 1
+    # The beat is up: a poll ran within the last few seconds (the poll interval here is 0.5 s).
+    wait_for(
+        lambda: (prom.scalar("time() - max(acr_ingest_last_poll_timestamp_seconds)") or 1e9) < 10,
+        timeout=30,
+        what="a recent poll",
+    )
+    wait_for(lambda: prom.rule_state("AcrIngestNoPoll") == "inactive", timeout=30, what="AcrIngestNoPoll quiet")
+    assert prom.rule_state("AcrIngestTokenRejected") == "inactive"
+
+    # A 401: the API stops accepting our token; the next job holds all work.
+    emulator.set_tokens({"some-other-token"})
+    producer_for(BROKER).upload_url("https://cdn.example.com/held.mp3", title="H", bucket_id=880_001, ref="held")
+    wait_for(
+        lambda: prom.rule_state("AcrIngestTokenRejected") == "firing",
+        timeout=30,
+        what=lambda: f"AcrIngestTokenRejected firing: {prom.get('/api/v1/alerts')}",
+    )
+    firing = [a for a in prom.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == "AcrIngestTokenRejected"]
+    assert [a["state"] for a in firing] == ["firing"]
+    assert firing[0]["labels"]["severity"] == "critical"
+    assert firing[0]["annotations"]["runbook_url"] == "docs/OPERATIONS.md#acringesttokenrejected"
+    assert (prom.scalar("max(acr_ingest_auth_held_tasks)") or 0) >= 1
+
+    # The operator puts a valid token in place: the next probe lifts the hold, and the alert clears.
+    emulator.set_tokens({TOKEN})
+    wait_for(
+        lambda: prom.rule_state("AcrIngestTokenRejected") == "inactive",
+        timeout=30,
+        what=lambda: f"AcrIngestTokenRejected cleared: {_ours(prom)}",
+    )
+    assert prom.scalar("max(acr_ingest_auth_held)") == 0
+    wait_for(
+        lambda: prom.scalar('sum(acr_ingest_jobs_total{kind="upload_url", outcome="succeeded"})') == stack.jobs + 1,
+        timeout=30,
+        what="the held upload ran after the hold",
+    )
+    assert not [a for a in prom.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == "AcrIngestTokenRejected"]
+
+
+_STATE_GAUGES = {
+    "acr_ingest_files",
+    "acr_ingest_oldest_processing_age_seconds",
+    "acr_ingest_auth_held",
+    "acr_ingest_auth_held_tasks",
+    "acr_ingest_api_down",
+    "acr_ingest_outbox_backlog",
+    "acr_ingest_rejected_messages",
+    "acr_ingest_queue_depth",
+    "acr_ingest_state_up",
+}
+
+
+# --- 3. the dashboard and the alerts name only what a live scrape shows ---------------------------------------
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    """(where, expression) for every panel target and every templating query of the dashboard."""
+    doc = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    found = []
+    for panel in doc["panels"]:
+        for target in panel.get("targets", []):
+            found.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
+    for var in doc["templating"]["list"]:
+        if var["type"] == "query":
+            found.append((f"variable {var['name']}", var["query"]["query"]))
+    return found
+
+
+def test_the_dashboard_names_only_metrics_a_live_scrape_shows(stack: Stack) -> None:
+    scraped = stack.prometheus.names()
+    assert {"acr_ingest_jobs_total", "acr_ingest_queue_depth", "acr_ingest_last_poll_timestamp_seconds"} <= scraped
+    queries = _dashboard_queries()
+    assert len(queries) >= 15
+    named: set[str] = set()
+    for where, expr in queries:
+        m = re.fullmatch(r"label_values\((\w+), *\w+\)", expr)  # Grafana's variable query, not PromQL
+        names = {m[1]} if m else metric_names(expr)
+        assert names, f"{where}: names no metric: {expr}"
+        assert names <= scraped, f"{where} names metrics no scrape shows: {sorted(names - scraped)}"
+        named |= names
+        if not m:  # valid PromQL: Prometheus evaluates it (Grafana's interval variables made concrete)
+            stack.prometheus.query(expr.replace("$__rate_interval", "1m").replace("$bucket", ".*"))
+    # The issue's panels: throughput, API calls, 429s and waits, files, oldest processing, queues, outbox, holds.
+    assert {
+        "acr_ingest_jobs_total",
+        "acr_ingest_api_calls_total",
+        "acr_ingest_api_rate_limited_total",
+        "acr_ingest_limiter_waits_total",
+        "acr_ingest_files",
+        "acr_ingest_oldest_processing_age_seconds",
+        "acr_ingest_queue_depth",
+        "acr_ingest_outbox_backlog",
+        "acr_ingest_auth_held",
+        "acr_ingest_api_down",
+    } <= named
+    assert named <= documented_metrics(), f"undocumented in docs/METRICS.md: {sorted(named - documented_metrics())}"
+
+
+def test_the_alerts_name_only_metrics_a_live_scrape_shows(stack: Stack) -> None:
+    scraped = stack.prometheus.names()
+    for rule in _rules():
+        names = metric_names(rule["expr"])
+        assert names <= scraped, f"{rule['alert']} names metrics no scrape shows: {sorted(names - scraped)}"
