@@ -440,3 +440,172 @@ def test_the_alerts_name_only_metrics_a_live_scrape_shows(stack: Stack) -> None:
     for rule in _rules():
         names = metric_names(rule["expr"])
         assert names <= scraped, f"{rule['alert']} names metrics no scrape shows: {sorted(names - scraped)}"
+
+
+# --- 4. the Kubernetes manifests, validated offline ------------------------------------------------------------
+
+K8S = ROOT / "deploy" / "kubernetes"
+K8S_VERSION = "1.31.0"  # the schemas kubernetes-validate checks against (strict: unknown fields fail)
+KEDA_SCHEMA = Path(__file__).resolve().parent / "fixtures" / "keda-v1alpha1.schema.json"
+OVERLAYS = {"redis": "redis", "rabbitmq": "rabbitmq"}  # overlay directory -> the KEDA trigger it must use
+_KUSTOMIZE_KEYS = {"apiVersion", "kind", "namespace", "resources", "patches"}
+
+
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """What ``kustomize build`` makes of these files, for the features they use: ``resources`` (files and
+    directories, recursively), ``namespace`` and ``patches`` of JSON 6902 operations with a target. Any other
+    kustomization key fails, so a feature added to the manifests must be taught here first (no kustomize or
+    kubectl binary here to build them)."""
+    k = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert set(k) <= _KUSTOMIZE_KEYS, f"{folder}: kustomization keys this test cannot build: {set(k) - _KUSTOMIZE_KEYS}"
+    assert (k["apiVersion"], k["kind"]) == ("kustomize.config.k8s.io/v1beta1", "Kustomization")
+    docs: list[dict[str, Any]] = []
+    for entry in k["resources"]:
+        path = (folder / entry).resolve()
+        if path.is_dir():
+            docs.extend(kustomize(path))
+        else:
+            docs.extend(d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d)
+    for patch in k.get("patches", []):
+        target = patch["target"]
+        hits = [d for d in docs if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]]
+        assert len(hits) == 1, f"{folder}: patch target {target} matches {len(hits)} resources"
+        for op in yaml.safe_load(patch["patch"]):
+            _json_patch(hits[0], op)
+    if "namespace" in k:
+        for d in docs:
+            if d["kind"] != "Namespace":
+                d["metadata"]["namespace"] = k["namespace"]
+    return docs
+
+
+def _json_patch(doc: dict[str, Any], op: dict[str, Any]) -> None:
+    *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
+    node: Any = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if op["op"] == "remove":
+        assert last in node, f"patch removes {op['path']}, which is not there"
+        del node[last]
+    elif op["op"] in ("add", "replace"):
+        node[last] = op["value"]
+    else:
+        raise AssertionError(f"JSON patch op {op['op']!r} not supported by this test")
+
+
+def _by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for d in docs:
+        key = (d["kind"], d["metadata"]["name"])
+        assert key not in out, f"{key} twice"
+        out[key] = d
+    return out
+
+
+def _keda_validator() -> Any:
+    import jsonschema
+
+    schema = json.loads(KEDA_SCHEMA.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _validate(doc: dict[str, Any]) -> list[str]:
+    """Errors of one resource: Kubernetes' own against its schemas, KEDA's against ours."""
+    import kubernetes_validate
+
+    if doc["apiVersion"].startswith("keda.sh/"):
+        return [f"{e.json_path}: {e.message}" for e in _keda_validator().iter_errors(doc)]
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{'.'.join(map(str, exc.path))}: {exc.message}"]
+    return []
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_kubernetes_manifests_validate_against_the_schemas(overlay: str) -> None:
+    docs = kustomize(K8S / overlay)
+    errors = [f"{d['kind']}/{d['metadata']['name']}: {e}" for d in docs for e in _validate(d)]
+    assert not errors, "\n".join(errors)
+    # The validators do reject what they do not know, so a pass means something.
+    broken = json.loads(json.dumps(_by_kind(docs)[("Deployment", "acr-ingest-worker")]))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"exec": {"command": ["x"]}}
+    assert _validate(broken)
+    keda = json.loads(json.dumps(_by_kind(docs)[("ScaledObject", "acr-ingest-worker")]))
+    keda["spec"]["triggers"][0]["metadata"]["listLength" if overlay == "redis" else "value"] = 20  # not a string
+    keda["spec"]["maxReplicas"] = 3  # KEDA's is maxReplicaCount
+    assert len(_validate(keda)) == 2
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_kubernetes_deployment_shape(overlay: str) -> None:
+    objs = _by_kind(kustomize(K8S / overlay))
+    assert all(d["metadata"].get("namespace") == "acr-ingest" for k, d in objs.items() if k[0] != "Namespace")
+    pod = lambda name: objs[("Deployment", name)]["spec"]["template"]["spec"]  # noqa: E731
+    container = lambda name: pod(name)["containers"][0]  # noqa: E731
+
+    # The migration runs `acr-ingest db upgrade` once; workers, beat and Flower run our commands.
+    job = objs[("Job", "acr-ingest-migrate")]["spec"]["template"]["spec"]
+    assert job["containers"][0]["command"] == ["acr-ingest", "db", "upgrade"]
+    assert job["restartPolicy"] in ("OnFailure", "Never")
+
+    # Workers: stopped gracefully for longer than the longest upload; ready when `acr-ingest health` passes;
+    # no liveness probe (it would restart every worker when the vendor's API is down).
+    worker = container("acr-ingest-worker")
+    assert worker["command"][:2] == ["acr-ingest", "worker"]
+    from ingest.settings import Settings
+
+    defaults = Settings()
+    longest_upload = 2 * defaults.read_timeout + defaults.connect_timeout + defaults.soft_shutdown_timeout
+    assert pod("acr-ingest-worker")["terminationGracePeriodSeconds"] > longest_upload
+    assert worker["readinessProbe"]["exec"]["command"] == ["acr-ingest", "health"]
+    assert "livenessProbe" not in worker
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["ACR_INGEST_METRICS_PORT"] == "9465" and env["ACR_INGEST_METRICS_DIR"]
+    assert "replicas" not in objs[("Deployment", "acr-ingest-worker")]["spec"], "KEDA owns the worker count"
+
+    # The token is a file from a Secret, mounted where ACR_INGEST_ACCESS_TOKEN_FILE points.
+    config = objs[("ConfigMap", "acr-ingest-config")]["data"]
+    token_file = Path(config["ACR_INGEST_ACCESS_TOKEN_FILE"])
+    assert objs[("Secret", "acr-ingest-token")]["stringData"].keys() == {token_file.name}
+    for name in ("acr-ingest-worker", "acr-ingest-beat"):
+        mounts = {m["name"]: m for m in container(name)["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod(name)["volumes"]}
+        assert mounts["token"]["mountPath"] == str(token_file.parent) and mounts["token"]["readOnly"]
+        assert volumes["token"]["secret"]["secretName"] == "acr-ingest-token"
+    for d in objs.values():  # no token, password or URL with credentials outside the Secrets
+        if d["kind"] != "Secret":
+            assert "REPLACE_ME" not in json.dumps(d) and 'ACR_INGEST_ACCESS_TOKEN"' not in json.dumps(d)
+
+    # Exactly one beat, and a rollout never runs two; one state exporter.
+    beat = objs[("Deployment", "acr-ingest-beat")]["spec"]
+    assert beat["replicas"] == 1 and beat["strategy"] == {"type": "Recreate"}
+    assert container("acr-ingest-beat")["command"] == ["acr-ingest", "beat"]
+    assert objs[("Deployment", "acr-ingest-metrics")]["spec"]["replicas"] == 1
+    assert container("acr-ingest-metrics")["command"][:2] == ["acr-ingest", "metrics"]
+
+    # Flower behind its basic auth, from a Secret; a ClusterIP Service only.
+    flower = container("acr-ingest-flower")
+    assert flower["command"][:2] == ["acr-ingest", "flower"]
+    assert {"secretRef": {"name": "acr-ingest-flower"}} in flower["envFrom"]
+    assert "FLOWER_BASIC_AUTH" in objs[("Secret", "acr-ingest-flower")]["stringData"]
+    assert objs[("Service", "acr-ingest-flower")]["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+    # KEDA scales the worker Deployment on the ingest queue's length, with the broker's own scaler.
+    scaled = objs[("ScaledObject", "acr-ingest-worker")]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "acr-ingest-worker"
+    assert scaled["minReplicaCount"] >= 1  # a worker also consumes the poll queue
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == OVERLAYS[overlay]
+    if overlay == "redis":
+        assert trigger["metadata"]["listName"] == "ingest"
+    else:
+        assert trigger["metadata"]["queueName"] == "ingest" and trigger["metadata"]["mode"] == "QueueLength"
+        auth = objs[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]
+        assert auth["secretTargetRef"] == [
+            {"parameter": "host", "name": "acr-ingest-env", "key": "ACR_INGEST_BROKER_URL"}
+        ]
+    from ingest.worker.app import create_app
+
+    assert "ingest" in {q.name for q in create_app(defaults).conf.task_queues}, "the queue KEDA watches"
