@@ -31,7 +31,7 @@ from ingest.jobs.errors import RetryLater
 from ingest.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter
+    from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("ingest.metrics")
 
@@ -48,6 +48,7 @@ class Instruments:
     api_rate_limited: Counter
     limiter_waits: Counter
     limiter_wait_seconds: Counter
+    last_poll: Gauge
 
 
 def multiprocess_dir() -> Path | None:
@@ -97,7 +98,7 @@ def _instruments() -> Instruments:
     settings = get_settings()
     if multiprocess_dir() is None and settings.metrics_dir is not None:
         prepare_multiprocess_dir(settings, empty=False)
-    from prometheus_client import Counter
+    from prometheus_client import Counter, Gauge
 
     return Instruments(
         jobs=Counter("acr_ingest_jobs", "Task runs by kind and outcome.", ["kind", "outcome"]),
@@ -111,6 +112,13 @@ def _instruments() -> Instruments:
         ),
         limiter_wait_seconds=Counter(
             "acr_ingest_limiter_wait_seconds", "Seconds of deferral the shared rate limit asked for."
+        ),
+        # A moment, not a count: "max" over the pool's files is the latest poll any process ran (a recycled
+        # pool child's file stays, so its last poll is not forgotten until the worker restarts).
+        last_poll=Gauge(
+            "acr_ingest_last_poll_timestamp_seconds",
+            "Unix time at which this worker last ran the periodic state poll (any outcome).",
+            multiprocess_mode="max",
         ),
     )
 
@@ -154,6 +162,11 @@ def retry_why(wait: RetryLater) -> str:
     if wait.held:
         return "held"
     return "error" if wait.counts else "wait"
+
+
+def poll_ran() -> None:
+    """The periodic poll (sent by the beat) ran here now: the "no beat" alert watches this moment."""
+    instruments().last_poll.set(time.time())
 
 
 def count_job(kind: str, outcome: str, *, retry: RetryLater | None = None) -> None:

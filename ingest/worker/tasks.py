@@ -15,6 +15,7 @@ from ingest.jobs.uploads import handle_upload
 from ingest.worker.app import app
 from ingest.worker.base import IngestTask
 from ingest.worker.events import deliver_webhook as deliver_event
+from ingest.worker.metrics import poll_ran
 from ingest.worker.outbox import sweep
 
 
@@ -46,7 +47,10 @@ def move_batch(self: IngestTask, **kwargs: Any) -> dict[str, Any]:
 @app.task(bind=True, name="ingest.poll_states", acks_late=False)
 def poll_states(self: IngestTask) -> dict[str, Any]:
     # Periodic and idempotent: a lost run is simply the next cycle. Unsent and lost messages go out by name.
-    return poll_cycle(self.job_context(), publish_outbox=lambda: sweep(self.app))
+    try:
+        return poll_cycle(self.job_context(), publish_outbox=lambda: sweep(self.app))
+    finally:
+        poll_ran()  # acr_ingest_last_poll_timestamp_seconds, whatever the cycle did: the beat is alive
 
 
 @app.task(bind=True, name="ingest.deliver_webhook", max_retries=None)
