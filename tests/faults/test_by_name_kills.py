@@ -53,6 +53,7 @@ def _owners_uploading(bucket: int) -> set[int]:
     }
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("run", range(RUNS))
 @pytest.mark.parametrize("fault_broker", BROKERS, indirect=True)
 def test_jobs_sent_by_name_survive_repeated_sigkills(
@@ -131,14 +132,18 @@ def test_jobs_sent_by_name_survive_repeated_sigkills(
     assert not errors and len(task_ids) == len(messages)
     assert sent_after_first_kill >= len(messages) // 2, "most messages must be sent during the kills"
 
+    # A delete that overtook its upload (held by a worker just killed) cancels it: no file either way.
+    gone = (FileStatus.DELETED, FileStatus.CANCELLED)
+
     def settled() -> bool:
         rows = files_in(bucket)
-        want = {ref: FileStatus.DELETED if ref in deleted else FileStatus.READY for ref in refs}
-        return len(rows) == UPLOADS and all(r.status == want[r.ref] for r in rows)
+        return len(rows) == UPLOADS and all(
+            r.status in gone if r.ref in deleted else r.status == FileStatus.READY for r in rows
+        )
 
     wait_for(
         settled,
-        timeout=420,
+        timeout=400,
         interval=1,
         what=lambda: f"every by-name job settled ({Counter(r.status for r in files_in(bucket))})",
     )
