@@ -51,7 +51,12 @@ SETTINGS = {
     "log_format": ({"ACR_INGEST_LOG_FORMAT": "xml"}, "ACR_INGEST_LOG_FORMAT"),
     "rate_limit": ({"ACR_INGEST_RATE_LIMIT": "-1"}, "ACR_INGEST_RATE_LIMIT"),
     "visibility_timeout": (
-        {"ACR_INGEST_VISIBILITY_TIMEOUT": "100", "ACR_INGEST_BACKOFF_MAX": "300"},
+        # Where it matters: kombu's Redis transport (rediss://); our reliable fetch (redis://) sets no bound.
+        {
+            "ACR_INGEST_BROKER_URL": "rediss://127.0.0.1:1/0",
+            "ACR_INGEST_VISIBILITY_TIMEOUT": "100",
+            "ACR_INGEST_BACKOFF_MAX": "300",
+        },
         "ACR_INGEST_VISIBILITY_TIMEOUT",
     ),
     "webhook_without_secret": ({"ACR_INGEST_WEBHOOK_URL": "https://hooks.example.com/x"}, "ACR_INGEST_WEBHOOK_SECRET"),
