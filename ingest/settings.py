@@ -5,6 +5,10 @@ See ``.env.example`` for every variable with its default.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -106,7 +110,8 @@ class Settings(BaseSettings):
     # --- Storage and polling ----------------------------------------------------------------------
     database_url: str = "sqlite:///acr-ingest.db"
     media_root: Path = Path(".")
-    poll_interval: float = 30.0
+    # Seconds between state polls the beat sends; at least half a second (0 polled thousands of times a second).
+    poll_interval: float = Field(default=30.0, ge=0.5, le=3600, allow_inf_nan=False)
 
     # --- Input limits ------------------------------------------------------------------------------
     max_title_length: int = 255
@@ -250,3 +255,29 @@ def get_settings() -> Settings:
 def reset_settings() -> None:
     """Forget the cached settings (tests and the demo change the environment)."""
     get_settings.cache_clear()
+
+
+PREFIX = "ACR_INGEST_"
+# ACR_INGEST_ variables that are not settings: the CLI's --debug, and the tests' and benchmarks' own.
+NOT_SETTINGS = {"ACR_INGEST_DEBUG", "ACR_INGEST_NESTED_RUN"}
+NOT_SETTINGS_PREFIXES = ("ACR_INGEST_TEST_", "ACR_INGEST_BENCH_", "ACR_INGEST_DEPLOY_TEST_")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> list[str]:
+    """One warning per ``ACR_INGEST_`` variable (in the environment or the .env file) that is no setting,
+    naming the closest one: a misspelt variable is otherwise ignored and its setting keeps its default."""
+    names = {PREFIX + name.upper() for name in Settings.model_fields}
+    given = dict.fromkeys(k.upper() for k in (os.environ if environ is None else environ))
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # the settings say what is wrong with the file
+            given.update(dict.fromkeys(k.upper() for k in dotenv_values(env_file)))
+    lines = []
+    for key in given:
+        if not key.startswith(PREFIX) or key in names or key in NOT_SETTINGS or key.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else " (`acr-ingest config` lists the settings)"
+        lines.append(f"warning: {key} is not an acr-ingest setting and is ignored{hint}")
+    return lines

@@ -129,3 +129,38 @@ def test_a_broker_failing_midway_loses_nothing_and_a_rerun_sends_the_rest(produc
     wait_for(lambda: _all_ready(emulator, bucket, 6), timeout=40, what="the resent uploads ready")
     assert sorted(f["audio_id"] for f in emulator.files(bucket)) == [f"B-{i}" for i in range(6)]
     assert file_row(bucket, "B-0").remote_id is not None
+
+
+def test_dry_run_real_run_and_status_count_every_row_once_and_agree(emulator, bucket, tmp_path) -> None:
+    """A ref given twice (once with another URL) and a ref held for another source: the dry run, the import and
+    --status refuse the same rows, and each count adds up to the file's rows (they said 1991/9, 1990/10
+    and 9 refused for a ref given twice)."""
+    held = _import(str(_catalog(tmp_path / "held.csv", bucket, {"HELD": "Held"}, bad=False)))
+    assert held.exit_code == 0, held.output
+    titles = {f"D-{i}": f"Track {i}" for i in range(20)}
+    cat = _catalog(tmp_path / "agree.csv", bucket, titles)  # 20 good rows and a bad one
+    with cat.open("a", newline="") as f:
+        csv.writer(f).writerows(
+            [
+                ["D-3", "Track 3", "https://cdn.example.com/other/D-3.mp3", bucket, ""],  # D-3 again
+                ["HELD", "Held", "https://cdn.example.com/other/HELD.mp3", bucket, ""],  # another source
+            ]
+        )
+
+    def counts(args: list[str], report: Path) -> dict[str, int]:
+        result = _import(str(cat), *args, "--report", str(report))
+        assert result.exit_code == 2, result.output
+        rows = _report(report)
+        assert [int(r["row"]) for r in rows] == list(range(1, 24))  # every row, once, in order
+        return {o: sum(r["outcome"] == o for r in rows) for o in {r["outcome"] for r in rows}}
+
+    dry = counts(["--dry-run"], tmp_path / "dry.csv")
+    assert dry == {"queued": 20, "refused": 3}
+    real = counts([], tmp_path / "real.csv")
+    assert real == dry
+    refused = {r["ref"]: r["error"] for r in _report(tmp_path / "real.csv") if r["outcome"] == "refused"}
+    assert refused["D-3"] == "ref: already given in row 4; keep one row per ref" and "HELD" in refused
+    status = _import(str(cat), "--status")
+    assert status.exit_code == 0
+    summary = status.output.strip().splitlines()[-1]
+    assert summary.startswith("23 rows: ") and "refused 3" in summary, summary

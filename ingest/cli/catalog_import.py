@@ -8,10 +8,13 @@ row was refused, 2 when some were (the good rows are enqueued all the same), 1 w
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from typing import Any, TextIO
 import click
 
 from ingest.jobs.bulk_uploads import Item, Outcome, Refused, RowOutcome
-from ingest.jobs.catalog_input import format_of, read_catalog
+from ingest.jobs.catalog_input import CatalogCheck, check_catalog, format_of, read_catalog
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 
@@ -38,12 +41,28 @@ def open_input(name: str) -> Iterator[TextIO]:
         yield f
 
 
-def check_text(name: str) -> int | None:
-    """Rows in the file (for the ETA), counted without parsing; None for standard input. Refuses (``InputError``)
-    a file that is not UTF-8 text before any row is acted on: read as it comes, a Latin-1 byte would stop the
-    import midway with its earlier rows enqueued."""
-    if name == "-":
-        return None
+@contextmanager
+def checked_input(name: str, fmt: str) -> Iterator[tuple[str, CatalogCheck]]:
+    """The file to read (standard input spooled to a temporary file first) once it has been read through and
+    found whole: ``InputError`` refuses it before any row is acted on (not UTF-8, no header, a quote never
+    closed...: ``catalog_input.read_rows``). Yields the name to open and what the check found."""
+    with contextlib.ExitStack() as stack:
+        path = name
+        if name == "-":
+            spooled = stack.enter_context(tempfile.NamedTemporaryFile(prefix="acr-ingest-stdin-", suffix=f".{fmt}"))
+            shutil.copyfileobj(sys.stdin.buffer, spooled)
+            spooled.flush()
+            path = spooled.name
+        check_text(path, "standard input" if name == "-" else name)
+        with open_input(path) as stream:
+            check = check_catalog(stream, fmt)
+        yield path, check
+
+
+def check_text(name: str, shown: str | None = None) -> int:
+    """Lines in the file that are not blank, counted without parsing. Refuses (``InputError``) a file that
+    is not UTF-8 text before any row is acted on: read as it comes, a Latin-1 byte would stop the import
+    midway with its earlier rows enqueued."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     lines = 0
     with open(name, "rb") as f:
@@ -53,7 +72,7 @@ def check_text(name: str) -> int | None:
             except UnicodeDecodeError as exc:
                 raise InputError(
                     {
-                        "file": f"{name} is not UTF-8 text (byte 0x{line[exc.start]:02x} on line {number}, "
+                        "file": f"{shown or name} is not UTF-8 text (byte 0x{line[exc.start]:02x} on line {number}, "
                         "perhaps Latin-1 or Windows-1252): save it as UTF-8 and run again"
                     }
                 ) from None
@@ -139,24 +158,39 @@ def _default_report(name: str) -> Path:
 
 
 def _show_status(name: str, fmt: str, bucket_id: int | None) -> None:
+    """Each row counted once: by the status of its ref, or ``refused`` for a row the import refuses (bad
+    input, a ref given again, a ref held for another source), so the counts add up to the import's."""
+    from ingest.jobs.bulk_uploads import existing_rows
+    from ingest.jobs.managed_files import plan_upload
     from ingest.store.db import session_scope
-    from ingest.store.ref_status import status_counts
+    from ingest.store.ref_status import NOT_IMPORTED
 
     settings = get_settings()
-    refused = 0
+    counts: Counter[str] = Counter()
 
-    def keys(items: Iterator[Item]) -> Iterator[tuple[int, str]]:
-        nonlocal refused
-        for item in items:
-            if isinstance(item, Refused):
-                refused += 1
-            else:
-                yield item.bucket_id, item.ref
+    def count(batch: list[Item]) -> None:
+        jobs = [item for item in batch if not isinstance(item, Refused)]
+        with session_scope() as s:
+            held = existing_rows(s, jobs)
+        counts["refused"] += len(batch) - len(jobs)
+        for job in jobs:
+            row = held.get((job.bucket_id, job.ref))
+            try:
+                plan_upload(row, job)
+            except InputError:
+                counts["refused"] += 1
+                continue
+            counts[NOT_IMPORTED if row is None else str(row.status)] += 1
 
-    with open_input(name) as stream, session_scope() as s:
-        counts = status_counts(s, keys(read_catalog(stream, fmt, settings, bucket_id)))
-    if refused:
-        counts["refused (bad row)"] = refused
+    batch: list[Item] = []
+    with open_input(name) as stream:
+        for item in read_catalog(stream, fmt, settings, bucket_id):
+            batch.append(item)
+            if len(batch) >= 1000:
+                count(batch)
+                batch = []
+    count(batch)
+    counts = +counts
     total = sum(counts.values())
     click.echo(f"{total} rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
 
@@ -188,35 +222,38 @@ def import_catalog(
     from ingest.producer import Producer
 
     fmt = format_of(source, fmt)
-    lines = check_text(source)  # before the report is created: a missing or unreadable file leaves nothing behind
-    if status_only:
-        _show_status(source, fmt, bucket_id)
-        return
-    settings = get_settings()
-    report = ReportWriter(report_path or _default_report(source))
-    progress = Progress(None if lines is None else max(lines - 1, 0) if fmt == "csv" else lines)
-    counts: Counter[str] = Counter()
-    started = time.monotonic()
-    failed: EnqueueError | None = None
-    try:
-        with open_input(source) as stream:
-            outcomes = Producer(settings=settings).upload_many(
-                read_catalog(stream, fmt, settings, bucket_id), batch_size=batch_size, dry_run=dry_run
-            )
-            pending = 0
-            for o in outcomes:
-                report.write(o)
-                counts[o.outcome.value] += 1
-                pending += 1
-                if pending >= 500:
-                    progress.advance(pending, counts)
-                    pending = 0
-            progress.advance(pending, counts)
-    except EnqueueError as exc:
-        failed = exc
-    finally:
-        progress.stop()
-        report.close()
+    # Read through before the report is created: a missing, unreadable or broken file leaves nothing behind.
+    with checked_input(source, fmt) as (path, check):
+        if note := check.note():
+            click.echo(note, err=True)
+        if status_only:
+            _show_status(path, fmt, bucket_id)
+            return
+        settings = get_settings()
+        report = ReportWriter(report_path or _default_report(source))
+        progress = Progress(check.rows)
+        counts: Counter[str] = Counter()
+        started = time.monotonic()
+        failed: EnqueueError | None = None
+        try:
+            with open_input(path) as stream:
+                outcomes = Producer(settings=settings).upload_many(
+                    read_catalog(stream, fmt, settings, bucket_id), batch_size=batch_size, dry_run=dry_run
+                )
+                pending = 0
+                for o in outcomes:
+                    report.write(o)
+                    counts[o.outcome.value] += 1
+                    pending += 1
+                    if pending >= 500:
+                        progress.advance(pending, counts)
+                        pending = 0
+                progress.advance(pending, counts)
+        except EnqueueError as exc:
+            failed = exc
+        finally:
+            progress.stop()
+            report.close()
     seconds = time.monotonic() - started
     rows = sum(counts.values())
     verb = "planned (dry run)" if dry_run else "imported"

@@ -68,7 +68,7 @@ def sync(manifest: str, bucket_id: int | None, fmt: str | None, prune: bool, app
     """Plan (and with --apply enqueue) the uploads, updates, moves and, with --prune, deletes that make
     the bucket hold exactly MANIFEST (.jsonl, .csv, or - for standard input). Exits 2 if a row was refused;
     then --apply enqueues nothing (a refused row may name a ref that --prune would delete)."""
-    from ingest.cli.catalog_import import check_text, open_input
+    from ingest.cli.catalog_import import checked_input, open_input
     from ingest.jobs.catalog_input import format_of, read_catalog
     from ingest.jobs.catalog_sync import plan_sync
     from ingest.store.db import session_scope
@@ -77,9 +77,12 @@ def sync(manifest: str, bucket_id: int | None, fmt: str | None, prune: bool, app
     bucket = bucket_id or settings.default_bucket
     if bucket is None:
         raise click.UsageError("give --bucket (or set ACR_INGEST_DEFAULT_BUCKET)")
-    check_text(manifest)
-    with open_input(manifest) as stream, session_scope() as s:
-        plan = plan_sync(s, read_catalog(stream, format_of(manifest, fmt), settings, bucket), bucket, prune=prune)
+    fmt = format_of(manifest, fmt)
+    with checked_input(manifest, fmt) as (path, check):  # a file that would lose rows is refused whole
+        if note := check.note():
+            click.echo(note, err=True)
+        with open_input(path) as stream, session_scope() as s:
+            plan = plan_sync(s, read_catalog(stream, fmt, settings, bucket), bucket, prune=prune)
     out: dict[str, Any] = plan.as_dict()
     # A refused row may name a ref the bucket holds: applied, the plan would prune (or leave stale) a file the
     # manifest meant to keep. A plan with refused rows is shown, never applied.

@@ -87,6 +87,10 @@ class IngestGroup(click.Group):
 @click.option("--debug", is_flag=True, help="Show the traceback of a failure (also ACR_INGEST_DEBUG=1).")
 def main(debug: bool) -> None:
     """Keep ACRCloud buckets in step with your catalog. Settings: ACR_INGEST_* variables (see .env.example)."""
+    from ingest.settings import unknown_variables
+
+    for line in unknown_variables():
+        click.echo(line, err=True)
 
 
 # --- producer commands ----------------------------------------------------------------------------

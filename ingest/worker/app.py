@@ -102,3 +102,18 @@ def _refuse_a_schema_not_at_head(**_: Any) -> None:
     from ingest.worker.startup import require_schema
 
     require_schema()
+
+
+@worker_init.connect
+def _refuse_a_worker_without_a_token(**_: Any) -> None:
+    from ingest.worker.startup import require_token
+
+    require_token()
+
+
+@beat_init.connect
+def _refuse_a_second_beat(**_: Any) -> None:
+    # After the schema check (connected first): the lease lives in the tables.
+    from ingest.worker.startup import BeatLease
+
+    BeatLease(get_settings()).take()

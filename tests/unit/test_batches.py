@@ -142,3 +142,54 @@ def test_a_delete_retried_after_its_ref_was_uploaded_again_leaves_the_new_file(m
     assert out["status"] == OpStatus.PARTIAL
     assert op_of(stale).result["outcomes"] == {"ref:again": "reuploaded_since"}
     assert [f["title"] for f in emulator.files(bucket)] == ["New"]
+
+
+STRICT = pytest.mark.parametrize("profile", ["batch-404-any"], indirect=True)
+
+
+@STRICT
+@pytest.mark.parametrize("kind", ["delete_batch", "move_batch"])
+def test_a_batch_of_missing_ids_spends_a_bounded_number_of_calls_per_run(
+    kind: str, api, bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids the API does not have, on an API that 404s a list if any id is missing: each was ~2 GETs (a
+    10,000-id delete made 19,900 in one task, a move 39,800). A run now stops past CALLS_PER_RUN calls,
+    its progress saved, and the next delivery goes on; every id still ends not_found."""
+    from ingest.jobs import batches
+
+    monkeypatch.setattr(batches, "CALLS_PER_RUN", 150)
+    ids = [UNKNOWN_ID - i for i in range(400)]
+    args = {"bucket_id": bucket, "ids": ids, **({"target_bucket_id": bucket + 1} if kind == "move_batch" else {})}
+    ctx = api.ctx(ids_chunk_size=50)
+    per_chunk = 4 * 50 if kind == "move_batch" else 2 * 50  # the worst one chunk can cost
+    runs: list[int] = []
+    while True:
+        before = api.emu.stats()["requests"]
+        try:
+            out = run(kind, args, ctx)
+        except RetryLater as wait:
+            assert wait.countdown == 0 and "name(s) left for the next" in wait.reason
+            out = None
+        runs.append(api.emu.stats()["requests"] - before)
+        if out is not None:
+            break
+        assert len(runs) < 40
+    assert max(runs) <= 150 + per_chunk, runs
+    assert len(runs) > 1  # it did go on in later runs
+    assert out["status"] == OpStatus.PARTIAL
+    assert set(out["result"]["outcomes"].values()) == {"not_found"} and len(out["result"]["outcomes"]) == 400
+    # Each id asked about at most twice in all (2n - 1 GETs for n missing ids; a move asks both buckets).
+    assert sum(runs) <= (2 if kind == "delete_batch" else 4) * 400
+
+
+@STRICT
+def test_bisection_does_not_ask_for_a_half_it_knows_is_missing_something(api, bucket, make_ctx) -> None:
+    from ingest.jobs.presence import files_present
+
+    ctx = api.ctx()
+    run("upload_url", url_args(bucket, "p0"), ctx)
+    held = file_row(bucket, "p0").remote_id
+    before = api.emu.stats()["requests"]
+    # [held, missing]: the list 404s, [held] answers, so [missing] is known missing without a GET.
+    assert [f.id for f in files_present(ctx.client, bucket, [held, UNKNOWN_ID])] == [held]
+    assert api.emu.stats()["requests"] - before == 2

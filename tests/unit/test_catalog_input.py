@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from ingest.cli.commands import main
 from ingest.jobs.bulk_uploads import Refused, batches
-from ingest.jobs.catalog_input import read_catalog
+from ingest.jobs.catalog_input import check_catalog, read_catalog
+from ingest.jobs.errors import InputError
 from ingest.jobs.inputs import UploadFileJob, UploadUrlJob
 from ingest.settings import get_settings
 
@@ -67,3 +73,102 @@ def test_a_url_with_any_unicode_space_is_refused_as_before() -> None:
         rows = io.StringIO(json.dumps(row) + "\n")
         (item,) = read_catalog(rows, "jsonl", get_settings())
         assert isinstance(item, Refused) and "no spaces" in item.error.errors["url"], space
+
+
+# --- files that would lose rows: refused whole, before any row is acted on ---------------------------------
+
+BROKEN_FILES = {
+    "no_header": (
+        "A-1,One,https://cdn.example.com/1.mp3,5\nA-2,Two,https://cdn.example.com/2.mp3,5\n",
+        "header: the first line 'A-1,One,https://cdn.example.com/1.mp3,5' names none of the columns",
+    ),
+    "semicolons": ("ref;title;url\nA-1;One;https://cdn.example.com/1.mp3\n", "separated by semicolons"),
+    "tabs": ("ref\ttitle\turl\nA-1\tOne\thttps://cdn.example.com/1.mp3\n", "separated by tabs"),
+    "unclosed_quote": (
+        'ref,title,url\nA-1,"One,https://cdn.example.com/1.mp3\nA-2,Two,https://cdn.example.com/2.mp3\n',
+        "file: line 2: a quote opened on this line is never closed",
+    ),
+    "quote_closed_lines_later": (
+        'ref,title,url\nA-1,"One,https://c.example.com/1.mp3\nA-2,Two,https://c.example.com/2.mp3\nA-3",x,y\n',
+        "file: line 2: a quoted value runs on to line 4",
+    ),
+    "text_after_a_closing_quote": ('ref,title,url\nA-1,"One"x,https://c.example.com/1.mp3\n', "file: line 2: "),
+    "duplicate_column": (
+        "ref,title,url,title\nA-1,One,https://cdn.example.com/1.mp3,Uno\n",
+        "header: column 'title' is named twice (columns 2 and 4); keep one",
+    ),
+    "misspelt_column": (
+        "ref,tittle,url\nA-1,One,https://cdn.example.com/1.mp3\n",
+        "header: 'tittle' is not a column; did you mean 'title'?",
+    ),
+    "capitalised_column": ("Ref,Title,URL\nA-1,One,https://cdn.example.com/1.mp3\n", "did you mean 'ref'?"),
+    "unnamed_column": ("ref,title,url,\nA-1,One,https://cdn.example.com/1.mp3,x\n", "header: column 4 has no name"),
+    "no_url_or_path": ("ref,title,artist\nA-1,One,Someone\n", "header: no url or path column"),
+    "empty": ("", "file: is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_FILES))
+def test_a_csv_that_would_lose_rows_is_refused_whole(case: str) -> None:
+    text, answer = BROKEN_FILES[case]
+    with pytest.raises(InputError) as raised:
+        check_catalog(io.StringIO(text), "csv")
+    assert answer in str(raised.value), str(raised.value)
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_FILES))
+def test_import_dry_run_status_and_sync_refuse_it_in_one_line_and_write_nothing(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text, answer = BROKEN_FILES[case]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cat.csv").write_text(text, newline="")
+    for args in (
+        ["import", "cat.csv", "--bucket", "1"],
+        ["import", "cat.csv", "--bucket", "1", "--dry-run"],
+        ["import", "cat.csv", "--bucket", "1", "--status"],
+        ["import", "-", "--format", "csv", "--bucket", "1"],
+        ["sync", "cat.csv", "--bucket", "1", "--prune", "--apply"],
+    ):
+        result = CliRunner().invoke(main, args, input=text)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and lines == [f"error: {lines[0][7:]}"] and answer in lines[0], (args, lines)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.csv"], args  # no report left behind
+
+
+def test_rows_that_keep_to_the_header_are_read_and_the_rest_refused_each_once() -> None:
+    text = (
+        "ref,title,url,bucket,label\n"
+        "A-1,One,https://cdn.example.com/1.mp3,5,L1\n"
+        "\n"  # a blank line is not a row
+        "A-2,Two, Part 2,https://cdn.example.com/2.mp3,5,L2\n"  # an unquoted comma: one value too many
+        '"A-3","Three, quoted",https://cdn.example.com/3.mp3,5\n'  # a trailing value left out: fine
+        "A-1,One again,https://cdn.example.com/1.mp3,5,L1\n"  # the same ref again
+        ",No ref,https://cdn.example.com/3.mp3,5\n"
+        ",No ref again,https://cdn.example.com/3.mp3,5\n"  # the same source without a ref
+    )
+    assert check_catalog(io.StringIO(text), "csv").rows == 6
+    assert check_catalog(io.StringIO(text), "csv").note() == "note: column label become user_defined keys of their rows"
+    items = list(read_catalog(io.StringIO(text), "csv", get_settings()))
+    assert len(items) == 6
+    assert isinstance(items[0], UploadUrlJob) and items[0].user_defined == {"label": "L1"}
+    assert isinstance(items[1], Refused) and "has 6 values, the header 5 columns" in items[1].error.errors["row"]
+    assert isinstance(items[2], UploadUrlJob) and items[2].title == "Three, quoted"
+    assert isinstance(items[3], Refused) and items[3].error.errors == {
+        "ref": "already given in row 1; keep one row per ref"
+    }
+    assert isinstance(items[4], UploadUrlJob)
+    assert isinstance(items[5], Refused) and "the same as row 5" in items[5].error.errors["url"]
+
+
+def test_jsonl_keys_named_twice_or_misspelt_refuse_the_row() -> None:
+    text = (
+        '{"ref": "J-1", "title": "One", "title": "Uno", "url": "https://c.example.com/1.mp3", "bucket": 1}\n'
+        '{"ref": "J-2", "tittle": "Two", "url": "https://c.example.com/2.mp3", "bucket": 1}\n'
+        '{"ref": "J-3", "title": "Three", "url": "https://c.example.com/3.mp3", "bucket": 1, "label": "L"}\n'
+    )
+    first, second, third = read_catalog(io.StringIO(text), "jsonl", get_settings())
+    assert isinstance(first, Refused) and first.error.errors == {"row": "names the key 'title' twice; keep one"}
+    assert isinstance(second, Refused) and "did you mean 'title'?" in second.error.errors["tittle"]
+    assert second.ref == "J-2"
+    assert isinstance(third, UploadUrlJob) and third.user_defined == {"label": "L"}

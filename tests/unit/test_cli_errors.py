@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ingest.cli.commands import main
-from ingest.settings import reset_settings
+from ingest.settings import reset_settings, unknown_variables
 from tests.conftest import MEDIA
 
 CATALOG = "ref,title,url\nE-1,One,https://cdn.example.com/e1.mp3\n"
@@ -51,9 +51,9 @@ SETTINGS = {
     "log_format": ({"ACR_INGEST_LOG_FORMAT": "xml"}, "ACR_INGEST_LOG_FORMAT"),
     "rate_limit": ({"ACR_INGEST_RATE_LIMIT": "-1"}, "ACR_INGEST_RATE_LIMIT"),
     "visibility_timeout": (
-        # Where the timeout still bounds countdowns: kombu's own transport (rediss://).
+        # Where it matters: kombu's Redis transport (rediss://); our reliable fetch (redis://) sets no bound.
         {
-            "ACR_INGEST_BROKER_URL": "rediss://127.0.0.1:6380/0",
+            "ACR_INGEST_BROKER_URL": "rediss://127.0.0.1:1/0",
             "ACR_INGEST_VISIBILITY_TIMEOUT": "100",
             "ACR_INGEST_BACKOFF_MAX": "300",
         },
@@ -66,6 +66,10 @@ SETTINGS = {
     ),
     "fixed_without_rate": ({"ACR_INGEST_RATE_LIMIT_MODE": "fixed"}, "ACR_INGEST_RATE_LIMIT"),
     "metrics_port": ({"ACR_INGEST_METRICS_PORT": "99999"}, "ACR_INGEST_METRICS_PORT"),
+    # 0 sent 8,278 polls in 20 s.
+    "poll_interval_zero": ({"ACR_INGEST_POLL_INTERVAL": "0"}, "ACR_INGEST_POLL_INTERVAL=0: Input should be greater"),
+    "poll_interval_tiny": ({"ACR_INGEST_POLL_INTERVAL": "0.001"}, "ACR_INGEST_POLL_INTERVAL=0.001"),
+    "poll_interval_nan": ({"ACR_INGEST_POLL_INTERVAL": "nan"}, "ACR_INGEST_POLL_INTERVAL=nan"),
 }
 DATABASES = {
     "unmigrated": ("sqlite:///{tmp}/fresh.db", 2, "acr-ingest db upgrade"),
@@ -155,3 +159,36 @@ def test_import_of_a_missing_or_latin1_file_leaves_no_report(env: pytest.MonkeyP
         line = _one_line(result, args)
         assert result.exit_code == 2 and "latin.csv is not UTF-8 text (byte 0xe9 on line 2" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.csv", "latin.csv"]  # no report left behind
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_was_meant_to_be(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env.setenv("ACR_INGEST_POLL_INTERVL", "5")
+    env.setenv("ACR_INGEST_TEST_SOMETHING", "1")  # the tests' own, and --debug's: not settings, not warned of
+    env.setenv("ACR_INGEST_DEBUG", "0")
+    (tmp_path / ".env").write_text("ACR_INGEST_ACESS_TOKEN=abc\nACR_INGEST_REGION=global\nACR_INGEST_ZZZ=1\n")
+    reset_settings()
+    assert unknown_variables() == [
+        "warning: ACR_INGEST_POLL_INTERVL is not an acr-ingest setting and is ignored; did you mean "
+        "ACR_INGEST_POLL_INTERVAL?",
+        "warning: ACR_INGEST_ACESS_TOKEN is not an acr-ingest setting and is ignored; did you mean "
+        "ACR_INGEST_ACCESS_TOKEN?",
+        "warning: ACR_INGEST_ZZZ is not an acr-ingest setting and is ignored (`acr-ingest config` lists the settings)",
+    ]
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "ACR_INGEST_POLL_INTERVL is not an acr-ingest setting" in result.output
+    assert "did you mean ACR_INGEST_ACCESS_TOKEN?" in result.output
+
+
+def test_every_variable_the_project_documents_is_a_setting_or_known() -> None:
+    """``.env.example`` names every setting: none of its names may be warned of."""
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    names = {
+        line.lstrip("# ").split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if line.lstrip("# ").startswith("ACR_INGEST_") and "=" in line
+    }
+    assert len(names) > 20
+    assert unknown_variables(dict.fromkeys(names, "x"), env_file=None) == []
