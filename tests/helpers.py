@@ -85,3 +85,13 @@ def vendor_examples() -> dict[str, dict[str, Any]]:
         else:
             examples["update"] = ex
     return examples
+
+
+def held_in_progress(broker_url: str, queue: str = "*") -> int:
+    """Messages in Redis consumers' in-progress lists (ingest/worker/redis_transport.py), of one queue or all."""
+    import redis
+
+    from ingest.worker.redis_transport import INPROGRESS_PREFIX
+
+    client = redis.Redis.from_url(broker_url)
+    return sum(int(client.llen(k)) for k in client.scan_iter(f"{INPROGRESS_PREFIX}*:{queue}"))

@@ -21,9 +21,9 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from ingest.worker import redis_transport
-from ingest.worker.redis_transport import CONSUMERS, HEARTBEATS, INPROGRESS_PREFIX, Transport
+from ingest.worker.redis_transport import CONSUMERS, HEARTBEATS, Transport
 from tests.conftest import REDIS_URL
-from tests.helpers import wait_for
+from tests.helpers import held_in_progress, wait_for
 
 URL = REDIS_URL.rsplit("/", 1)[0] + "/9"  # a database of the run's private Redis no worker consumes
 OPTIONS = {"heartbeat_timeout": 2, "heartbeat_interval": 0.2}
@@ -54,18 +54,14 @@ def _publish(conn: Connection, queue: Queue, n: int) -> None:
         producer.publish({"n": i}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
 
 
-def _inprogress(r: redis.Redis) -> int:
-    return sum(r.llen(k) for k in r.scan_iter(f"{INPROGRESS_PREFIX}*"))
-
-
 def test_a_taken_message_sits_in_the_consumers_in_progress_list_until_acked(r, conn, queue) -> None:
     _publish(conn, queue, 2)
     channel = conn.channel()
     message = queue(channel).get(no_ack=False)
     assert message.payload == {"n": 0}
-    assert (r.llen(queue.name), _inprogress(r)) == (1, 1)  # never in no list, never in two
+    assert (r.llen(queue.name), held_in_progress(URL)) == (1, 1)  # never in no list, never in two
     message.ack()
-    assert (r.llen(queue.name), _inprogress(r)) == (1, 0)
+    assert (r.llen(queue.name), held_in_progress(URL)) == (1, 0)
     channel.close()
 
 
@@ -76,11 +72,11 @@ def test_consuming_takes_every_message_and_close_hands_the_unacked_back_at_once(
     consumer.consume()
     wait_for(lambda: conn.drain_events(timeout=1) or len(got) == 5, what="five delivered", timeout=15)
     assert sorted(m.payload["n"] for m in got) == list(range(5))  # type: ignore[attr-defined]
-    assert (r.llen(queue.name), _inprogress(r)) == (0, 5)
+    assert (r.llen(queue.name), held_in_progress(URL)) == (0, 5)
     for m in got[:2]:
         m.ack()  # type: ignore[attr-defined]
     conn.release()  # what a warm shutdown does with what it still holds
-    assert (r.llen(queue.name), _inprogress(r)) == (3, 0)
+    assert (r.llen(queue.name), held_in_progress(URL)) == (3, 0)
     assert not r.exists(HEARTBEATS) and not r.exists(CONSUMERS)  # the consumer forgotten, not left to expire
 
 
@@ -119,7 +115,7 @@ time.sleep(600)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held 3"
-        assert (r.llen(queue.name), _inprogress(r)) == (0, 3)
+        assert (r.llen(queue.name), held_in_progress(URL)) == (0, 3)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -132,7 +128,7 @@ time.sleep(600)
     waited = time.monotonic() - killed_at
     # Its silence (2 s) plus the judge's own first full timeout in touch with Redis (2 s), plus beats.
     assert waited < 8, waited
-    assert _inprogress(r) == 0
+    assert held_in_progress(URL) == 0
     channel.close()
 
 
@@ -145,10 +141,10 @@ def test_live_consumers_do_not_take_each_others_messages(r, conn, queue) -> None
     second._pairs([queue.name])  # type: ignore[attr-defined]
     deadline = time.monotonic() + 3 * OPTIONS["heartbeat_timeout"]
     while time.monotonic() < deadline:  # three whole timeouts of both beating: nothing may move
-        assert (r.llen(queue.name), _inprogress(r)) == (1, 1)
+        assert (r.llen(queue.name), held_in_progress(URL)) == (1, 1)
         time.sleep(0.2)
     held.ack()
-    assert _inprogress(r) == 0
+    assert held_in_progress(URL) == 0
     first.close()
     second.close()
 
@@ -185,4 +181,4 @@ def test_an_envelope_that_is_not_a_kombu_message_is_set_aside_and_the_next_one_d
     with session_scope() as s:
         rows = s.exec(select(RejectedMessage).where(col(RejectedMessage.body).contains(marker))).all()
     assert len(rows) == 1 and "not a kombu message" in rows[0].reason
-    assert r.llen(queue.name) == 0 and _inprogress(r) == 1  # only the good one, held until acked
+    assert r.llen(queue.name) == 0 and held_in_progress(URL) == 1  # only the good one, held until acked

@@ -238,7 +238,7 @@ class Channel(kombu_redis.Channel):
         self.consumer_id = consumer_id()
         self._lists: dict[str, str] = {}  # queue key -> this consumer's in-progress list for it
         self._registered_keys: frozenset[str] = frozenset()
-        self._inflight: dict[Any, tuple[str, str, bytes]] = {}  # delivery tag -> (queue key, in-progress, raw)
+        self._inflight: dict[Any, tuple[str, bytes]] = {}  # delivery tag -> (queue key, the message as in Redis)
         self._heartbeat: Heartbeat | None = None
         self._released = False
         self._fetch_blocking: str | None = None  # the queue key of a BLMOVE in flight, None for the sweep
@@ -401,7 +401,7 @@ class Channel(kombu_redis.Channel):
         tag = properties.get("delivery_tag")
         if not isinstance(tag, str | int) or tag in self._inflight:
             tag = properties["delivery_tag"] = uuid.uuid4().hex
-        self._inflight[tag] = (source, self._lists[source], raw)
+        self._inflight[tag] = (source, raw)
         return payload
 
     def _set_aside(self, source: str, raw: bytes, reason: str) -> None:
@@ -426,18 +426,18 @@ class Channel(kombu_redis.Channel):
         held = self._inflight.pop(delivery_tag, None)
         if held is None:
             return
-        _, dst, raw = held
+        source, raw = held
         with self.conn_or_acquire() as client:
-            client.lrem(dst, -1, raw)
+            client.lrem(self._lists[source], -1, raw)
 
     def requeue(self, delivery_tag: Any, leftmost: bool = False) -> None:
         """Back onto its queue (the far end when ``leftmost``, as kombu's reject does), if this consumer holds it."""
         held = self._inflight.pop(delivery_tag, None)
         if held is None:
             return
-        source, dst, raw = held
+        source, raw = held
         with self.conn_or_acquire() as client:
-            client.eval(REQUEUE, 2, dst, source, raw, "left" if leftmost else "right")
+            client.eval(REQUEUE, 2, self._lists[source], source, raw, "left" if leftmost else "right")
 
     def _restore(self, message: Any, leftmost: bool = False) -> None:
         self.requeue(message.delivery_tag, leftmost=leftmost)

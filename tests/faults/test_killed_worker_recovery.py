@@ -12,9 +12,8 @@ import pytest
 import redis
 
 from ingest.store.models import FileStatus
-from ingest.worker.redis_transport import INPROGRESS_PREFIX
 from tests.faults.conftest import WorkerProcess, on_both_brokers
-from tests.helpers import file_row, wait_for
+from tests.helpers import file_row, held_in_progress, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("fault_beat")]
 
@@ -25,8 +24,7 @@ RETRY_AFTER = 8  # the held retry's countdown: 8-16 s (Retry-After plus jitter)
 
 def _held_in_redis(broker: str) -> int:
     """Job messages in workers' in-progress lists (of queue ``ingest``: the beat's polls come and go)."""
-    client = redis.Redis.from_url(broker)
-    return sum(int(client.llen(k)) for k in client.scan_iter(f"{INPROGRESS_PREFIX}*:ingest"))
+    return held_in_progress(broker, "ingest")
 
 
 def _countdown_held(emulator, fault_producer, bucket: int, ref: str) -> None:
