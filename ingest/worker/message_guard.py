@@ -13,8 +13,10 @@ Set as the app's ``worker_consumer`` (``ingest.worker.app``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +72,38 @@ def why_unrunnable(message: Any, our_tasks: set[str]) -> str | None:
     return None
 
 
+@functools.cache
+def _argument_types(task: Any) -> dict[str, type]:
+    """The plain classes a task's own parameters are annotated with (``event: dict[...]`` -> dict)."""
+    try:
+        hints = typing.get_type_hints(task.__wrapped__)
+    except Exception:  # an annotation that does not resolve: no type check, the arity check stays
+        return {}
+    out: dict[str, type] = {}
+    for name, hint in hints.items():
+        plain = typing.get_origin(hint) or hint
+        if name not in ("self", "return") and isinstance(plain, type):
+            out[name] = plain
+    return out
+
+
+def argument_fault(task: Any, kwargs: dict[str, Any]) -> str | None:
+    """Why ``kwargs`` cannot be passed to ``task`` (an unknown or missing argument, one of the wrong JSON type),
+    or None. Celery would call the task anyway and log its TypeError as a failure: the message would be gone.
+    Job tasks take ``**kwargs`` and check them in their validators (the operation records the refusal)."""
+    try:
+        task.__header__(**kwargs)  # Celery's own signature check, as apply_async runs it on the sending side
+    except TypeError as exc:
+        return f"the arguments do not fit {task.name}: {exc}; see docs/MESSAGES.md"
+    for name, expected in _argument_types(task).items():
+        if name in kwargs and not isinstance(kwargs[name], expected):
+            return (
+                f"argument {name!r} of {task.name} must be a JSON {'object' if expected is dict else expected.__name__}"
+                f", got {type(kwargs[name]).__name__}"
+            )
+    return None
+
+
 class GuardedConsumer(Consumer):
     """Celery's consumer with every task message checked first; what cannot run is recorded and acked."""
 
@@ -82,6 +116,8 @@ class GuardedConsumer(Consumer):
 
         def on_task_received(message: Any) -> Any:
             reason = why_unrunnable(message, our_tasks)
+            if reason is None:  # the body is decoded and cached by now
+                reason = argument_fault(self.app.tasks[message.headers["task"]], message.decode()[1])
             if reason is not None:
                 return self.set_aside(message, reason)
             try:
