@@ -130,10 +130,17 @@ _START = (
     .returning(col(Operation.id))
 )
 _OUTCOME_COLUMNS = ("status", "result", "error", "updated_at", "finished_at")
+# A final outcome ends a run that counted: ``attempts`` includes it (a success at the first try shows 1). Runs
+# that only waited (a 429, a hold, a parked follow-up, a batch going on in its next delivery) count nothing.
 _OUTCOME = {
     final: update(Operation)
     .where(col(Operation.id) == bindparam("b_op_id"))
-    .values({c: bindparam(f"v_{c}") for c in _OUTCOME_COLUMNS if final or c != "finished_at"})
+    .values(
+        {
+            **{c: bindparam(f"v_{c}") for c in _OUTCOME_COLUMNS if final or c != "finished_at"},
+            **({"attempts": col(Operation.attempts) + 1} if final else {}),
+        }
+    )
     for final in (True, False)
 }
 

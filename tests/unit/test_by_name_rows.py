@@ -54,6 +54,21 @@ def test_a_batch_sent_by_name_stores_what_was_validated(make_ctx, emulator, buck
         assert f"id:{row.remote_id} deleted" in out, out
 
 
+def test_a_failed_bad_input_batch_says_nothing_was_done_for_its_ids(make_ctx, emulator, bucket) -> None:
+    ref = f"CAT-16-{bucket}"
+    run_to_end("upload_url", url_args(bucket, ref), make_ctx())
+    row = file_row(bucket, ref)
+    assert row is not None and row.remote_id is not None
+    ctx = make_ctx()
+    out, _ = run_to_end("delete_batch", {"bucket_id": bucket, "ids": [row.remote_id, "x"]}, ctx)
+    assert out["status"] == OpStatus.FAILED and out["error"].startswith("bad input: ids[1]: ")
+    for how in ([ref], ["--op", str(op_of(ctx).id)]):
+        shown = _ok(_cli("show", *how))
+        line = next(line for line in shown.splitlines() if line.startswith(f"{op_of(ctx).id} "))
+        assert f"id:{row.remote_id} (not done: the batch failed)" in line and "pending" not in line, shown
+    assert file_row(bucket, ref).status != "deleted"
+
+
 BAD_ARGS = [
     {"ids": "1,2,{id}"},
     {"refs": "{ref}"},

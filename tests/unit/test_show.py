@@ -43,6 +43,7 @@ def test_show_tells_one_refs_whole_history(make_ctx, emulator, bucket) -> None:
     lines = _ops_lines(shown.output)
     assert [line.split()[1] for line in lines] == ["upload_url", "update_meta", "delete_batch"], shown.output
     assert [line.split()[3] for line in lines] == ["succeeded", "succeeded", "partial"]
+    assert [line.split()[4] for line in lines] == ["1", "1", "1"]  # the run that succeeded counts (it said 0)
     # The batch's outcome for this file, not for the other name it carried.
     assert f"id:{row.remote_id} deleted" in lines[2] and str(UNKNOWN_ID) not in lines[2].split("deleted")[0]
     assert "1 of 2 not done" in lines[2]
