@@ -4,6 +4,7 @@ the terminal."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from click.testing import CliRunner, Result
@@ -99,3 +100,26 @@ def test_control_and_bidi_characters_are_shown_escaped(make_ctx, emulator, bucke
         assert "line one\\nline two\\r\\u2028three" in out
     rows = _cli("files", "--bucket", str(bucket)).output.splitlines()
     assert len(rows) == 3  # header, rule, one line for the file: the multi-line reason stayed on it
+
+
+def test_a_listing_cut_at_its_limit_says_so(make_ctx, emulator, bucket) -> None:
+    for ref in ("cut-1", "cut-2", "cut-3"):
+        run("upload_url", url_args(bucket, ref), make_ctx())
+        run("delete_batch", {"bucket_id": bucket, "ids": [f"bad-{ref}"]}, make_ctx())  # failed: bad input
+
+    cut = _cli("files", "--bucket", str(bucket), "--limit", "2")
+    assert cut.output.splitlines()[-1] == "showing 2 of 3 files; --limit N or --all for more", cut.output
+    for whole in (_cli("files", "--bucket", str(bucket)), _cli("files", "--bucket", str(bucket), "--all")):
+        assert "showing" not in whole.output and len(whole.output.splitlines()) == 2 + 3, whole.output
+
+    failed = _cli("failures", "--bucket", str(bucket), "--limit", "2")
+    assert failed.output.splitlines()[-1] == "showing 2 of 3 failures; --limit N or --all for more", failed.output
+    assert "showing" not in _cli("failures", "--bucket", str(bucket), "--all").output
+
+    report = json.loads(_cli("status", "--json").output)
+    status = _cli("status").output
+    shown = len(report["recent_failures"])
+    if report["failures_total"] > shown:  # the other tests' failures share the database
+        assert f"recent failures ({shown} of {report['failures_total']}; `acr-ingest failures` lists them):" in status
+    else:
+        assert "recent failures:" in status
