@@ -29,6 +29,7 @@ from ingest.jobs.retry_policy import (
     outage_countdown,
     reason_of,
 )
+from ingest.redact import mask_in
 from ingest.settings import Settings, get_settings
 from ingest.store import auth_hold, circuit_breaker, gate_cache
 from ingest.store.db import session_scope
@@ -161,7 +162,8 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
             # read path sees the types it expects; a message that fails validation keeps what it sent.
             validated = _validate(kind, args, ctx)
             job, _ = validated
-            op = ensure_operation(s, kind, job_args(job) if job is not None else args, ctx.task_id)
+            # (A URL's password in a refused message is not kept: its row is read by show, failures, events.)
+            op = ensure_operation(s, kind, job_args(job) if job is not None else mask_in(args), ctx.task_id)
             if op.status in OpStatus.final():  # a redelivered message whose work is already recorded
                 return summary(op)
             assert op.id is not None

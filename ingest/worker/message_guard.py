@@ -20,8 +20,10 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from celery.utils.saferepr import saferepr
 from celery.worker.consumer import Consumer
 
+from ingest.redact import mask_url_credentials
 from ingest.store import rejected_messages
 
 log = logging.getLogger("ingest.worker.guard")
@@ -104,6 +106,16 @@ def argument_fault(task: Any, kwargs: dict[str, Any]) -> str | None:
     return None
 
 
+def mask_reprs(headers: dict[str, Any], args: Any, kwargs: Any) -> None:
+    """The message's ``argsrepr``/``kwargsrepr`` with URL passwords masked, in place, before Celery reads them:
+    its ``received`` and result log lines and the task-received event (Flower) show them. The sender's text is
+    kept (masked) when it sent one; else what Celery would show (its saferepr), masked."""
+    for key, value, size in (("argsrepr", args, 1024), ("kwargsrepr", kwargs, 1024)):
+        given = headers.get(key)
+        text = given if isinstance(given, str) else saferepr(value, size)
+        headers[key] = mask_url_credentials(text)
+
+
 class GuardedConsumer(Consumer):
     """Celery's consumer with every task message checked first; what cannot run is recorded and acked."""
 
@@ -117,7 +129,9 @@ class GuardedConsumer(Consumer):
         def on_task_received(message: Any) -> Any:
             reason = why_unrunnable(message, our_tasks)
             if reason is None:  # the body is decoded and cached by now
-                reason = argument_fault(self.app.tasks[message.headers["task"]], message.decode()[1])
+                args, kwargs, _ = message.decode()
+                reason = argument_fault(self.app.tasks[message.headers["task"]], kwargs)
+                mask_reprs(message.headers, args, kwargs)
             if reason is not None:
                 return self.set_aside(message, reason)
             try:
