@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from ingest.jobs.bulk_uploads import Item, Refused
 from ingest.jobs.errors import InputError
-from ingest.jobs.inputs import validate_upload_file, validate_upload_url
+from ingest.jobs.inputs import hidden_character, validate_upload_file, validate_upload_url
 from ingest.settings import Settings
 
 KNOWN = {"ref", "title", "url", "path", "bucket", "bucket_id", "data_type", "user_defined"}
@@ -82,6 +82,8 @@ def _header(names: list[str], line: str) -> list[str]:
     for number, name in enumerate(names, start=1):
         if not name:
             raise InputError({"header": f"column {number} has no name; name it, or remove the column"})
+        if hidden := hidden_character(name):  # it would pass for a column of ours on screen, and be another
+            raise InputError({"header": f"column {number} ({name!r}) contains {hidden}; remove it"})
         if name in seen:
             raise InputError(
                 {"header": f"column {name!r} is named twice (columns {seen[name]} and {number}); keep one"}

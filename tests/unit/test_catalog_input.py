@@ -105,6 +105,10 @@ BROKEN_FILES = {
     "unnamed_column": ("ref,title,url,\nA-1,One,https://cdn.example.com/1.mp3,x\n", "header: column 4 has no name"),
     "no_url_or_path": ("ref,title,artist\nA-1,One,Someone\n", "header: no url or path column"),
     "empty": ("", "file: is empty"),
+    "hidden_character_in_a_column_name": (
+        "ref,ti\u200btle,url\nA-1,One,https://cdn.example.com/1.mp3\n",
+        "header: column 2 ('ti\\u200btle') contains U+200B (ZERO WIDTH SPACE); remove it",
+    ),
 }
 
 

@@ -123,3 +123,15 @@ def test_a_listing_cut_at_its_limit_says_so(make_ctx, emulator, bucket) -> None:
         assert f"recent failures ({shown} of {report['failures_total']}; `acr-ingest failures` lists them):" in status
     else:
         assert "recent failures:" in status
+
+
+def test_reconcile_says_its_table_shows_examples_only(emulator, bucket) -> None:
+    from ingest.api.client import AcrCloudClient
+    from ingest.settings import get_settings
+
+    with AcrCloudClient.from_settings(get_settings()) as api:  # files added by hand: none of them ours
+        for i in range(7):
+            api.upload_url(bucket, f"https://cdn.example.com/hand-{i}.mp3", title=f"Hand {i}")
+    out = _cli("reconcile", "--bucket", str(bucket)).output
+    assert "unknown 7" in out
+    assert out.splitlines()[-1].startswith("showing 5 examples of 7 findings (at most 5 a class; unknown 7)"), out
