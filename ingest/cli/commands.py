@@ -219,7 +219,7 @@ def status(as_json: bool) -> None:
         click.echo(
             "recent failures:"
             if total <= shown
-            else f"recent failures ({shown} of {total}; `acr-ingest failures` lists them):"
+            else f"recent failures ({shown} of {total}; acr-ingest failures lists them all):"
         )
         click.echo(
             table(
