@@ -13,6 +13,8 @@ _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<p
 
 def mask_url_credentials(text: str) -> str:
     """``redis://:s3cret@host/0`` -> ``redis://:***@host/0``; text without such a URL is returned unchanged."""
+    if "@" not in text or "://" not in text:  # the common case, at C speed (the regex costs ~20 us a line)
+        return text
     return _URL_PASSWORD.sub(r"\g<head>:***@", text)
 
 
