@@ -69,6 +69,26 @@ def test_a_failed_bad_input_batch_says_nothing_was_done_for_its_ids(make_ctx, em
     assert file_row(bucket, ref).status != "deleted"
 
 
+def test_a_batch_that_failed_midway_shows_each_id_as_it_ended(make_ctx, emulator, bucket) -> None:
+    """Progress is saved after each chunk: the ids of the chunks done show their outcome, the rest not done."""
+    rows = []
+    for ref in ("mid-1", "mid-2"):
+        run_to_end("upload_url", url_args(bucket, ref), make_ctx())
+        rows.append(file_row(bucket, ref))
+    done, left = (r.remote_id for r in rows)
+    with session_scope() as s:  # as a delete leaves it whose second chunk met a permanent API error
+        op = Operation(
+            kind=OpKind.DELETE_BATCH, args={"bucket_id": bucket, "ids": [done, left]}, task_id=f"mid-{bucket}",
+            bucket_id=bucket, status=OpStatus.FAILED, error="the API refused it: [400] ...",
+            result={"outcomes": {f"id:{done}": "deleted"}},
+        )  # fmt: skip
+        s.add(op)
+        s.commit()
+        op_id = op.id
+    shown = _ok(_cli("show", "--op", str(op_id)))
+    assert f"id:{done} deleted" in shown and f"id:{left} (not done: the batch failed)" in shown, shown
+
+
 BAD_ARGS = [
     {"ids": "1,2,{id}"},
     {"refs": "{ref}"},
