@@ -6,7 +6,9 @@ stops the worker and requeues the message, so every worker dies on it in turn. C
 unknown tasks, refused content types and undecodable bodies are a log line and a reject: the message is
 gone. Here every message is checked before the strategy runs; one that cannot run is recorded in the
 ``rejected_messages`` table (``ingest.store.rejected_messages``), shown by ``acr-ingest status``, and
-acknowledged. The worker keeps going.
+acknowledged. The worker keeps going. So is a message to a task of fixed arguments (``poll_states``,
+``deliver_webhook``) that the task cannot take. A message that runs has its ``argsrepr``/``kwargsrepr``
+(what Celery logs and sends in the task-received event Flower shows) masked of URL passwords first.
 
 Set as the app's ``worker_consumer`` (``ingest.worker.app``).
 """
