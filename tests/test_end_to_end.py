@@ -268,7 +268,7 @@ def test_an_upload_refused_with_429_is_posted_again_without_searching_or_waiting
     sent = producer.upload_url("https://cdn.example.com/r.mp3", title="Refused", bucket_id=bucket, ref="r429")
     row = _ready(bucket, "r429")
     op = wait_for(lambda: op_done(sent.operation_id))  # the poll may mark the row ready first
-    assert op.throttled == 1 and op.attempts == 0 and op.result["adopted"] is False
+    assert op.throttled == 1 and op.attempts == 1 and op.result["adopted"] is False  # the 429 used none
     assert f"{bucket}:Refused" not in emulator.stats()["searches"]
     assert row.verify_after is None and [f["id"] for f in remote(emulator, bucket)] == [row.remote_id]
 
