@@ -39,9 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BROKER = "redis://127.0.0.1:6379/10"  # ours alone: the test suite uses 11-15
 NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, LIMIT_BUCKET, SHARED_BUCKET = 8800, 8801, 8802, 8830, 8804
-PIPELINED_BULK_BUCKET, POOL_BUCKET, BY_NAME_BUCKET = 8805, 8806, 8807
+PIPELINED_BULK_BUCKET, POOL_BUCKET, BY_NAME_BUCKET, BY_NAME_BACKLOG_BUCKET = 8805, 8806, 8807, 8808
 BULK_BATCH = 50  # upload_many's batch in the bulk pipelined scenario: small, so workers start at once
-BUCKETS = (NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, SHARED_BUCKET, PIPELINED_BULK_BUCKET, BY_NAME_BUCKET)
+BUCKETS = (
+    NAIVE_BUCKET,
+    PIPELINED_BUCKET,
+    BACKLOG_BUCKET,
+    SHARED_BUCKET,
+    PIPELINED_BULK_BUCKET,
+    BY_NAME_BUCKET,
+    BY_NAME_BACKLOG_BUCKET,
+)
 LIMITER_KEY = "acr-ingest:ratelimit"  # the shared budget's state (SharedRateLimit's key), in db 10 here
 USER_DEFINED = {"artist": "Benchmark Ensemble"}
 TICK = 0.05  # how often completion is checked: the timing resolution of the worker scenarios
@@ -608,9 +616,10 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                 ("pipelined_bulk", PIPELINED_BULK_BUCKET, "BULK", False, BULK_BATCH, False),
                 ("by_name", BY_NAME_BUCKET, "NAME", False, 0, True),
                 ("backlog", BACKLOG_BUCKET, "BACK", True, 0, False),
+                ("by_name_backlog", BY_NAME_BACKLOG_BUCKET, "NAMB", True, 0, True),
             ):
                 before, cpu = emu.stats(), CpuMeter(kids).start()
-                spy = args.profile if (backlog or (by_name and args.profile_by_name)) else None
+                spy = args.profile if (backlog and (not by_name or args.profile_by_name)) else None
                 with profiled(spy and spy / label, kids) as spied:
                     t = ingest_uploads(
                         producer,
@@ -641,7 +650,9 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                     "api": stats_delta(emu.stats(), before),
                     **info,
                 }
-                if backlog:
+                if backlog and by_name:
+                    named_back = t
+                elif backlog:
                     back = t
                 elif bulk:
                     pipe_bulk = t
@@ -811,6 +822,15 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             "x naive",
         ),
         Row(
+            "acr-ingest sent by name, backlog drain -> remote id",
+            n - 1,
+            span(named_back),
+            named_back.drain_rate(n),
+            "files/s",
+            _ratio(named_back.drain_rate(n), naive),
+            "x naive",
+        ),
+        Row(
             f"no-op tasks pipelined ({threads} thr)",
             n,
             noop_pipe.remote_s,
@@ -904,7 +924,8 @@ def notes(report: Report) -> str:
     out.append(
         "worker CPU ms per job x a no-op task: pipelined "
         f"{versus('ingest_pipelined', 'noop_pipelined')}; sent by name {versus('ingest_by_name', 'noop_pipelined')}; "
-        f"backlog {versus('ingest_backlog', 'noop_backlog')}"
+        f"backlog {versus('ingest_backlog', 'noop_backlog')}; sent by name, backlog "
+        f"{versus('ingest_by_name_backlog', 'noop_backlog')}"
     )
     return "\n".join(out)
 
@@ -940,7 +961,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", type=Path, default=None, help="py-spy the workers during the backlog drain into this folder"
     )
     p.add_argument(
-        "--profile-by-name", action="store_true", help="with --profile: also py-spy the jobs sent by name (pipelined)"
+        "--profile-by-name", action="store_true", help="with --profile: also py-spy the backlog of jobs sent by name"
     )
     p.add_argument("--processing-delay", type=float, default=0.2, help="emulator processing time, s")
     p.add_argument("--poll-interval", type=float, default=0.5, help="ACR_INGEST_POLL_INTERVAL, s")
