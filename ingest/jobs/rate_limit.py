@@ -18,7 +18,7 @@ Learning, all in one Lua script so every worker's view of the budget is one atom
   within seconds and a slow probe beyond it (+1 %/s), so a raised limit is found again.
 - **``Remaining`` at 0** says the window is full, not how long it is: it neither times the window nor feeds
   the estimate of the rate (which it would pull down to the rate in use, a spiral seen as 16/s of 20/s); it
-  only lowers our share, which an answer with a few calls left (5 %, at least one) raises again.
+  only lowers our share (raised again by answers with a few calls left).
 - **Every 429**, in either mode, drains the bucket until ``Retry-After`` has passed (all workers back off at
   once); in the learned mode it also lowers the rate, once per ``Retry-After`` window however many workers
   were refused, and to at most ``limit / Retry-After`` (the window's calls are spent until it ends).
@@ -146,7 +146,7 @@ local function credit(n, limit, remaining)  -- n successes; the headers of the l
     if trusted > 0 then                   -- our share of it: less at the edge, back to the headroom after
       if remaining <= edge then
         share = math.max(0.5, share * 0.998)
-      elseif remaining >= math.max(1, limit * 0.05) then
+      elseif remaining >= math.max(2, limit * 0.05) then
         share = math.min(headroom, share + 0.0005 * n)
       end
       rate = share * trusted
