@@ -39,9 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BROKER = "redis://127.0.0.1:6379/10"  # ours alone: the test suite uses 11-15
 NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, LIMIT_BUCKET, SHARED_BUCKET = 8800, 8801, 8802, 8830, 8804
-PIPELINED_BULK_BUCKET = 8805
+PIPELINED_BULK_BUCKET, POOL_BUCKET, BY_NAME_BUCKET, BY_NAME_BACKLOG_BUCKET = 8805, 8806, 8807, 8808
 BULK_BATCH = 50  # upload_many's batch in the bulk pipelined scenario: small, so workers start at once
-BUCKETS = (NAIVE_BUCKET, PIPELINED_BUCKET, BACKLOG_BUCKET, SHARED_BUCKET)
+BUCKETS = (
+    NAIVE_BUCKET,
+    PIPELINED_BUCKET,
+    BACKLOG_BUCKET,
+    SHARED_BUCKET,
+    PIPELINED_BULK_BUCKET,
+    BY_NAME_BUCKET,
+    BY_NAME_BACKLOG_BUCKET,
+)
 LIMITER_KEY = "acr-ingest:ratelimit"  # the shared budget's state (SharedRateLimit's key), in db 10 here
 USER_DEFINED = {"artist": "Benchmark Ensemble"}
 TICK = 0.05  # how often completion is checked: the timing resolution of the worker scenarios
@@ -245,6 +253,45 @@ def naive_loop(base_url: str, token: str, n: int) -> float:
         return time.perf_counter() - started
 
 
+def thread_pool(base_url: str, token: str, n: int, threads: int) -> float:
+    """What a user would write instead of a queue: ``ThreadPoolExecutor(threads)`` posting the uploads with one
+    ``requests.Session`` per thread, every answer checked (a 2xx naming the new file). Nothing recorded."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    local = threading.local()
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    def post(i: int) -> int:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        body = {
+            "data_type": "audio_url",
+            "title": f"pool {i}",
+            "url": _url("pool", i),
+            "user_defined": USER_DEFINED,
+            "audio_id": f"POOL-{i:05d}",
+        }
+        resp = session.post(f"{base_url}/buckets/{POOL_BUCKET}/files", json=body, headers=headers, timeout=30)
+        resp.raise_for_status()
+        data = resp.json()
+        data = data.get("data", data)
+        if not data.get("id") or not data.get("acr_id"):
+            raise RuntimeError(f"upload {i} answered without an id: {resp.text[:200]}")
+        return int(data["id"])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        ids = list(pool.map(post, range(n)))
+    elapsed = time.perf_counter() - started
+    if len(set(ids)) != n:
+        raise RuntimeError(f"thread pool: {len(set(ids))} distinct ids for {n} uploads")
+    return elapsed
+
+
 def noop_tasks(n: int, workers: int, kids: list[ChildProcess], timeout: float, *, backlog: bool) -> Timing:
     """``n`` no-op tasks, sent while the workers consume, or queued first and then drained (``backlog``)."""
     from benchmarks.noop_app import COUNTER_KEY, NOOP_TASK, app
@@ -308,12 +355,15 @@ def ingest_uploads(
     *,
     backlog: bool = False,
     bulk: int = 0,
+    by_name: bool = False,
 ) -> Timing:
     """``n`` URL uploads through the producer; seconds until every row has a remote id and until every row
     is ready. Pipelined (default): the workers consume while the producer enqueues and the clock starts at
     the first enqueue, so the producer is part of the path. ``backlog``: all are queued first and the clock
     starts when the workers resume: what the workers alone can do. ``bulk``: enqueued with
-    ``Producer.upload_many`` in batches of that many (validated as they are built), as a catalog import does."""
+    ``Producer.upload_many`` in batches of that many (validated as they are built), as a catalog import does.
+    ``by_name``: sent as another system sends them, ``send_task("ingest.upload_url", kwargs=...)``, no producer
+    rows: the worker writes them."""
     if backlog:
         pause(producer.app, workers)
     started = time.perf_counter()
@@ -326,6 +376,10 @@ def ingest_uploads(
 
         for _ in producer.upload_many((job(i) for i in range(n)), batch_size=bulk):
             pass
+    elif by_name:
+        for i in range(n):
+            kwargs = {"url": _url(tag, i), "title": f"{tag} {i}", "bucket_id": bucket, "ref": f"{tag}-{i:05d}"}
+            producer.app.send_task("ingest.upload_url", kwargs={**kwargs, "user_defined": USER_DEFINED})
     else:
         for i in range(n):
             producer.upload_url(
@@ -517,6 +571,21 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         report.details["naive"] = cpu.stop(n)  # this process: the client and the in-process emulator
         naive = _rate(n, naive_s)
         report.add(Row("naive loop (1 thread, no DB/broker)", n, naive_s, naive, "files/s", 1.0, "baseline"))
+        cpu = CpuMeter([]).start()
+        pool_s = thread_pool(emu.url, token, n, args.pool_threads)
+        report.details["thread_pool"] = cpu.stop(n)
+        pool = _rate(n, pool_s)
+        report.add(
+            Row(
+                f"{args.pool_threads}-thread pool script (no DB/broker)",
+                n,
+                pool_s,
+                pool,
+                "files/s",
+                _ratio(pool, naive),
+                "x naive",
+            )
+        )
 
         # The no-op workers run another app, so they go (and are stopped) before the ingest workers start.
         print(f"[2/4] no-op ceiling: {n} tasks on {w} workers x {args.concurrency} threads", flush=True)
@@ -542,17 +611,32 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         producer = Producer()
         with workers("ingest.worker.app", "ingest", w, args.concurrency, child_env, work, beat=True) as kids:
             report.details["ingest_worker_start_s"] = round(wait_ready(producer.app, kids, w), 2)
-            for label, bucket, tag, backlog, bulk in (
-                ("pipelined", PIPELINED_BUCKET, "PIPE", False, 0),
-                ("pipelined_bulk", PIPELINED_BULK_BUCKET, "BULK", False, BULK_BATCH),
-                ("backlog", BACKLOG_BUCKET, "BACK", True, 0),
+            for label, bucket, tag, backlog, bulk, by_name in (
+                ("pipelined", PIPELINED_BUCKET, "PIPE", False, 0, False),
+                ("pipelined_bulk", PIPELINED_BULK_BUCKET, "BULK", False, BULK_BATCH, False),
+                ("by_name", BY_NAME_BUCKET, "NAME", False, 0, True),
+                ("backlog", BACKLOG_BUCKET, "BACK", True, 0, False),
+                ("by_name_backlog", BY_NAME_BACKLOG_BUCKET, "NAMB", True, 0, True),
             ):
                 before, cpu = emu.stats(), CpuMeter(kids).start()
-                with profiled(args.profile if backlog else None, kids) as spied:
-                    t = ingest_uploads(producer, emu, bucket, n, tag, w, kids, args.timeout, backlog=backlog, bulk=bulk)
+                spy = args.profile if (backlog and (not by_name or args.profile_by_name)) else None
+                with profiled(spy and spy / label, kids) as spied:
+                    t = ingest_uploads(
+                        producer,
+                        emu,
+                        bucket,
+                        n,
+                        tag,
+                        w,
+                        kids,
+                        args.timeout,
+                        backlog=backlog,
+                        bulk=bulk,
+                        by_name=by_name,
+                    )
                 used = cpu.stop(n)
                 if spied:
-                    report.details["profile"] = render(*top_frames(spied, 40))
+                    report.details[f"profile_{label}"] = render(*top_frames(spied, 40))
                 ok, info = bucket_check(emu, bucket, tag, n)
                 report.checks[f"acr-ingest {label}: one file per ref, every job succeeded, all ready"] = (
                     ok and t.ready_s is not None
@@ -566,10 +650,14 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                     "api": stats_delta(emu.stats(), before),
                     **info,
                 }
-                if backlog:
+                if backlog and by_name:
+                    named_back = t
+                elif backlog:
                     back = t
                 elif bulk:
                     pipe_bulk = t
+                elif by_name:
+                    named = t
                 else:
                     pipe = t
 
@@ -671,6 +759,15 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             "x naive",
         ),
         Row(
+            f"acr-ingest pipelined -> remote id, x the {args.pool_threads}-thread pool",
+            n,
+            pipe.remote_s,
+            pipe_rate,
+            "files/s",
+            _ratio(pipe_rate, pool),
+            "x pool",
+        ),
+        Row(
             f"acr-ingest pipelined -> ready (poll {args.poll_interval:g} s)",
             n,
             pipe.ready_s,
@@ -707,12 +804,30 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             "x naive",
         ),
         Row(
+            "acr-ingest sent by name (send_task) -> remote id",
+            n,
+            named.remote_s,
+            _rate(n, named.remote_s),
+            "files/s",
+            _ratio(_rate(n, named.remote_s), naive),
+            "x naive",
+        ),
+        Row(
             f"acr-ingest backlog drain -> remote id ({threads} thr)",
             n - 1,
             span(back),
             back_rate,
             "files/s",
             _ratio(back_rate, naive),
+            "x naive",
+        ),
+        Row(
+            "acr-ingest sent by name, backlog drain -> remote id",
+            n - 1,
+            span(named_back),
+            named_back.drain_rate(n),
+            "files/s",
+            _ratio(named_back.drain_rate(n), naive),
             "x naive",
         ),
         Row(
@@ -799,6 +914,19 @@ def notes(report: Report) -> str:
         f"{_ratio(d['ingest_backlog']['workers_cpu_ms_per_job'], d['noop_backlog']['workers_cpu_ms_per_job']) or 0:.1f}"
         "x"
     )
+
+    def per_job(key: str) -> float | None:
+        return d[key]["workers_cpu_ms_per_job"]
+
+    def versus(key: str, noop: str) -> str:
+        return f"{per_job(key)} / {per_job(noop)} = {_ratio(per_job(key), per_job(noop)) or 0:.1f}x"
+
+    out.append(
+        "worker CPU ms per job x a no-op task: pipelined "
+        f"{versus('ingest_pipelined', 'noop_pipelined')}; sent by name {versus('ingest_by_name', 'noop_pipelined')}; "
+        f"backlog {versus('ingest_backlog', 'noop_backlog')}; sent by name, backlog "
+        f"{versus('ingest_by_name_backlog', 'noop_backlog')}"
+    )
     return "\n".join(out)
 
 
@@ -828,8 +956,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the rate-limit scenario on workers with ACR_INGEST_RATE_LIMIT=this (0: skip)",
     )
     p.add_argument("--latency", type=float, default=0.05, help="emulator latency of every request, s")
+    p.add_argument("--pool-threads", type=int, default=16, help="threads of the thread-pool baseline script")
     p.add_argument(
         "--profile", type=Path, default=None, help="py-spy the workers during the backlog drain into this folder"
+    )
+    p.add_argument(
+        "--profile-by-name", action="store_true", help="with --profile: also py-spy the backlog of jobs sent by name"
     )
     p.add_argument("--processing-delay", type=float, default=0.2, help="emulator processing time, s")
     p.add_argument("--poll-interval", type=float, default=0.5, help="ACR_INGEST_POLL_INTERVAL, s")
@@ -901,8 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     print()
     print(notes(report))
-    if "profile" in d:
-        print(f"\nworkers' profile during the backlog drain:\n{d['profile']}")
+    for key in [k for k in d if k.startswith("profile_")]:
+        print(f"\nworkers' profile, {key.removeprefix('profile_')}:\n{d[key]}")
     for name, ok in report.checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
     RESULTS.mkdir(parents=True, exist_ok=True)

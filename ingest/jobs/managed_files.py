@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ingest.api.client import AcrCloudClient
@@ -19,10 +20,11 @@ from ingest.jobs import events
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.identity import carries_ref, tagged
-from ingest.jobs.inputs import UploadFileJob, UploadUrlJob
+from ingest.jobs.inputs import UploadFileJob, UploadUrlJob, job_args
 from ingest.settings import Settings
 from ingest.store.leases import claim_file, kept_alive, release_file
-from ingest.store.models import FileStatus, TrackFile, utcnow
+from ingest.store.models import FileStatus, Operation, OpStatus, TrackFile, utcnow
+from ingest.store.values import storable_json
 
 UploadJob = UploadUrlJob | UploadFileJob
 STATE_ERROR_REASON = "the API could not process the audio (state -1)"
@@ -110,6 +112,37 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     session.add(row)
     session.flush()
     return row
+
+
+def record_sent_by_name(session: Session, kind: str, job: UploadJob, task_id: str) -> int | None:
+    """For an upload another system sent by name (no row of our producer): the file row and the running
+    operation our producer would have written, in one commit, so the job then runs as one of the producer's
+    does. Returns the operation's id, or None to leave the message to the general path (which creates the
+    operation first and plans after): anything but a new upload or a re-upload (the same ref already here, a
+    ref taken for another source), or a twin (this task id or this ref written meanwhile), rolled back."""
+    existing = by_ref(session, job.bucket_id, job.ref)
+    try:
+        plan = plan_upload(existing, job)
+    except InputError:
+        return None
+    if plan not in (UploadPlan.NEW, UploadPlan.REUPLOAD):
+        return None
+    try:
+        row = prepare_upload_row(session, existing, job)
+        op = Operation(
+            kind=kind,
+            args=storable_json(job_args(job)),
+            task_id=task_id,
+            bucket_id=job.bucket_id,
+            file_id=row.id,
+            status=OpStatus.RUNNING,
+        )
+        session.add(op)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return None
+    return op.id
 
 
 def apply_meta(

@@ -8,9 +8,17 @@ Learning, all in one Lua script so every worker's view of the budget is one atom
   one answer to the next while we keep calling, calls are leaving the window: it is no longer than the time
   since we started, so ``limit / that time`` (at most ``limit`` per second) is a rate the API accepts. The
   budget then runs at 97 % of it and follows the header if the vendor changes it; no probing, no 429.
+- **Where it starts**: from the state in Redis when there is one (what was learned, kept a day); from scratch,
+  the first answer on an empty window sets the rate to 0.85 x the headroom x ``X-RateLimit-Limit`` per second
+  (as if the window were a second, the shortest there is; below the headroom, as the window is not timed yet),
+  instead of slow-starting from ``initial`` (5/s cost a 12-second run a quarter of its calls). A longer window
+  runs out at that rate and its 429 sends the budget to AIMD under ``limit / Retry-After``.
 - **AIMD when the headers are missing or wrong** (a 429 while trusting them): slow start (the rate doubles
   each second of full use) until a 429 or a nearly spent ``Remaining`` marks a ceiling, then back under it
   within seconds and a slow probe beyond it (+1 %/s), so a raised limit is found again.
+- **``Remaining`` at 0** says the window is full, not how long it is: it neither times the window nor feeds
+  the estimate of the rate (which it would pull down to the rate in use, a spiral seen as 16/s of 20/s); it
+  only lowers our share (raised again by answers with a few calls left).
 - **Every 429**, in either mode, drains the bucket until ``Retry-After`` has passed (all workers back off at
   once); in the learned mode it also lowers the rate, once per ``Retry-After`` window however many workers
   were refused, and to at most ``limit / Retry-After`` (the window's calls are spent until it ends).
@@ -93,9 +101,13 @@ local function credit(n, limit, remaining)  -- n successes; the headers of the l
   if limit > 0 and remaining >= 0 then
     -- While callers queue for tokens, calls leave at the rate, so the (limit - remaining) calls in the window
     -- took (limit - remaining) / rate seconds: the API allows about limit * rate / (limit - remaining) a second
-    -- (at most limit: no window is taken for shorter than a second). 0: cannot tell.
+    -- (at most limit: no window is taken for shorter than a second). 0: cannot tell, and a window at its edge
+    -- says only that it is full (taken for an estimate, it pulls the limit down to the rate in use).
+    local edge = math.floor(limit * 0.02)
     local estimate = 0
-    if tokens < 0 and remaining < limit then estimate = math.min(limit, limit * rate / (limit - remaining)) end
+    if tokens < 0 and remaining < limit and remaining > edge then
+      estimate = math.min(limit, limit * rate / (limit - remaining))
+    end
     if trusted > 0 then                   -- rprev holds the announced limit: follow a change of it
       if rprev > 0 and limit ~= rprev then trusted = trusted * limit / rprev end
       rprev = limit
@@ -104,7 +116,14 @@ local function credit(n, limit, remaining)  -- n successes; the headers of the l
       first = now
       rprev = remaining
       fresh = (remaining >= limit - 2) and 1 or 0   -- an empty window: its length can be timed from here
-    elseif remaining >= rprev and now - first >= 0.5 then
+      if fresh == 1 and ceiling == 0 then
+        -- Nothing learned yet: start from what the header announces, as if its window were one second (none is
+        -- shorter), instead of slow-starting up to it. The window is timed below; a longer one runs out and its
+        -- first 429 sends the budget to AIMD under limit / Retry-After.
+        rate = math.max(rate, 0.85 * headroom * limit)
+        tokens = math.max(tokens, 0)      -- the slots queued at the starting rate go now, not at its pace
+      end
+    elseif remaining >= rprev and remaining > edge and now - first >= 0.5 then
       -- Remaining stopped falling: calls leave the window as fast as they enter it. Only a window watched
       -- from empty is timed (it filled in no longer than this); one already busy (after a 429) is not, and
       -- the budget stays with AIMD.
@@ -125,16 +144,16 @@ local function credit(n, limit, remaining)  -- n successes; the headers of the l
       rprev = remaining
     end
     if trusted > 0 then                   -- our share of it: less at the edge, back to the headroom after
-      if remaining <= math.floor(limit * 0.02) then
+      if remaining <= edge then
         share = math.max(0.5, share * 0.998)
       elseif remaining >= math.max(2, limit * 0.05) then
         share = math.min(headroom, share + 0.0005 * n)
       end
       rate = share * trusted
-    elseif remaining <= math.floor(limit * 0.02) then
+    elseif remaining <= edge then
       ceiling = rate                      -- at the edge: remember it, and ease off before a 429
       rate = rate * 0.99
-    else
+    elseif fresh == 0 or first == 0 then
       grow(n)
     end
   elseif trusted == 0 then

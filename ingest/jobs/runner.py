@@ -21,6 +21,7 @@ from ingest.jobs import events
 from ingest.jobs.context import JobContext, OutcomeWriter
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.inputs import VALIDATORS, job_args
+from ingest.jobs.managed_files import record_sent_by_name
 from ingest.jobs.retry_policy import (
     Action,
     database_unavailable,
@@ -162,13 +163,18 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
             # read path sees the types it expects; a message that fails validation keeps what it sent.
             validated = _validate(kind, args, ctx)
             job, _ = validated
-            # (A URL's password in a refused message is not kept: its row is read by show, failures, events.)
-            op = ensure_operation(s, kind, job_args(job) if job is not None else mask_in(args), ctx.task_id)
-            if op.status in OpStatus.final():  # a redelivered message whose work is already recorded
-                return summary(op)
-            assert op.id is not None
-            op_id = op.id
-            _set(s, op_id, status=OpStatus.RUNNING)
+            # An upload's rows as our producer writes them, in one commit (the common case of a message sent by
+            # name); otherwise the operation first, then the handler plans.
+            if job is not None and kind in OpKind.uploads():
+                op_id = record_sent_by_name(s, kind, job, ctx.task_id)
+            if op_id is None:
+                # (A URL's password in a refused message is not kept: its row is read by show, failures, events.)
+                op = ensure_operation(s, kind, job_args(job) if job is not None else mask_in(args), ctx.task_id)
+                if op.status in OpStatus.final():  # a redelivered message whose work is already recorded
+                    return summary(op)
+                assert op.id is not None
+                op_id = op.id
+                _set(s, op_id, status=OpStatus.RUNNING)
 
     job, invalid = validated or _validate(kind, args, ctx)
     if invalid is not None:  # bad input: the policy fails it at once, naming the field

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event, insert
+from sqlmodel import select
 
 from ingest.jobs.errors import RetryLater
 from ingest.store import gate_cache
 from ingest.store.auth_hold import HOLD_NAME, fingerprint
 from ingest.store.db import get_engine, session_scope
-from ingest.store.models import AuthHold, FileStatus, OpStatus
+from ingest.store.models import AuthHold, FileStatus, Operation, OpStatus
 from tests.conftest import TOKEN
 from tests.helpers import file_row, wait_for
 from tests.unit.support import record, run, url_args
@@ -71,6 +72,26 @@ def test_an_upload_takes_a_handful_of_statements_in_three_transactions(ctx, make
     listing = "\n".join(tally.statements)
     assert tally.commits <= MAX_TRANSACTIONS, f"{tally.commits} commits:\n{listing}"
     assert len(tally.statements) <= MAX_STATEMENTS, f"{len(tally.statements)} statements:\n{listing}"
+
+
+def test_an_upload_sent_by_name_costs_one_commit_more_than_a_producers(ctx, make_ctx, bucket) -> None:
+    """No producer rows: the worker writes the file row and the running operation in one commit, then runs the
+    producer's path (it used to insert the operation, mark it running, fail the claim, then plan the row)."""
+    run("upload_url", url_args(bucket, "warm-name", "Warm"), make_ctx())  # connections and caches warm
+    args = url_args(bucket, "cost-name", "Cost")
+
+    with counted() as tally:
+        out = run("upload_url", args, ctx)  # as send_task('ingest.upload_url', kwargs=args) delivers it
+
+    assert out["status"] == OpStatus.SUCCEEDED, out
+    row = file_row(bucket, "cost-name")
+    assert row is not None and row.status == FileStatus.PROCESSING and row.remote_id is not None
+    assert row.lease_owner is None and row.attempts == 1
+    with session_scope() as s:
+        op = s.exec(select(Operation).where(Operation.task_id == ctx.task_id)).one()
+    assert op.file_id == row.id and op.status == OpStatus.SUCCEEDED and op.args == {**args, "user_defined": {}}
+    listing = "\n".join(tally.statements)
+    assert tally.commits <= MAX_TRANSACTIONS + 1, f"{tally.commits} commits:\n{listing}"
 
 
 def test_a_hold_another_worker_sets_is_seen_within_the_gate_cache_time(make_ctx, emulator, bucket) -> None:
