@@ -71,6 +71,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: not item.path.is_relative_to(unit))  # stable: each ring keeps its order
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The nested PostgreSQL run (a minute of its own) starts now and runs beside the rest of the suite."""
+    from tests.nested_run import NESTED, TEST_ID
+
+    if os.environ.get("ACR_INGEST_NESTED_RUN") != "1" and any(item.nodeid == TEST_ID for item in session.items):
+        NESTED.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.nested_run import NESTED
+
+    NESTED.stop()
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         for url in (REDIS_URL, IDLE_BROKER):

@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import PostgresDatabase
+from tests.nested_run import NESTED, clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("ACR_INGEST_")}
 
 
 def test_the_demo_runs_the_whole_path_and_ends_with_every_file(tmp_path: Path) -> None:
@@ -24,7 +20,7 @@ def test_the_demo_runs_the_whole_path_and_ends_with_every_file(tmp_path: Path) -
     demo = subprocess.run(
         [sys.executable, "-m", "ingest.cli.commands", "demo", "--timeout", "90"],
         cwd=tmp_path,
-        env=_clean_env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=180,
@@ -43,30 +39,10 @@ def test_the_demo_runs_the_whole_path_and_ends_with_every_file(tmp_path: Path) -
 
 @pytest.mark.skipif(os.environ.get("ACR_INGEST_NESTED_RUN") == "1", reason="already the nested run")
 def test_the_end_to_end_suite_passes_on_postgresql() -> None:
-    database = PostgresDatabase()
-    if why := database.unavailable():
-        pytest.skip(why)
-    database.create()  # a database of this run's own, dropped at the end: the shared `test` one is untouched
-    env = {
-        **_clean_env(),
-        "ACR_INGEST_TEST_DATABASE_URL": database.url(),
-        "ACR_INGEST_NESTED_RUN": "1",
-        # no ACR_INGEST_TEST_REDIS_URL: the nested run starts a redis-server of its own
-    }
-    try:
-        run = _run_end_to_end(env)
-    finally:
-        database.drop()
-    assert run.returncode == 0, run.stdout[-4000:]
-    assert re.search(r"\b1[0-9] passed\b", run.stdout)
-
-
-def _run_end_to_end(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_end_to_end.py", "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """Started when collection ended (tests/nested_run.py), awaited here."""
+    NESTED.start()  # already running, unless this test was selected some other way
+    if NESTED.unavailable:
+        pytest.skip(NESTED.unavailable)
+    code, out = NESTED.result()
+    assert code == 0, out[-4000:]
+    assert re.search(r"\b1[0-9] passed\b", out)
