@@ -111,6 +111,13 @@ def _refuse_a_worker_without_a_token(**_: Any) -> None:
     require_token()
 
 
+@worker_init.connect
+def _refuse_a_worker_that_cannot_fingerprint(**_: Any) -> None:
+    from ingest.worker.startup import require_fingerprints
+
+    require_fingerprints()
+
+
 @beat_init.connect
 def _refuse_a_second_beat(**_: Any) -> None:
     # After the schema check (connected first): the lease lives in the tables.

@@ -42,6 +42,8 @@ MAX_PER_PAGE = 1000
 # Fake processing: ~128 kbit/s audio, and a fixed length for what is fetched from a URL.
 BYTES_PER_SECOND = 16_000
 URL_DURATION = 30.0
+# A fingerprint is ~25 KB per minute of audio: this holds one of over five hours; larger is not one.
+FINGERPRINT_MAX_BYTES = 8 << 20
 # An audio_url containing one of these ends in state -1 (bad audio), so clients can test that path.
 BAD_URL_MARKERS = ("invalid", "broken")
 
@@ -148,14 +150,16 @@ def _is_http_url(value: str) -> bool:
 class _CountedPart(io.RawIOBase):
     """Where a multipart file part goes: its bytes are counted and dropped as they arrive.
 
-    The emulator needs a file's size only (for the fake duration), so it keeps nothing: a 1 GB upload
-    costs no memory and no temporary file (Werkzeug's default spools parts over 500 KB to one, which
-    on a tmpfs /tmp is memory again).
+    The emulator needs an audio file's size only (for the fake duration), so it keeps no more than a
+    fingerprint's worth (``FINGERPRINT_MAX_BYTES``, read for its duration): a 1 GB upload costs no memory
+    and no temporary file (Werkzeug's default spools parts over 500 KB to one, which on a tmpfs /tmp is
+    memory again).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.size = 0
+        self.head = bytearray()
 
     def writable(self) -> bool:
         return True
@@ -167,7 +171,10 @@ class _CountedPart(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        n = memoryview(data).nbytes
+        view = memoryview(data)
+        n = view.nbytes
+        if self.size < FINGERPRINT_MAX_BYTES:
+            self.head += view.cast("B")[: FINGERPRINT_MAX_BYTES - self.size]
         self.size += n
         return n
 
@@ -201,6 +208,25 @@ def _stream_size(storage: FileStorage) -> int:
         while chunk := stream.read(1 << 16):
             total += len(chunk)
         return total
+
+
+def fingerprint_reader() -> Callable[[FileStorage], int | None] | None:
+    """How to read a fingerprint part's duration (ms, None if it is not one), when the vendor's library is
+    installed (the emulator's own use of it, not acr-ingest's wrapper: the fake stays independent)."""
+    try:
+        from acrcloud import acrcloud_extr_tool
+    except ImportError:
+        return None
+
+    def duration_ms(part: FileStorage) -> int | None:
+        stream = part.stream
+        data = bytes(stream.head) if isinstance(stream, _CountedPart) else part.read(FINGERPRINT_MAX_BYTES + 1)
+        if not data or len(data) > FINGERPRINT_MAX_BYTES or _stream_size(part) > FINGERPRINT_MAX_BYTES:
+            return None
+        value = acrcloud_extr_tool.get_duration_ms_by_fpbuffer(data)
+        return value if isinstance(value, int) and value > 0 else None
+
+    return duration_ms
 
 
 def _is_loopback(addr: str | None) -> bool:
@@ -431,6 +457,8 @@ class EmulatorApp:
         received: int | None = None
         url = ""
         acrid: str | None = None
+        fingerprint_ms: int | None = None  # read from a fingerprint when the vendor's library is installed
+        not_a_fingerprint = False
         if data_type in ("audio", "fingerprint"):
             part = request.files.get("file")
             if part is not None:
@@ -438,6 +466,11 @@ class EmulatorApp:
             # A part with neither a filename nor bytes is what a form sends for "no file chosen".
             if part is None or (not part.filename and size == 0):
                 errors["file"] = ["The file field is required."]
+            elif data_type == "fingerprint" and (reader := fingerprint_reader()) is not None:
+                fingerprint_ms = reader(part)
+                not_a_fingerprint = fingerprint_ms is None
+                if not_a_fingerprint and not self.profile.fingerprint_unchecked:
+                    errors["file"] = ["The file must be a valid fingerprint."]
         elif data_type == "audio_url":
             raw_url = fields.get("url")
             if raw_url in (None, "") or not isinstance(raw_url, str):
@@ -477,6 +510,10 @@ class EmulatorApp:
         if data_type in ("audio", "fingerprint"):
             duration = round(size / BYTES_PER_SECOND, 6)
             final_state = 1 if size > 0 else -1
+            if fingerprint_ms is not None:
+                duration = fingerprint_ms / 1000
+            elif not_a_fingerprint:
+                final_state = -1  # fingerprint-unchecked: taken, then it fails to process
         else:
             duration = URL_DURATION
             bad = any(marker in url.lower() for marker in BAD_URL_MARKERS)
@@ -491,6 +528,7 @@ class EmulatorApp:
             processing_delay=self.processing_delay,
             acr_id=acrid,
             received_bytes=received,
+            data_type=str(data_type),
         )
         self.stats.upload_created()
         if self.injector.created_then_error():
