@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -156,10 +157,11 @@ class _CountedPart(io.RawIOBase):
     memory again).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, uplink: _Uplink | None = None) -> None:
         super().__init__()
         self.size = 0
         self.head = bytearray()
+        self.uplink = uplink
 
     def writable(self) -> bool:
         return True
@@ -173,6 +175,8 @@ class _CountedPart(io.RawIOBase):
     def write(self, data: Any) -> int:
         view = memoryview(data)
         n = view.nbytes
+        if self.uplink is not None:
+            self.uplink.take(n)
         if self.size < FINGERPRINT_MAX_BYTES:
             self.head += view.cast("B")[: FINGERPRINT_MAX_BYTES - self.size]
         self.size += n
@@ -186,7 +190,30 @@ class _CountedPart(io.RawIOBase):
         return self.size if whence == io.SEEK_END else 0
 
 
+class _Uplink:
+    """The uplink all uploads share (``Faults.upload_bytes_per_second``): a part's bytes are read no faster
+    than it allows, so a client's wall time for a file is what that link would take."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self._lock = threading.Lock()
+        self._free_at = 0.0  # when the link has sent everything taken so far
+
+    def take(self, n: int) -> None:
+        rate = self.faults.upload_bytes_per_second
+        if rate <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._free_at = max(self._free_at, now) + n / rate
+            wait = self._free_at - now
+        if wait > 0:
+            time.sleep(wait)
+
+
 class _Request(Request):
+    uplink: _Uplink | None = None
+
     def _get_file_stream(
         self,
         total_content_length: int | None,
@@ -194,7 +221,7 @@ class _Request(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        return cast(IO[bytes], _CountedPart())
+        return cast(IO[bytes], _CountedPart(self.uplink))
 
 
 def _stream_size(storage: FileStorage) -> int:
@@ -262,6 +289,7 @@ class EmulatorApp:
         self.buckets: frozenset[int] | None = None if buckets is None else frozenset(buckets)
         self.faults = Faults()
         self.injector = FaultInjector(self.faults, seed)
+        self.uplink = _Uplink(self.faults)
         self.limiter = RateLimiter(rate_limit, rate_window)
         self.store = Store()
         self.stats = Stats()
@@ -290,6 +318,7 @@ class EmulatorApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = _Request(environ)
+        request.uplink = self.uplink
         try:
             response = self._dispatch(request)
         finally:
