@@ -5,6 +5,7 @@ the one-line refusals at enqueue and at worker start."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -159,3 +160,42 @@ def test_without_the_library_a_worker_told_to_send_fingerprints_refuses_to_start
     last = [line for line in run.stderr.splitlines() if line.strip()][-1]
     assert last == f"acr-ingest: not starting: ACR_INGEST_UPLOAD_AS=fingerprint, but {HINT}, or send audio " \
         "(ACR_INGEST_UPLOAD_AS=audio)"  # fmt: skip
+
+
+def test_fingerprint_uploads_have_a_queue_of_their_own(bucket) -> None:
+    """One at a time and in bulk: the jobs sent meanwhile (updates, URL uploads, audio) stay in the shared
+    queue, which a worker serves in turn with this one, instead of waiting behind a catalog's extraction."""
+    import redis
+
+    from ingest.worker.routing import FINGERPRINT_QUEUE, QUEUE
+    from tests.helpers import idle_producer
+
+    write_wav(MEDIA / f"fp-q-{bucket}.wav", 1.0, rate=8000, channels=1)
+    broker = redis.Redis.from_url(IDLE_BROKER)
+    broker.flushdb()
+    producer = idle_producer()
+    producer.upload_file(f"fp-q-{bucket}.wav", title="F", bucket_id=bucket, ref="F", send_as="fingerprint")
+    producer.upload_file(f"fp-q-{bucket}.wav", title="A", bucket_id=bucket + 1, ref="A")
+    list(
+        producer.upload_many(
+            [
+                {
+                    "path": f"fp-q-{bucket}.wav",
+                    "title": "BF",
+                    "bucket_id": bucket + 2,
+                    "ref": "BF",
+                    "send_as": "fingerprint",
+                },
+                {"path": f"fp-q-{bucket}.wav", "title": "BA", "bucket_id": bucket + 3, "ref": "BA"},
+                {"url": "https://cdn.example.com/u.mp3", "title": "U", "bucket_id": bucket + 4, "ref": "U"},
+            ]
+        )
+    )
+
+    def refs(queue: str) -> list[str]:
+        kwargs = [json.loads(base64.b64decode(json.loads(raw)["body"]))[1] for raw in broker.lrange(queue, 0, -1)]
+        return sorted(k["ref"] for k in kwargs)
+
+    assert refs(FINGERPRINT_QUEUE) == ["BF", "F"]
+    assert refs(QUEUE) == ["A", "BA", "U"]
+    broker.flushdb()
