@@ -123,3 +123,19 @@ def test_bad_audio_fails_at_once_as_bad_input_and_is_never_posted(ctx, emulator,
     assert emulator.stats()["by_route"].get(UPLOAD, 0) == posts and emulator.files(bucket) == []
     row = file_row(bucket, "junk-1")
     assert row.status == FileStatus.FAILED and row.post_started_at is None and row.remote_id is None
+
+
+def test_without_a_wheel_for_the_platform_the_message_says_so(monkeypatch) -> None:
+    # The one case no machine here can run for real: an arm64 host, where pip finds no pyacrcloud wheel.
+    from ingest.fingerprints import extraction
+
+    monkeypatch.setattr(extraction, "_library", lambda: None)
+    monkeypatch.setattr(extraction.platform, "machine", lambda: "arm64")
+    why = extraction.unavailable_reason()
+    assert why is not None and "has no wheel for this platform" in why and "arm64" in why
+    assert "ACR_INGEST_UPLOAD_AS=audio" in why
+    monkeypatch.setattr(extraction.platform, "machine", lambda: "x86_64")
+    assert extraction.unavailable_reason() == (
+        "the fingerprint library is not installed: install the extraction library: "
+        "pip install 'acr-ingest[fingerprint]', or send audio (ACR_INGEST_UPLOAD_AS=audio)"
+    )
