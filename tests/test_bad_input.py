@@ -118,12 +118,25 @@ CLI_NAMES = {
 }
 
 
+TEXT_KEYS = {"url", "path", "title", "ref", "acr_id", "data_type"}
+LIST_KEYS = {"refs", "ids", "acr_ids"}
+
+
+def _not_text_for_click(key: str, value: Any) -> bool:
+    if key in TEXT_KEYS:
+        return not isinstance(value, str)
+    if key in LIST_KEYS:
+        entries = value if isinstance(value, list) else [value] if isinstance(value, str) else [None]
+        return any(not isinstance(v, str | int) or isinstance(v, bool) for v in entries)
+    return False
+
+
 def _argv(kind: str, args: dict[str, Any]) -> list[str] | None:
     argv = [CLI_NAMES[kind]]
     if kind in ("upload_url", "upload_file"):
         positional = args.get("url" if kind == "upload_url" else "path")
-        if positional is None:
-            return None  # click itself answers a missing argument (tested below)
+        if not isinstance(positional, str):
+            return None  # click itself answers a missing argument (tested below); it takes only text
         argv.append(str(positional))
         if "title" not in args:
             return None
@@ -137,6 +150,8 @@ def _argv(kind: str, args: dict[str, Any]) -> list[str] | None:
             or (key in ("data_type", "send_as") and value not in ("audio", "fingerprint"))
         ):
             return None  # click refuses these before our code runs (unknown option, choice, type)
+        if _not_text_for_click(key, value):
+            return None  # a command line is text: a list, null or number where text goes cannot be typed
         values = value if isinstance(value, list) else [value]
         if not values and key in ("refs", "ids", "acr_ids"):
             continue

@@ -552,6 +552,18 @@ def test_burst_429(http: requests.Session, emu: Emulator, bucket: int) -> None:
     assert emu.stats()["faults"]["rate_limited"] == before + 2
 
 
+def test_upload_burst_429_answers_uploads_only(http: requests.Session, emu: Emulator, bucket: int) -> None:
+    """The knob a test uses when it means one upload's 429: a list request in between is not refused."""
+    emu.set_faults(upload_burst_429=1, retry_after=2)
+    assert http.get(files_url(emu, bucket)).status_code == 200  # a state poll: untouched, the burst kept
+    post = lambda: http.post(  # noqa: E731
+        files_url(emu, bucket), data={"data_type": "audio", "title": "t"}, files={"file": ("s.mp3", AUDIO)}
+    )
+    refused = post()
+    assert (refused.status_code, refused.headers["Retry-After"]) == (429, "2")
+    assert emu.faults.upload_burst_429 == 0 and post().status_code == 200
+
+
 def test_reset_closes_the_connection(http: requests.Session, emu: Emulator, bucket: int) -> None:
     before = emu.stats()
     emu.faults.reset_rate = 1.0

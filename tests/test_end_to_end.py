@@ -264,11 +264,11 @@ def test_an_upload_answered_500_after_the_api_created_it_is_adopted_not_duplicat
 def test_an_upload_refused_with_429_is_posted_again_without_searching_or_waiting(producer, emulator, bucket) -> None:
     """A 429 is an answer: nothing was created, so the retry neither waits out an 'in flight' POST
     nor searches the bucket for it."""
-    emulator.set_faults(burst_429=1, retry_after=0)
+    emulator.set_faults(upload_burst_429=1, retry_after=0)  # the upload, not a poll that comes first
     sent = producer.upload_url("https://cdn.example.com/r.mp3", title="Refused", bucket_id=bucket, ref="r429")
     row = _ready(bucket, "r429")
     op = wait_for(lambda: op_done(sent.operation_id))  # the poll may mark the row ready first
-    assert op.throttled == 1 and op.attempts == 0 and op.result["adopted"] is False
+    assert op.throttled == 1 and op.attempts == 1 and op.result["adopted"] is False  # the 429 used none
     assert f"{bucket}:Refused" not in emulator.stats()["searches"]
     assert row.verify_after is None and [f["id"] for f in remote(emulator, bucket)] == [row.remote_id]
 

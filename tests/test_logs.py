@@ -4,10 +4,13 @@ default, with the same fields appended."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,84 @@ def test_text_logs_carry_the_job_fields(env, bucket) -> None:
     assert "job upload_url: succeeded" in line
     for field in ('ref="text ref"', f"bucket={bucket}", "attempt=1", "outcome=succeeded"):
         assert field in line
+
+
+def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_events(env, bucket) -> None:
+    """A message from another system carrying ``https://user:password@host``: refused as bad input (tested in
+    test_bad_input), and the password is in none of what the worker writes or shows: its DEBUG log (Celery logs
+    the received request and the pool's job, body included), the task-received event Flower shows (from the
+    sender's kwargsrepr header, or Celery's repr of the kwargs when a sender sent none) and the operation row."""
+    from kombu import Connection
+    from sqlmodel import select
+
+    from ingest.store.db import session_scope
+    from ingest.store.models import Operation
+
+    secrets = {"celery": "s3cret-celery-pw", "raw": "s3cret-raw-pw"}
+    app = producer_for(BROKER).app  # type: ignore[attr-defined]
+    events: list[dict] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={"*": events.append})
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError, OSError):
+                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
+
+    worker = WorkerProcess("masked-worker", env, concurrency=1, loglevel="DEBUG")
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ids = {how: f"masked-{how}-{uuid.uuid4()}" for how in secrets}
+    try:
+        worker.wait_ready(timeout=60)
+
+        def kwargs(how: str) -> dict:
+            return {"url": f"https://user:{secrets[how]}@cdn.example.com/x.mp3", "title": "t", "bucket_id": bucket}
+
+        # As Celery's send_task sends it: the sender computes kwargsrepr, password and all.
+        app.send_task("ingest.upload_url", kwargs=kwargs("celery"), task_id=ids["celery"])
+        # A hand-written producer: no argsrepr/kwargsrepr headers (Celery then shows repr(kwargs)).
+        queue = app.amqp.queues["ingest"]
+        with Connection(BROKER) as conn:
+            conn.Producer().publish(
+                json.dumps([[], kwargs("raw"), {}]).encode(),
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue],
+                headers={"task": "ingest.upload_url", "id": ids["raw"], "lang": "py"},
+                content_type="application/json",
+                content_encoding="utf-8",
+            )
+
+        def failed(task_id: str) -> Operation | None:
+            with session_scope() as s:
+                op = s.exec(select(Operation).where(Operation.task_id == task_id)).first()
+                return op if op is not None and op.status == "failed" else None
+
+        ops = {how: wait_for(lambda t=task_id: failed(t), timeout=60) for how, task_id in ids.items()}
+        received = wait_for(
+            lambda: (
+                (r := {e["uuid"]: e for e in list(events) if e.get("type") == "task-received"}).keys()
+                >= set(ids.values())
+                and r
+            ),
+            timeout=30,
+            what="the task-received events",
+        )
+        wait_for(lambda: all(t in worker.text() for t in ids.values()), timeout=30, what="the worker's log lines")
+    finally:
+        stop.set()
+        worker.stop()
+        listener.join(timeout=10)
+
+    log = worker.text()
+    assert "DEBUG" in log and "received" in log
+    for how, secret in secrets.items():
+        assert secret not in log, [line for line in log.splitlines() if secret in line][:3]
+        event = received[ids[how]]
+        assert secret not in json.dumps(event) and "user:***@cdn.example.com" in event["kwargs"], event
+        assert "must not carry credentials" in (ops[how].error or "")
+        assert secret not in json.dumps(ops[how].args) and ops[how].args["url"].startswith("https://user:***@")
+    worker_events = [e for e in events if e.get("hostname", "").startswith("masked-worker@")]
+    assert worker_events and not any(s in json.dumps(worker_events) for s in secrets.values())

@@ -123,6 +123,28 @@ def test_poison_messages_are_kept_with_their_reason_and_the_worker_lives_on(
         ("no-task", text("no-task", {"args": ["MARK"]}), None, JSON, "no task header"),
         ("no-id", text("no-id", ok), {"task": "ingest.upload_url"}, JSON, "headers.id"),
         ("deep", deep.replace('"user_defined"', f'"{run}-deep"'), _headers(), JSON, "not readable JSON"),
+        # Tasks of fixed arguments: Celery would call them and log the TypeError (the message gone).
+        (
+            "poll-kwarg",
+            text("poll-kwarg", [[], {"colour": "MARK"}, {}]),
+            _headers("ingest.poll_states"),
+            JSON,
+            "poll_states() got an unexpected keyword argument 'colour'",
+        ),
+        (
+            "webhook-missing",
+            text("webhook-missing", [[], {"evnt": "MARK"}, {}]),
+            _headers("ingest.deliver_webhook"),
+            JSON,
+            "the arguments do not fit ingest.deliver_webhook",
+        ),
+        (
+            "webhook-type",
+            text("webhook-type", [[], {"event": "MARK"}, {}]),
+            _headers("ingest.deliver_webhook"),
+            JSON,
+            "argument 'event' of ingest.deliver_webhook must be a JSON object, got str",
+        ),
         # Passes our check; Celery itself refuses the ETA (its answer used to be a log line only).
         ("bad-eta", text("bad-eta", ok), _headers(eta="not a time"), JSON, "invalid task message"),
     ]
@@ -152,7 +174,9 @@ def test_poison_messages_are_kept_with_their_reason_and_the_worker_lives_on(
         assert row.headers is not None and row.headers.get("id") == (headers or {}).get("id")
     assert len(rows) == len(cases)
     assert not PICKLE_MARKER.exists(), "the worker unpickled a message"
-    assert next(r for r in rows if f"{run}-deep" in r.body).body_bytes == len(cases[-2][1])
+    assert next(r for r in rows if f"{run}-deep" in r.body).body_bytes == len(
+        deep.replace('"user_defined"', f'"{run}-deep"')
+    )
 
     assert poison_worker.alive()
     assert "Unrecoverable error" not in poison_worker.text()

@@ -68,7 +68,7 @@ def reconcile(bucket_id: int | None, fix: bool, delete_unknown: bool, as_json: b
     """Page through the whole bucket and compare it with our tables: files we do not know, our twins and
     leftovers, files of failed uploads, rows whose file is gone, metadata or state that drifted."""
     from ingest.api.client import AcrCloudClient
-    from ingest.jobs.reconcile import scan
+    from ingest.jobs.reconcile import EXAMPLES, scan
     from ingest.store.db import session_scope
 
     settings = get_settings()
@@ -92,5 +92,11 @@ def reconcile(bucket_id: int | None, fix: bool, delete_unknown: bool, as_json: b
     ]
     if examples:
         click.echo(table(("class", "ref", "file id", "row", "detail"), examples, max_width=60))
+        cut = {k: n for k, n in out["counts"].items() if n > len(out["examples"].get(k, []))}
+        if cut:  # the table is examples; the counts line above is complete
+            click.echo(
+                f"showing {len(examples)} examples of {sum(out['counts'].values())} findings (at most {EXAMPLES} a "
+                f"class; {', '.join(f'{k} {n}' for k, n in cut.items())}); --fix applies to all of them"
+            )
     if fix:
         click.echo("fixed: " + ", ".join(f"{k} {v}" for k, v in out["fixed"].items()))

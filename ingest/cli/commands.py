@@ -221,7 +221,12 @@ def status(as_json: bool) -> None:
         h = report["held"]
         click.echo(f"HELD since {h['since']}: {h['reason']} — fix the token; work resumes by itself")
     if report["recent_failures"]:
-        click.echo("recent failures:")
+        shown, total = len(report["recent_failures"]), report["failures_total"]
+        click.echo(
+            "recent failures:"
+            if total <= shown
+            else f"recent failures ({shown} of {total}; acr-ingest failures lists them all):"
+        )
         click.echo(
             table(
                 ("op", "kind", "bucket", "ref", "attempts", "error"),
@@ -234,7 +239,15 @@ def status(as_json: bool) -> None:
         )
     rejected = report["rejected_messages"]
     if rejected["count"]:
-        click.echo(f"rejected messages (taken off the queue, kept in rejected_messages): {rejected['count']}")
+        latest = len(rejected["latest"])
+        click.echo(
+            f"rejected messages (taken off the queue, kept in rejected_messages): {rejected['count']}"
+            + (
+                f" (the latest {latest} shown; the rest in the rejected_messages table)"
+                if rejected["count"] > latest
+                else ""
+            )
+        )
         click.echo(
             table(
                 ("id", "at", "queue", "task", "reason"),
@@ -252,15 +265,21 @@ def status(as_json: bool) -> None:
     type=click.Choice([s.value for s in FileStatus]),
     help="Only files in this local status.",
 )
-@click.option("--limit", default=200, show_default=True)
-def files_cmd(bucket_id: int | None, status_filter: str | None, limit: int) -> None:
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=0))
+@click.option("--all", "show_all", is_flag=True, help="Every matching file (no limit).")
+def files_cmd(bucket_id: int | None, status_filter: str | None, limit: int, show_all: bool) -> None:
     """The managed files with their id, acr_id and state."""
-    from ingest.cli.render import files_table
+    from ingest.cli.render import cut_note, files_table
     from ingest.store.db import session_scope
-    from ingest.store.reports import files
+    from ingest.store.reports import files, files_query, total
 
     with session_scope() as s:
-        click.echo(files_table(files(s, bucket_id=bucket_id, status=status_filter, limit=limit)))
+        rows = files(s, bucket_id=bucket_id, status=status_filter, limit=None if show_all else limit)
+        click.echo(files_table(rows))
+        if len(rows) == limit and not show_all:
+            note = cut_note(len(rows), total(s, files_query(bucket_id=bucket_id, status=status_filter)), "files")
+            if note:
+                click.echo(note)
 
 
 def _filters(f: Any) -> Any:
@@ -274,16 +293,23 @@ def _filters(f: Any) -> Any:
 
 @main.command("failures")
 @_filters
-@click.option("--limit", default=50, show_default=True)
-def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, reason: str | None, limit: int) -> None:
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=0))
+@click.option("--all", "show_all", is_flag=True, help="Every matching operation (no limit).")
+def failures_cmd(
+    kind: str | None, bucket_id: int | None, since: str | None, reason: str | None, limit: int, show_all: bool
+) -> None:
     """Operations that failed for good, and batches that were partly done, with their reasons."""
-    from ingest.cli.render import table
+    from ingest.cli.render import cut_note, table
     from ingest.store.db import session_scope
     from ingest.store.history import arg_ref
-    from ingest.store.reports import failures
+    from ingest.store.reports import failures, failures_query, total
 
+    query = failures_query(kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason)
     with session_scope() as s:
-        ops = failures(s, kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason, limit=limit)
+        ops = failures(
+            s, kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason, limit=None if show_all else limit
+        )
+        shown_total = total(s, query) if len(ops) == limit and not show_all else len(ops)
         click.echo(
             table(
                 ("op", "kind", "status", "bucket", "ref", "attempts", "when", "error"),
@@ -303,6 +329,8 @@ def failures_cmd(kind: str | None, bucket_id: int | None, since: str | None, rea
                 max_width=100,
             )
         )
+    if note := cut_note(len(ops), shown_total, "failures"):
+        click.echo(note)
 
 
 @main.command("retry-failed")

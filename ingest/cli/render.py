@@ -53,6 +53,13 @@ def sent_as(row: TrackFile) -> str:
     return f"fingerprint{made} ({row.fingerprint_bytes:,} bytes{seconds})"
 
 
+def cut_note(shown: int, total: int, what: str, more: str = "--limit N or --all for more") -> str | None:
+    """The line a listing cut at its limit ends with (``showing 200 of 1234 files; ...``), or None."""
+    if total <= shown:
+        return None
+    return f"showing {shown} of {total} {what}; {more}"
+
+
 def counts_line(counts: dict[str, int], order: Sequence[str]) -> str:
     parts = [f"{name} {counts.get(name, 0)}" for name in order]
     parts += [f"{k} {v}" for k, v in sorted(counts.items()) if k not in order]

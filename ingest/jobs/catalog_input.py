@@ -10,10 +10,12 @@ ref) of each row is kept, to refuse a ref given twice.
 
 Nothing of a file is read silently wrong: a CSV without a header row, separated by ``;``, with a column
 named twice, a column without a name or a misspelt one (``tittle``), a quote that is never closed or a
-value running over several lines refuses the whole file (``InputError`` on ``file`` or ``header``,
-raised by ``read_rows``; ``check_catalog`` reads the file through first, so nothing is acted on). A row
-with more values than the header, a JSONL object naming a key twice or a misspelt key, and a ref given
-again are refused rows (each in the report, once).
+quoted value that takes in lines reading as rows of their own refuses the whole file (``InputError`` on
+``file`` or ``header``, raised by ``read_rows``; ``check_catalog`` reads the file through first, so nothing
+is acted on). A row with more values than the header, a JSONL object naming a key twice or a misspelt key,
+and a ref given again are refused rows (each in the report, once). A quoted value over several lines whose
+lines do not read as rows (a note in an extra column) is legal CSV and kept; in ``title`` or ``ref`` its
+row is refused by that field.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, TextIO
 
 from ingest.jobs.bulk_uploads import Item, Refused
 from ingest.jobs.errors import InputError
-from ingest.jobs.inputs import validate_upload_file, validate_upload_url
+from ingest.jobs.inputs import hidden_character, validate_upload_file, validate_upload_url
 from ingest.settings import Settings
 
 KNOWN = {"ref", "title", "url", "path", "bucket", "bucket_id", "data_type", "send_as", "user_defined"}
@@ -81,6 +83,8 @@ def _header(names: list[str], line: str) -> list[str]:
     for number, name in enumerate(names, start=1):
         if not name:
             raise InputError({"header": f"column {number} has no name; name it, or remove the column"})
+        if hidden := hidden_character(name):  # it would pass for a column of ours on screen, and be another
+            raise InputError({"header": f"column {number} ({name!r}) contains {hidden}; remove it"})
         if name in seen:
             raise InputError(
                 {"header": f"column {name!r} is named twice (columns {seen[name]} and {number}); keep one"}
@@ -93,11 +97,26 @@ def _header(names: list[str], line: str) -> list[str]:
     return names
 
 
+def _swallowed_row(lines: list[str], columns: int) -> bool:
+    """Whether a line a quoted value ran over reads as a row of its own (as many values as the header has
+    columns): then a quote was left open and took in rows, where a multi-line note holds just text."""
+    return any(len(next(csv.reader([line]), [])) >= columns for line in lines)
+
+
 def _csv_rows(stream: TextIO) -> Iterator[dict[str, Any] | InputError]:
-    reader = csv.reader(stream, strict=True)
+    # The raw lines of the current record, to tell a legal multi-line quoted cell from a quote left open.
+    record: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for line in stream:
+            record.append(line)
+            yield line
+
+    reader = csv.reader(lines(), strict=True)
     names: list[str] | None = None
     while True:
         start = reader.line_num + 1
+        record.clear()
         try:
             values = next(reader)
         except StopIteration:
@@ -108,11 +127,11 @@ def _csv_rows(stream: TextIO) -> Iterator[dict[str, Any] | InputError]:
             else:
                 reason = f'{exc}; quote a value that contains quotes as ""like this""'
             raise InputError({"file": f"line {start}: {reason}"}) from None
-        if reader.line_num > start:
+        if reader.line_num > start and (names is None or _swallowed_row(record[1:], len(names))):
             raise InputError(
                 {
                     "file": f"line {start}: a quoted value runs on to line {reader.line_num} (a quote not closed?), "
-                    "taking in the lines between; catalog values are one line each: close the quote"
+                    "taking in the rows between: close the quote"
                 }
             )
         if not values:

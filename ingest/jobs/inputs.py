@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,10 +25,18 @@ from ingest.store.values import BIGINT_MAX
 
 ACR_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 REF_MAX = 255
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Exactly str.isspace (checked over every code point), without a Python-level loop over the characters.
 _SPACE_RE = re.compile(r"\s")
 _DIGITS_RE = re.compile(r"^[0-9]{1,19}$")  # ASCII digits only: str.isdigit also takes "²", which int() refuses
+# Characters a reader cannot see or that change how the text around them reads: control (Cc), format (Cf:
+# bidi overrides, zero-width spaces, BOM...), line and paragraph separators. Zs spaces are text (no-break).
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+# Format characters a title may hold after a visible one: joiners of emoji sequences and of Indic and
+# Persian scripts (ZWJ, ZWNJ) and the tags of subdivision flags. Never in a ref, URL or path (identifiers).
+_TITLE_JOINERS = {"\u200c", "\u200d", *map(chr, range(0xE0020, 0xE0080))}
+# Letters and symbols that show as nothing (Hangul fillers, braille blank, combining grapheme joiner).
+_BLANK = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u034f"}
+_CONTROL_NAMES = {0: "NUL", 9: "TAB", 10: "LINE FEED", 13: "CARRIAGE RETURN", 27: "ESCAPE", 127: "DELETE"}
 # user_defined is flat metadata; deeper nesting is a mistake (and 50k levels would exhaust the stack).
 MAX_USER_DEFINED_DEPTH = 32
 _JSON_VALUES_ONLY = (
@@ -129,6 +138,38 @@ def _show(value: Any, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def code_point(ch: str) -> str:
+    """``U+202E (RIGHT-TO-LEFT OVERRIDE)``: a character named so it can be found and removed."""
+    name = unicodedata.name(ch, "") or _CONTROL_NAMES.get(ord(ch), "a control character")
+    return f"U+{ord(ch):04X} ({name})"
+
+
+def hidden_character(text: str, allowed: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """The first control, format or line-separator character of ``text`` (as ``code_point``), else None.
+    ``allowed`` characters pass after the first character. ``isprintable`` is the fast path (C speed)."""
+    if text.isprintable():
+        return None
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) in _HIDDEN_CATEGORIES and not (i and ch in allowed):
+            return code_point(ch)
+    return None
+
+
+def _visible(text: str) -> bool:
+    """Whether some character of ``text`` shows (not only spaces, format characters, marks or blanks)."""
+    return any(
+        not ch.isspace() and ch not in _BLANK and unicodedata.category(ch) not in ("Cf", "Mn", "Me") for ch in text
+    )
+
+
+def _got(value: Any) -> str:
+    """What a field was given, for its message: the type of a value of the wrong type (``bytes``), else the
+    value itself (bounded)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return type(value).__name__
+    return _show(value)
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -172,7 +213,7 @@ def _title(c: _Collector, value: Any, settings: Settings, *, required: bool = Tr
             c.add("title", "required: give the track title")
         return None
     if not isinstance(value, str):
-        c.add("title", f"must be a string, got {type(value).__name__}")
+        c.add("title", f"must be a string (the track title), got {type(value).__name__}")
         return None
     title = value.strip()
     if not _utf8(title):
@@ -181,8 +222,10 @@ def _title(c: _Collector, value: Any, settings: Settings, *, required: bool = Tr
         c.add("title", "must not be empty: give the track title")
     elif len(title) > settings.max_title_length:
         c.add("title", f"is {len(title)} characters; shorten it to {settings.max_title_length} or fewer")
-    elif _CONTROL_RE.search(title):
-        c.add("title", "contains control characters (newline, tab, NUL...); remove them")
+    elif hidden := hidden_character(title, _TITLE_JOINERS):
+        c.add("title", f"contains {hidden}; remove it (no control or invisible format characters)")
+    elif not _visible(title):
+        c.add("title", "must not be empty: it holds only invisible characters; give the track title")
     return title
 
 
@@ -213,7 +256,10 @@ def _user_defined(c: _Collector, value: Any, settings: Settings) -> dict[str, An
         return None
     if bad_key := _non_text_key(value):
         key = bad_key[0]
-        c.add("user_defined", f"keys must be text, as in JSON; got {key!r} ({type(key).__name__}): quote it")
+        if isinstance(key, str):
+            c.add("user_defined", f"key {_show(key, 60)} contains {hidden_character(key)}; remove it")
+        else:
+            c.add("user_defined", f"keys must be text, as in JSON; got {key!r} ({type(key).__name__}): quote it")
         return None
     if REF_KEY in value:
         c.add("user_defined", f"{REF_KEY!r} is reserved (acr-ingest keeps the ref there); rename that key")
@@ -242,13 +288,14 @@ def _no_constant(name: str) -> Any:
 
 
 def _non_text_key(value: Any) -> tuple[Any] | None:
-    """(the first key of an object, at any depth, that is not text: a Python dict may have any), else None."""
+    """(the first key of an object, at any depth, that is not text (a Python dict may have any) or holds a
+    control or format character), else None. Values are the catalog's own data, kept as given."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             for key in item:
-                if not isinstance(key, str):
+                if not isinstance(key, str) or hidden_character(key):
                     return (key,)
             stack.extend(item.values())
         elif isinstance(item, list):
@@ -272,7 +319,7 @@ def _ref(c: _Collector, value: Any, *, field: str = "ref") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str | int) or isinstance(value, bool):
-        c.add(field, f"must be a string, got {type(value).__name__}")
+        c.add(field, f"must be a string (the upstream catalog id), got {type(value).__name__}")
         return None
     if isinstance(value, int) and _api_id(value) is None:
         c.add(field, f"must be a string of at most {REF_MAX} characters, got {_show(value)}")
@@ -284,8 +331,12 @@ def _ref(c: _Collector, value: Any, *, field: str = "ref") -> str | None:
         c.add(field, "must not be empty: give the upstream catalog id, or omit it to have one generated")
     elif len(ref) > REF_MAX:
         c.add(field, f"is {len(ref)} characters; keep it to {REF_MAX}")
-    elif _CONTROL_RE.search(ref) or "," in ref:
-        c.add(field, "must not contain commas or control characters")
+    elif hidden := hidden_character(ref):
+        c.add(field, f"contains {hidden}; remove it (no control or invisible format characters)")
+    elif "," in ref:
+        c.add(field, "must not contain commas (a list of refs is comma-separated)")
+    elif not _visible(ref):
+        c.add(field, "must not be empty: it holds only invisible characters; give the upstream catalog id")
     else:
         return ref
     return None
@@ -301,14 +352,17 @@ def _http_url(c: _Collector, value: Any) -> str | None:
         c.add("url", "required: give the http(s) URL the API should download the audio from")
         return None
     if not isinstance(value, str):
-        c.add("url", f"must be a string, got {type(value).__name__}")
+        c.add("url", f"must be a string (the http(s) URL), got {type(value).__name__}")
         return None
     url = value.strip()
     if len(url) > 2048 or _SPACE_RE.search(url):
         c.add("url", "must be at most 2048 characters with no spaces (percent-encode them)")
         return None
-    if _CONTROL_RE.search(url) or not _utf8(url):
-        c.add("url", "must not contain control characters (NUL...) or invalid Unicode; percent-encode them")
+    if not _utf8(url):
+        c.add("url", "must not contain control characters or invalid Unicode (a lone surrogate); percent-encode them")
+        return None
+    if hidden := hidden_character(url):
+        c.add("url", f"must not contain control characters or invisible format characters ({hidden}); encode it")
         return None
     try:
         parts = urlsplit(url)
@@ -333,12 +387,20 @@ def resolve_media_path(value: Any, settings: Settings, c: _Collector | None = No
     """
     own = c or _Collector()
     field = "path"
-    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if value is not None and not isinstance(value, str):
+        own.add(field, f"must be a string (a file path under the media root), got {type(value).__name__}")
+        return _finish(own, c, None)
+    if value is None or not value.strip():
         own.add(field, "required: give the audio file's path under the media root (ACR_INGEST_MEDIA_ROOT)")
         return _finish(own, c, None)
     shown = _show(str(value))
-    if _CONTROL_RE.search(str(value)) or not _utf8(str(value)) or len(str(value)) > 4096:
-        own.add(field, f"{shown} is not a usable path (control characters, invalid Unicode or too long)")
+    if not _utf8(str(value)) or len(str(value)) > 4096:
+        own.add(field, f"{shown} is not a usable path (invalid Unicode or too long)")
+        return _finish(own, c, None)
+    if hidden := hidden_character(str(value)):
+        own.add(field, f"{shown} is not a usable path (it contains {hidden}); rename the file")
         return _finish(own, c, None)
     root = Path(settings.media_root).resolve()
     candidate = Path(value)
@@ -414,9 +476,11 @@ def validate_upload_file(args: dict[str, Any], settings: Settings) -> UploadFile
     title = _title(c, args.get("title"), settings)
     ud = _user_defined(c, args.get("user_defined"), settings)
     ref = _ref(c, args.get("ref"))
-    data_type = args.get("data_type") or "audio"
+    data_type = args.get("data_type")
+    if data_type is None or data_type == "":
+        data_type = "audio"
     if not isinstance(data_type, str) or data_type not in FILE_DATA_TYPES:
-        c.add("data_type", f"must be one of {', '.join(FILE_DATA_TYPES)}, got {_show(data_type)}")
+        c.add("data_type", f"must be one of {', '.join(FILE_DATA_TYPES)} (a string), got {_got(data_type)}")
     send_as = _send_as(c, args.get("send_as"), data_type, settings)
     c.raise_if_any()
     assert resolved is not None and title is not None
@@ -435,7 +499,7 @@ def validate_upload_file(args: dict[str, Any], settings: Settings) -> UploadFile
 def _send_as(c: _Collector, value: Any, data_type: Any, settings: Settings) -> str:
     """What to post: a fingerprint file is posted as it is; audio as given, else ACR_INGEST_UPLOAD_AS."""
     if value is not None and (not isinstance(value, str) or value not in SEND_AS):
-        c.add("send_as", f"must be one of {', '.join(SEND_AS)}, got {_show(value)}")
+        c.add("send_as", f"must be one of {', '.join(SEND_AS)} (a string), got {_got(value)}")
         return "audio"
     if data_type == "fingerprint":
         if value == "audio":
@@ -452,7 +516,7 @@ def _file_id(c: _Collector, field: str, value: Any) -> int | None:
         return None
     number = _api_id(value)
     if number is None:
-        c.add(field, f"must be a positive integer file id from the API (at most {BIGINT_MAX}), got {_show(value)}")
+        c.add(field, f"must be a positive integer file id from the API (at most {BIGINT_MAX}), got {_got(value)}")
     return number
 
 
@@ -461,7 +525,7 @@ def _acr_id(c: _Collector, field: str, value: Any) -> str | None:
         return None
     text = str(value).strip().lower() if isinstance(value, str) else ""
     if not ACR_ID_RE.match(text):
-        c.add(field, f"must be a 32-character hex acr_id, got {_show(value)}")
+        c.add(field, f"must be a 32-character hex acr_id (a string), got {_got(value)}")
         return None
     return text
 
@@ -495,7 +559,7 @@ def _targets(c: _Collector, args: dict[str, Any], settings: Settings) -> Targets
         if isinstance(value, str):  # "a,b , c" from a CLI or another system
             value = [part for part in value.split(",")]
         if not isinstance(value, list | tuple):
-            c.add(field, f"must be a list, got {type(value).__name__}")
+            c.add(field, f"must be a list (or comma-separated text), got {type(value).__name__}")
             return []
         if len(value) > settings.max_ids_per_job:  # refused before checking each of a million entries
             c.add(field, f"{len(value)} {field} in one job; split it into jobs of at most {settings.max_ids_per_job}")
@@ -505,6 +569,10 @@ def _targets(c: _Collector, args: dict[str, Any], settings: Settings) -> Targets
     refs: dict[str, None] = {}
     ids: dict[int, None] = {}
     acr_ids: dict[str, None] = {}
+    for name in ("refs", "ids", "acr_ids"):  # a null entry is a mistake, not an entry to skip silently
+        for i, v in enumerate(as_list(name) if isinstance(args.get(name), list | tuple) else []):
+            if v is None:
+                c.add(f"{name}[{i}]", "must be a string or an integer, got null (None): remove it")
     for i, v in enumerate(as_list("refs")):
         if (r := _ref(c, v, field=f"refs[{i}]")) is not None:
             refs[r] = None

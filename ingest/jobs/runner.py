@@ -29,6 +29,7 @@ from ingest.jobs.retry_policy import (
     outage_countdown,
     reason_of,
 )
+from ingest.redact import mask_in
 from ingest.settings import Settings, get_settings
 from ingest.store import auth_hold, circuit_breaker, gate_cache
 from ingest.store.db import session_scope
@@ -130,10 +131,17 @@ _START = (
     .returning(col(Operation.id))
 )
 _OUTCOME_COLUMNS = ("status", "result", "error", "updated_at", "finished_at")
+# A final outcome ends a run that counted: ``attempts`` includes it (a success at the first try shows 1). Runs
+# that only waited (a 429, a hold, a parked follow-up, a batch going on in its next delivery) count nothing.
 _OUTCOME = {
     final: update(Operation)
     .where(col(Operation.id) == bindparam("b_op_id"))
-    .values({c: bindparam(f"v_{c}") for c in _OUTCOME_COLUMNS if final or c != "finished_at"})
+    .values(
+        {
+            **{c: bindparam(f"v_{c}") for c in _OUTCOME_COLUMNS if final or c != "finished_at"},
+            **({"attempts": col(Operation.attempts) + 1} if final else {}),
+        }
+    )
     for final in (True, False)
 }
 
@@ -154,7 +162,8 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
             # read path sees the types it expects; a message that fails validation keeps what it sent.
             validated = _validate(kind, args, ctx)
             job, _ = validated
-            op = ensure_operation(s, kind, job_args(job) if job is not None else args, ctx.task_id)
+            # (A URL's password in a refused message is not kept: its row is read by show, failures, events.)
+            op = ensure_operation(s, kind, job_args(job) if job is not None else mask_in(args), ctx.task_id)
             if op.status in OpStatus.final():  # a redelivered message whose work is already recorded
                 return summary(op)
             assert op.id is not None

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import String, cast, or_
 from sqlmodel import Session, col, select
 
-from ingest.store.models import Operation, OpKind, TrackFile
+from ingest.store.models import Operation, OpKind, OpStatus, TrackFile
 from ingest.store.values import BIGINT_MAX
 
 BATCH_KINDS = (OpKind.DELETE_BATCH, OpKind.MOVE_BATCH)
@@ -102,6 +102,14 @@ def _batch_names_this_file(op: Operation, row: TrackFile, buckets: set[int]) -> 
     return found
 
 
+def _no_outcome(op: Operation) -> str:
+    """What a name without a recorded outcome means: still to come while the batch runs; once it has ended
+    (a batch refused as bad input never ran), nothing was done for it."""
+    if op.status in OpStatus.final():
+        return f"(not done: the batch {op.status})"
+    return "(pending)"
+
+
 def history(session: Session, row: TrackFile) -> FileHistory:
     own = list(session.exec(select(Operation).where(Operation.file_id == row.id)).all())
     buckets = {b for b in (row.bucket_id, row.posted_bucket_id, *(op.bucket_id for op in own)) if b is not None}
@@ -121,6 +129,7 @@ def history(session: Session, row: TrackFile) -> FileHistory:
         if names:
             outcomes = op.result.get("outcomes") if isinstance(op.result, dict) else None
             outcomes = outcomes if isinstance(outcomes, dict) else {}
-            entries.append((op, {n: str(outcomes.get(n, "(pending)")) for n in sorted(names)}))
+            missing = _no_outcome(op)
+            entries.append((op, {n: str(outcomes.get(n, missing)) for n in sorted(names)}))
     entries.sort(key=lambda e: e[0].id or 0)
     return FileHistory(row, entries)

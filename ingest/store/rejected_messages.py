@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from ingest.redact import mask_in, mask_url_credentials
 from ingest.store.db import session_scope
 from ingest.store.models import RejectedMessage
 from ingest.store.values import storable_text
@@ -59,6 +60,7 @@ def record(
 ) -> RejectedMessage:
     """Keep one rejected message; raises if the database cannot take it (the caller must not ack then)."""
     text, size = body_text(body)
+    text, headers = mask_url_credentials(text), mask_in(headers)  # a URL's password is not kept
     row = RejectedMessage(
         queue=storable_text(queue, MAX_FIELD_CHARS) if queue else None,
         task=storable_text(task, MAX_FIELD_CHARS) if task else None,

@@ -55,6 +55,24 @@ def failed_operations(
     return query
 
 
+def total(session: Session, query: SelectOfScalar[Any]) -> int:
+    """How many rows ``query`` matches (a listing cut at its limit says "showing N of total")."""
+    return int(session.exec(select(func.count()).select_from(query.subquery())).one())
+
+
+def failures_query(
+    *,
+    kind: str | None = None,
+    bucket_id: int | None = None,
+    since: datetime | None = None,
+    reason: str | None = None,
+) -> SelectOfScalar[Operation]:
+    # A partial batch (some names not found) is a failure to look at too; retry-failed still only re-sends failed.
+    return failed_operations(
+        kind=kind, bucket_id=bucket_id, since=since, reason=reason, statuses=(OpStatus.FAILED, OpStatus.PARTIAL)
+    )
+
+
 def failures(
     session: Session,
     *,
@@ -62,12 +80,9 @@ def failures(
     bucket_id: int | None = None,
     since: datetime | None = None,
     reason: str | None = None,
-    limit: int = 50,
+    limit: int | None = 50,
 ) -> list[Operation]:
-    # A partial batch (some names not found) is a failure to look at too; retry-failed still only re-sends failed.
-    query = failed_operations(
-        kind=kind, bucket_id=bucket_id, since=since, reason=reason, statuses=(OpStatus.FAILED, OpStatus.PARTIAL)
-    )
+    query = failures_query(kind=kind, bucket_id=bucket_id, since=since, reason=reason)
     return list(session.exec(query.order_by(col(Operation.updated_at).desc()).limit(limit)).all())
 
 
@@ -121,6 +136,7 @@ def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any
             }
             for op in failures(session, limit=failure_limit)
         ],
+        "failures_total": total(session, failures_query()),
         "rejected_messages": {
             "count": rejected_messages.count(session),
             "latest": [
@@ -131,12 +147,17 @@ def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any
     }
 
 
-def files(
-    session: Session, *, bucket_id: int | None = None, status: str | None = None, limit: int = 200
-) -> list[TrackFile]:
+def files_query(*, bucket_id: int | None = None, status: str | None = None) -> SelectOfScalar[TrackFile]:
     query = select(TrackFile)
     if bucket_id is not None:
         query = query.where(TrackFile.bucket_id == bucket_id)
     if status:
         query = query.where(TrackFile.status == status)
+    return query
+
+
+def files(
+    session: Session, *, bucket_id: int | None = None, status: str | None = None, limit: int | None = 200
+) -> list[TrackFile]:
+    query = files_query(bucket_id=bucket_id, status=status)
     return list(session.exec(query.order_by(col(TrackFile.id)).limit(limit)).all())

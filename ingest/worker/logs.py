@@ -22,6 +22,7 @@ from typing import Any
 from celery.signals import after_setup_logger, after_setup_task_logger
 from celery.utils.log import get_multiprocessing_logger
 
+from ingest.redact import mask_url_credentials
 from ingest.settings import get_settings
 
 _job_fields: ContextVar[dict[str, Any] | None] = ContextVar("acr_ingest_job_fields", default=None)
@@ -76,7 +77,8 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # A URL's password in any line (a message sent by name, Celery's DEBUG lines of a task's body...).
+        return mask_url_credentials(json.dumps(entry, ensure_ascii=False, default=str))
 
 
 class JobFieldsTextFormatter(logging.Formatter):
@@ -87,7 +89,7 @@ class JobFieldsTextFormatter(logging.Formatter):
         self.inner = inner or logging.Formatter()
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.inner.format(record)
+        line = mask_url_credentials(self.inner.format(record))  # as in JsonFormatter
         job = getattr(record, "job", None)
         if not isinstance(job, dict):
             return line

@@ -6,20 +6,25 @@ stops the worker and requeues the message, so every worker dies on it in turn. C
 unknown tasks, refused content types and undecodable bodies are a log line and a reject: the message is
 gone. Here every message is checked before the strategy runs; one that cannot run is recorded in the
 ``rejected_messages`` table (``ingest.store.rejected_messages``), shown by ``acr-ingest status``, and
-acknowledged. The worker keeps going.
+acknowledged. The worker keeps going. So is a message to a task of fixed arguments (``poll_states``,
+``deliver_webhook``) that the task cannot take. A message that runs has its ``argsrepr``/``kwargsrepr``
+(what Celery logs and sends in the task-received event Flower shows) masked of URL passwords first.
 
 Set as the app's ``worker_consumer`` (``ingest.worker.app``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import typing
 from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer
 
+from ingest.redact import mask_url_credentials
 from ingest.store import rejected_messages
 
 log = logging.getLogger("ingest.worker.guard")
@@ -70,6 +75,56 @@ def why_unrunnable(message: Any, our_tasks: set[str]) -> str | None:
     return None
 
 
+@functools.cache
+def _argument_types(task: Any) -> dict[str, type]:
+    """The plain classes a task's own parameters are annotated with (``event: dict[...]`` -> dict)."""
+    try:
+        hints = typing.get_type_hints(task.__wrapped__)
+    except Exception:  # an annotation that does not resolve: no type check, the arity check stays
+        return {}
+    out: dict[str, type] = {}
+    for name, hint in hints.items():
+        plain = typing.get_origin(hint) or hint
+        if name not in ("self", "return") and isinstance(plain, type):
+            out[name] = plain
+    return out
+
+
+def argument_fault(task: Any, kwargs: dict[str, Any]) -> str | None:
+    """Why ``kwargs`` cannot be passed to ``task`` (an unknown or missing argument, one of the wrong JSON type),
+    or None. Celery would call the task anyway and log its TypeError as a failure: the message would be gone.
+    Job tasks take ``**kwargs`` and check them in their validators (the operation records the refusal)."""
+    try:
+        task.__header__(**kwargs)  # Celery's own signature check, as apply_async runs it on the sending side
+    except TypeError as exc:
+        return f"the arguments do not fit {task.name}: {exc}; see docs/MESSAGES.md"
+    for name, expected in _argument_types(task).items():
+        if name in kwargs and not isinstance(kwargs[name], expected):
+            return (
+                f"argument {name!r} of {task.name} must be a JSON {'object' if expected is dict else expected.__name__}"
+                f", got {type(kwargs[name]).__name__}"
+            )
+    return None
+
+
+def mask_reprs(headers: dict[str, Any], args: Any, kwargs: Any) -> None:
+    """The message's ``argsrepr``/``kwargsrepr`` with URL passwords masked, in place, before Celery reads them:
+    its ``received`` and result log lines and the task-received event (Flower) show them. The sender's text is
+    kept (masked) when it sent one; else the arguments' repr (bounded as Celery bounds its own), masked."""
+    for key, value in (("argsrepr", args), ("kwargsrepr", kwargs)):
+        given = headers.get(key)
+        headers[key] = mask_url_credentials(given if isinstance(given, str) else _bounded_repr(value))
+
+
+def _bounded_repr(value: Any, limit: int = 1024) -> str:
+    # repr, not Celery's saferepr: that costs ~0.2 ms a message; the body is JSON, so repr cannot fail but by depth.
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class GuardedConsumer(Consumer):
     """Celery's consumer with every task message checked first; what cannot run is recorded and acked."""
 
@@ -82,6 +137,10 @@ class GuardedConsumer(Consumer):
 
         def on_task_received(message: Any) -> Any:
             reason = why_unrunnable(message, our_tasks)
+            if reason is None:  # the body is decoded and cached by now
+                args, kwargs, _ = message.decode()
+                reason = argument_fault(self.app.tasks[message.headers["task"]], kwargs)
+                mask_reprs(message.headers, args, kwargs)
             if reason is not None:
                 return self.set_aside(message, reason)
             try:

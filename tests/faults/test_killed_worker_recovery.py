@@ -5,6 +5,7 @@ worker's held messages are never taken by another worker on the same host."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 from ingest.store.models import FileStatus
+from ingest.worker.redis_transport import INPROGRESS_PREFIX
 from tests.faults.conftest import WorkerProcess, on_both_brokers
 from tests.helpers import file_row, held_in_progress, wait_for
 
@@ -31,7 +33,7 @@ def _countdown_held(emulator, fault_producer, bucket: int, ref: str) -> None:
     """One upload answered 429 (Retry-After 8 s): its retry waits in the worker that took it."""
     served = emulator.stats()["faults"].get("rate_limited", 0)
     emulator.faults.retry_after = RETRY_AFTER
-    emulator.faults.burst_429 = 1
+    emulator.faults.upload_burst_429 = 1  # uploads only: a beat poll must not take it
     fault_producer.upload_url(f"https://cdn.example.com/{ref}.mp3", title=ref, bucket_id=bucket, ref=ref)
     wait_for(lambda: emulator.stats()["faults"].get("rate_limited", 0) > served, what="the 429 served")
 
@@ -72,20 +74,30 @@ def test_a_warm_shutdown_hands_back_a_held_retry_at_once_and_a_live_worker_keeps
     fault_broker: str, spawn_worker, fault_producer, emulator, bucket
 ) -> None:
     """Redis: two workers on one host; the one holding a countdown keeps it (its peer beats beside it for more
-    than the heartbeat timeout), then SIGTERM puts it straight back on the queue for the peer."""
+    than twice the heartbeat timeout), then SIGTERM puts it straight back on the queue for the peer."""
     env = {**ENV, "ACR_INGEST_REDIS_HEARTBEAT_TIMEOUT": "3"}  # short, so that a wrong judgement would show
-    holder = spawn_worker("holder", concurrency=1, env=env).wait_ready()
+    # Both beating before the retry is held, so the watch below starts at once and ends inside its countdown
+    # (8-16 s) however slowly a loaded machine starts workers; whichever took the message is the holder.
+    workers = [spawn_worker(name, concurrency=1, env=env) for name in ("one", "two")]
+    for w in workers:
+        w.wait_ready()
     _countdown_held(emulator, fault_producer, bucket, "kept")
+    # The 429's retry is a new message (with its ETA) that either worker may take: wait until one has.
+    received = re.compile(r"Task ingest\.upload_url\[[^\]]+\] received")
+    wait_for(lambda: sum(len(received.findall(w.text())) for w in workers) == 2, what="the retry received")
     wait_for(lambda: _held_in_redis(fault_broker) == 1, what="the retry held")
-    peer = spawn_worker("peer", concurrency=1, env=env).wait_ready()  # same host, beating and judging
     client = redis.Redis.from_url(fault_broker)
-    deadline = time.monotonic() + 7  # more than twice the timeout after the peer could first judge: nothing moves
+    (key,) = [k.decode() for k in client.scan_iter(f"{INPROGRESS_PREFIX}*:ingest") if client.llen(k)]
+    holder, peer = sorted(workers, key=lambda w: f"/{w.pid}/" not in key)
+    deadline = time.monotonic() + 7  # more than twice the timeout: nothing moves
     while time.monotonic() < deadline:
-        assert (_held_in_redis(fault_broker), client.llen("ingest")) == (1, 0)
+        assert (client.llen(key), client.llen("ingest")) == (1, 0), "the live holder's retry was taken"
         time.sleep(0.2)
+    assert file_row(bucket, "kept").status != FileStatus.READY  # still held: the watch ended inside the countdown
+    before = len(received.findall(peer.text()))  # the peer may have run the first, refused, attempt
     assert holder.stop(timeout=30) == 0  # SIGTERM: a warm shutdown
     # Handed back at close and taken by the peer at once, not after any timeout...
-    wait_for(lambda: "received" in peer.text(), timeout=3, interval=0.05, what="the peer received the retry")
+    wait_for(lambda: len(received.findall(peer.text())) > before, timeout=3, interval=0.05, what="the peer received it")
     # ... which it runs when its countdown ends.
     row = wait_for(
         lambda: (r := file_row(bucket, "kept")) is not None and r.status == FileStatus.READY and r,

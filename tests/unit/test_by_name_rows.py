@@ -54,6 +54,41 @@ def test_a_batch_sent_by_name_stores_what_was_validated(make_ctx, emulator, buck
         assert f"id:{row.remote_id} deleted" in out, out
 
 
+def test_a_failed_bad_input_batch_says_nothing_was_done_for_its_ids(make_ctx, emulator, bucket) -> None:
+    ref = f"CAT-16-{bucket}"
+    run_to_end("upload_url", url_args(bucket, ref), make_ctx())
+    row = file_row(bucket, ref)
+    assert row is not None and row.remote_id is not None
+    ctx = make_ctx()
+    out, _ = run_to_end("delete_batch", {"bucket_id": bucket, "ids": [row.remote_id, "x"]}, ctx)
+    assert out["status"] == OpStatus.FAILED and out["error"].startswith("bad input: ids[1]: ")
+    for how in ([ref], ["--op", str(op_of(ctx).id)]):
+        shown = _ok(_cli("show", *how))
+        line = next(line for line in shown.splitlines() if line.startswith(f"{op_of(ctx).id} "))
+        assert f"id:{row.remote_id} (not done: the batch failed)" in line and "pending" not in line, shown
+    assert file_row(bucket, ref).status != "deleted"
+
+
+def test_a_batch_that_failed_midway_shows_each_id_as_it_ended(make_ctx, emulator, bucket) -> None:
+    """Progress is saved after each chunk: the ids of the chunks done show their outcome, the rest not done."""
+    rows = []
+    for ref in ("mid-1", "mid-2"):
+        run_to_end("upload_url", url_args(bucket, ref), make_ctx())
+        rows.append(file_row(bucket, ref))
+    done, left = (r.remote_id for r in rows)
+    with session_scope() as s:  # as a delete leaves it whose second chunk met a permanent API error
+        op = Operation(
+            kind=OpKind.DELETE_BATCH, args={"bucket_id": bucket, "ids": [done, left]}, task_id=f"mid-{bucket}",
+            bucket_id=bucket, status=OpStatus.FAILED, error="the API refused it: [400] ...",
+            result={"outcomes": {f"id:{done}": "deleted"}},
+        )  # fmt: skip
+        s.add(op)
+        s.commit()
+        op_id = op.id
+    shown = _ok(_cli("show", "--op", str(op_id)))
+    assert f"id:{done} deleted" in shown and f"id:{left} (not done: the batch failed)" in shown, shown
+
+
 BAD_ARGS = [
     {"ids": "1,2,{id}"},
     {"refs": "{ref}"},

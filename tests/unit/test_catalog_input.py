@@ -105,6 +105,10 @@ BROKEN_FILES = {
     "unnamed_column": ("ref,title,url,\nA-1,One,https://cdn.example.com/1.mp3,x\n", "header: column 4 has no name"),
     "no_url_or_path": ("ref,title,artist\nA-1,One,Someone\n", "header: no url or path column"),
     "empty": ("", "file: is empty"),
+    "hidden_character_in_a_column_name": (
+        "ref,ti\u200btle,url\nA-1,One,https://cdn.example.com/1.mp3\n",
+        "header: column 2 ('ti\\u200btle') contains U+200B (ZERO WIDTH SPACE); remove it",
+    ),
 }
 
 
@@ -192,3 +196,35 @@ def test_the_send_as_column(media) -> None:
     as_fp = get_settings().model_copy(update={"upload_as": "fingerprint"})
     (default,) = list(read_catalog(io.StringIO("ref,title,path,bucket\nS-5,D,cat-s.wav,3\n"), "csv", as_fp))
     assert isinstance(default, UploadFileJob) and default.send_as == "fingerprint"
+
+
+def test_a_closed_multi_line_cell_is_legal_csv_and_kept() -> None:
+    """A quoted value over several lines (a note) is read as one value; only lines that read as rows of their
+    own (a quote left open that took them in) refuse the file. In the title, the row is refused by its field."""
+    text = (
+        "ref,title,url,bucket,notes\n"
+        'M-1,One,https://cdn.example.com/1.mp3,5,"Recorded live\nat the Apollo, 1962"\n'
+        'M-2,"Two\nlines",https://cdn.example.com/2.mp3,5,\n'
+        "M-3,Three,https://cdn.example.com/3.mp3,5,plain\n"
+    )
+    assert check_catalog(io.StringIO(text), "csv").rows == 3
+    first, second, third = read_catalog(io.StringIO(text), "csv", get_settings())
+    assert isinstance(first, UploadUrlJob) and first.user_defined == {"notes": "Recorded live\nat the Apollo, 1962"}
+    assert isinstance(second, Refused) and "U+000A" in second.error.errors["title"] and second.ref == "M-2"
+    assert isinstance(third, UploadUrlJob) and third.ref == "M-3"
+    swallowed = (
+        "ref,title,url,bucket,notes\n"
+        'M-1,One,https://cdn.example.com/1.mp3,5,"live\n'
+        'M-2,Two,https://cdn.example.com/2.mp3,5,studio"\n'
+    )
+    with pytest.raises(InputError) as raised:
+        check_catalog(io.StringIO(swallowed), "csv")
+    assert "file: line 2: a quoted value runs on to line 3" in str(raised.value)
+
+
+def test_a_multi_line_cell_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = 'ref,title,url,bucket,notes\nM-9,Nine,https://cdn.example.com/9.mp3,5,"a\nb"\n'
+    (tmp_path / "cat.csv").write_text(text, newline="")
+    result = CliRunner().invoke(main, ["import", "cat.csv", "--dry-run"])
+    assert result.exit_code == 0 and "error" not in result.output, result.output

@@ -64,7 +64,7 @@ def test_send_as_defaults_to_the_setting_and_is_checked() -> None:
     assert validate_upload_file({**base, "send_as": "audio"}, as_fp).send_as == "audio"
     with pytest.raises(InputError) as bad:
         validate_upload_file({**base, "send_as": "fp"}, settings)
-    assert bad.value.errors == {"send_as": "must be one of audio, fingerprint, got 'fp'"}
+    assert bad.value.errors == {"send_as": "must be one of audio, fingerprint (a string), got 'fp'"}
     # A fingerprint file is sent as it is; asking to send it as audio is a mistake.
     fp_file = {**base, "data_type": "fingerprint"}
     assert validate_upload_file(fp_file, settings).send_as == "fingerprint"

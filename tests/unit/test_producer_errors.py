@@ -93,3 +93,9 @@ def test_too_many_ids_names_the_ids_field() -> None:
     with pytest.raises(InputError) as bad:
         validate_delete_batch({"bucket_id": 1, "ids": list(range(1, 10_002))}, get_settings())
     assert list(bad.value.errors) == ["ids"] and "split it into jobs of at most" in bad.value.errors["ids"]
+
+
+def test_upload_file_of_a_bytes_path_says_it_is_not_text(producer_on_own_db: Producer) -> None:
+    with pytest.raises(InputError) as err:
+        producer_on_own_db.upload_file(b"producer-errors.wav", title="t", bucket_id=1)
+    assert err.value.errors == {"path": "must be a string (a file path under the media root), got bytes"}

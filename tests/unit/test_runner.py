@@ -59,6 +59,7 @@ def test_a_429_is_retried_without_using_an_attempt(make_ctx, emulator, bucket) -
 
     out, waits = run_to_end("upload_url", url_args(bucket, "r429", "Refused"), ctx)
     assert out["status"] == OpStatus.SUCCEEDED and out["result"]["adopted"] is False and waits == []
+    assert (op_of(ctx).attempts, op_of(ctx).throttled) == (1, 1)  # the run that succeeded; the 429 not
     assert f"{bucket}:Refused" not in emulator.stats()["searches"]  # a 429 created nothing to look for
     assert len(emulator.files(bucket)) == 1
 
@@ -113,7 +114,7 @@ def test_a_rejected_token_holds_the_job_without_failing_it_until_a_good_one_work
     # The same message once a valid token is configured: it runs, and the hold is lifted.
     fixed = dataclasses.replace(make_ctx(), task_id=held.task_id, owner=held.owner)
     out = run("upload_url", args, fixed)
-    assert out["status"] == OpStatus.SUCCEEDED and op_of(fixed).attempts == 0
+    assert out["status"] == OpStatus.SUCCEEDED and op_of(fixed).attempts == 1  # the held runs did not count
     assert len(emulator.files(bucket)) == 1
     with session_scope() as s:
         assert auth_hold.current(s) is None
@@ -139,3 +140,15 @@ def test_an_unexpected_exception_in_a_handler_ends_the_job_failed(ctx, bucket) -
 
     out = run_job("upload_url", url_args(bucket, "broken"), ctx, broken)
     assert out["status"] == OpStatus.FAILED and out["error"] == "KeyError: 'surprise'"
+
+
+def test_a_success_after_a_5xx_counts_both_runs(make_ctx, emulator, bucket) -> None:
+    ctx = make_ctx(max_attempts=3, backoff_max=0.1)
+    args = {"bucket_id": bucket, "ids": [123456789]}
+    emulator.faults.error_rate = 1.0
+    with pytest.raises(RetryLater):
+        run("delete_batch", args, ctx)
+    assert op_of(ctx).attempts == 1
+    emulator.faults.error_rate = 0.0
+    out, _ = run_to_end("delete_batch", args, ctx)
+    assert out["status"] == OpStatus.PARTIAL and op_of(ctx).attempts == 2

@@ -4,6 +4,7 @@ the terminal."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from click.testing import CliRunner, Result
@@ -43,6 +44,7 @@ def test_show_tells_one_refs_whole_history(make_ctx, emulator, bucket) -> None:
     lines = _ops_lines(shown.output)
     assert [line.split()[1] for line in lines] == ["upload_url", "update_meta", "delete_batch"], shown.output
     assert [line.split()[3] for line in lines] == ["succeeded", "succeeded", "partial"]
+    assert [line.split()[4] for line in lines] == ["1", "1", "1"]  # the run that succeeded counts (it said 0)
     # The batch's outcome for this file, not for the other name it carried.
     assert f"id:{row.remote_id} deleted" in lines[2] and str(UNKNOWN_ID) not in lines[2].split("deleted")[0]
     assert "1 of 2 not done" in lines[2]
@@ -98,3 +100,38 @@ def test_control_and_bidi_characters_are_shown_escaped(make_ctx, emulator, bucke
         assert "line one\\nline two\\r\\u2028three" in out
     rows = _cli("files", "--bucket", str(bucket)).output.splitlines()
     assert len(rows) == 3  # header, rule, one line for the file: the multi-line reason stayed on it
+
+
+def test_a_listing_cut_at_its_limit_says_so(make_ctx, emulator, bucket) -> None:
+    for ref in ("cut-1", "cut-2", "cut-3"):
+        run("upload_url", url_args(bucket, ref), make_ctx())
+        run("delete_batch", {"bucket_id": bucket, "ids": [f"bad-{ref}"]}, make_ctx())  # failed: bad input
+
+    cut = _cli("files", "--bucket", str(bucket), "--limit", "2")
+    assert cut.output.splitlines()[-1] == "showing 2 of 3 files; --limit N or --all for more", cut.output
+    for whole in (_cli("files", "--bucket", str(bucket)), _cli("files", "--bucket", str(bucket), "--all")):
+        assert "showing" not in whole.output and len(whole.output.splitlines()) == 2 + 3, whole.output
+
+    failed = _cli("failures", "--bucket", str(bucket), "--limit", "2")
+    assert failed.output.splitlines()[-1] == "showing 2 of 3 failures; --limit N or --all for more", failed.output
+    assert "showing" not in _cli("failures", "--bucket", str(bucket), "--all").output
+
+    report = json.loads(_cli("status", "--json").output)
+    status = _cli("status").output
+    shown = len(report["recent_failures"])
+    if report["failures_total"] > shown:  # the other tests' failures share the database
+        assert f"recent failures ({shown} of {report['failures_total']}; acr-ingest failures lists them all):" in status
+    else:
+        assert "recent failures:" in status
+
+
+def test_reconcile_says_its_table_shows_examples_only(emulator, bucket) -> None:
+    from ingest.api.client import AcrCloudClient
+    from ingest.settings import get_settings
+
+    with AcrCloudClient.from_settings(get_settings()) as api:  # files added by hand: none of them ours
+        for i in range(7):
+            api.upload_url(bucket, f"https://cdn.example.com/hand-{i}.mp3", title=f"Hand {i}")
+    out = _cli("reconcile", "--bucket", str(bucket)).output
+    assert "unknown 7" in out
+    assert out.splitlines()[-1].startswith("showing 5 examples of 7 findings (at most 5 a class; unknown 7)"), out

@@ -371,7 +371,7 @@ class EmulatorApp:
         if inj.reset():
             self.stats.fault("reset")
             raise _DropConnection("emulator: injected connection reset")
-        if inj.take_burst():
+        if inj.take_burst(upload=endpoint == UPLOAD):
             self.stats.fault("rate_limited")
             return self._too_many(inj.retry_after_header(), limit=self._nominal_limit())
         if (status := inj.error_status()) is not None:

@@ -32,6 +32,9 @@ class Faults:
     upload_delay: float = 0.0
     #: The next N API requests answer 429 (decremented as they are served).
     burst_429: int = 0
+    #: The next N uploads (POST of a file) answer 429; other requests are untouched, so a test that means one
+    #: upload's 429 is not raced by a state poll that takes it first.
+    upload_burst_429: int = 0
     #: Retry-After of the injected 429s (sent rounded up to whole seconds, as HTTP wants).
     retry_after: float = 1.0
     #: Fraction of API requests whose connection is closed without any response.
@@ -59,9 +62,9 @@ class Faults:
                 raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
             if name in _RATES and value > 1:
                 raise ValueError(f"{name} is a fraction between 0 and 1, not {value!r}")
-            if name == "burst_429":
+            if name in ("burst_429", "upload_burst_429"):
                 if value != int(value):
-                    raise ValueError(f"burst_429 must be a whole number, not {value!r}")
+                    raise ValueError(f"{name} must be a whole number, not {value!r}")
                 clean[name] = int(value)
             else:
                 clean[name] = float(value)
@@ -111,11 +114,14 @@ class FaultInjector:
     def reset(self) -> bool:
         return self._hit(self.faults.reset_rate)
 
-    def take_burst(self) -> bool:
+    def take_burst(self, upload: bool = False) -> bool:
         # Check-and-decrement under the lock: N concurrent requests must consume exactly N.
         with self._lock:
             if self.faults.burst_429 > 0:
                 self.faults.burst_429 -= 1
+                return True
+            if upload and self.faults.upload_burst_429 > 0:
+                self.faults.upload_burst_429 -= 1
                 return True
             return False
 
