@@ -110,7 +110,10 @@ class Producer:
         user_defined: dict[str, Any] | str | None = None,
         ref: str | None = None,
         data_type: str = "audio",
+        send_as: str | None = None,
     ) -> Enqueued:
+        """Enqueue an upload of a file under the media root; ``send_as`` (audio or fingerprint, default
+        ACR_INGEST_UPLOAD_AS) says whether the worker posts the audio or its fingerprint."""
         job = validate_upload_file(
             _compact(
                 {
@@ -120,11 +123,14 @@ class Producer:
                     "user_defined": user_defined,
                     "ref": ref,
                     "data_type": data_type,
+                    "send_as": send_as,
                 }
             ),
             self.settings,
         )
-        return self._upload(OpKind.UPLOAD_FILE, job, {"path": job.path, "data_type": job.data_type})
+        return self._upload(
+            OpKind.UPLOAD_FILE, job, {"path": job.path, "data_type": job.data_type, "send_as": job.send_as}
+        )
 
     def _upload(self, kind: OpKind, job: UploadJob, source: dict[str, Any]) -> Enqueued:
         args = {

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # --- Storage and polling ----------------------------------------------------------------------
     database_url: str = "sqlite:///acr-ingest.db"
     media_root: Path = Path(".")
+    # What an upload of a local audio file sends when its job does not say (send_as): the master, or its
+    # ACRCloud fingerprint made on the worker (~400x smaller; needs the `fingerprint` extra). docs/INPUT.md.
+    upload_as: Literal["audio", "fingerprint"] = "audio"
     # Seconds between state polls the beat sends; at least half a second (0 polled thousands of times a second).
     poll_interval: float = Field(default=30.0, ge=0.5, le=3600, allow_inf_nan=False)
 

@@ -101,6 +101,7 @@ CLI_ARGS = {
     "user_defined": "--user-defined",
     "ref": "--ref",
     "data_type": "--data-type",
+    "send_as": "--as",
     "file_id": "--id",
     "acr_id": "--acr-id",
     "target_bucket_id": "--to",
@@ -146,7 +147,7 @@ def _argv(kind: str, args: dict[str, Any]) -> list[str] | None:
         if (
             key not in CLI_ARGS
             or isinstance(value, float)
-            or (key == "data_type" and value not in ("audio", "fingerprint"))
+            or (key in ("data_type", "send_as") and value not in ("audio", "fingerprint"))
         ):
             return None  # click refuses these before our code runs (unknown option, choice, type)
         if _not_text_for_click(key, value):

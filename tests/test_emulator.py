@@ -22,6 +22,8 @@ import requests
 
 from ingest.devtools.emulator import Emulator, Faults
 from ingest.devtools.emulator.__main__ import _parser
+from ingest.fingerprints import Fingerprint, extract
+from tests.fingerprint_audio import write_wav
 from tests.helpers import vendor_examples
 
 TOKEN = "emu-test-token"
@@ -171,7 +173,27 @@ def test_upload_multipart_matches_the_vendor_example(http: requests.Session, emu
     assert emu.stats()["uploads_created"] == before + 2
 
 
-def test_upload_audio_url_json_and_fingerprint_and_acrid(http: requests.Session, emu: Emulator, bucket: int) -> None:
+def _fingerprint(tmp_path: Path) -> Fingerprint:
+    return extract(write_wav(tmp_path / "fp.wav", 4.0, seed=2))
+
+
+def test_bytes_that_are_not_a_fingerprint_get_422_or_in_their_profile_state_minus_1(
+    http: requests.Session, emu: Emulator, bucket: int
+) -> None:
+    junk = {"data_type": "fingerprint", "title": "not one"}
+    r = http.post(files_url(emu, bucket), data=junk, files={"file": b"FP" * 100})
+    assert r.status_code == 422 and r.json()["errors"] == {"file": ["The file must be a valid fingerprint."]}, r.text
+    assert emu.files(bucket) == []
+    with Emulator(tokens={TOKEN}, processing_delay=0.0, profile="fingerprint-unchecked").start(port=0) as loose:
+        r = http.post(files_url(loose, bucket), data=junk, files={"file": b"FP" * 100})
+        assert r.status_code == 200, r.text
+        (f,) = wait_for(lambda: [f for f in loose.files(bucket) if f["state"] != 0], timeout=10)
+        assert f["state"] == -1
+
+
+def test_upload_audio_url_json_and_fingerprint_and_acrid(
+    http: requests.Session, emu: Emulator, bucket: int, tmp_path: Path
+) -> None:
     r = http.post(
         files_url(emu, bucket),
         json={"data_type": "audio_url", "title": "t", "user_defined": {"artists": "a"}, "url": "https://h/x.mp3"},
@@ -181,8 +203,10 @@ def test_upload_audio_url_json_and_fingerprint_and_acrid(http: requests.Session,
     _assert_like(f, VENDOR["upload"]["data"], what="upload(audio_url)")
     assert (f["duration"], f["user_defined"], f["audio_id"]) == ("30.000000", {"artists": "a"}, "")
 
-    r = http.post(files_url(emu, bucket), data={"data_type": "fingerprint", "title": "fp"}, files={"file": b"FP" * 100})
+    fp = _fingerprint(tmp_path)
+    r = http.post(files_url(emu, bucket), data={"data_type": "fingerprint", "title": "fp"}, files={"file": fp.data})
     assert r.status_code == 200 and r.json()["data"]["title"] == "fp"
+    assert r.json()["data"]["duration"] == f"{fp.duration_ms / 1000:.6f}"  # read from the fingerprint
 
     acrid = "0123456789abcdef0123456789abcdef"
     r = http.post(files_url(emu, bucket), json={"data_type": "acrid", "title": "by acrid", "acrid": acrid})

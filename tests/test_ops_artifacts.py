@@ -595,20 +595,25 @@ def test_kubernetes_deployment_shape(overlay: str) -> None:
     assert "FLOWER_BASIC_AUTH" in objs[("Secret", "acr-ingest-flower")]["stringData"]
     assert objs[("Service", "acr-ingest-flower")]["spec"].get("type", "ClusterIP") == "ClusterIP"
 
-    # KEDA scales the worker Deployment on the ingest queue's length, with the broker's own scaler.
+    # KEDA scales the worker Deployment on the job queues' lengths (ingest, and the fingerprint uploads' own),
+    # with the broker's own scaler.
     scaled = objs[("ScaledObject", "acr-ingest-worker")]["spec"]
     assert scaled["scaleTargetRef"]["name"] == "acr-ingest-worker"
     assert scaled["minReplicaCount"] >= 1  # a worker also consumes the poll queue
-    (trigger,) = scaled["triggers"]
-    assert trigger["type"] == OVERLAYS[overlay]
-    if overlay == "redis":
-        assert trigger["metadata"]["listName"] == "ingest"
-    else:
-        assert trigger["metadata"]["queueName"] == "ingest" and trigger["metadata"]["mode"] == "QueueLength"
-        auth = objs[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]
-        assert auth["secretTargetRef"] == [
-            {"parameter": "host", "name": "acr-ingest-env", "key": "ACR_INGEST_BROKER_URL"}
-        ]
+    watched = []
+    for trigger in scaled["triggers"]:
+        assert trigger["type"] == OVERLAYS[overlay]
+        if overlay == "redis":
+            watched.append(trigger["metadata"]["listName"])
+        else:
+            assert trigger["metadata"]["mode"] == "QueueLength"
+            watched.append(trigger["metadata"]["queueName"])
+            auth = objs[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]
+            assert auth["secretTargetRef"] == [
+                {"parameter": "host", "name": "acr-ingest-env", "key": "ACR_INGEST_BROKER_URL"}
+            ]
+    assert watched == ["ingest", "ingest.fingerprint"]
     from ingest.worker.app import create_app
 
-    assert "ingest" in {q.name for q in create_app(Settings()).conf.task_queues}, "the queue KEDA watches"
+    queues = {q.name for q in create_app(Settings()).conf.task_queues}
+    assert set(watched) <= queues, "the queues KEDA watches"

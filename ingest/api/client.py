@@ -148,21 +148,47 @@ class AcrCloudClient:
         audio_id: str | None = None,
     ) -> BucketFile:
         """POST a file as multipart, streamed from disk (``requests``' own ``files=`` would buffer it)."""
+        name = os.path.basename(os.fspath(path)) or "upload"
+        # Opened before the gate: a missing file fails locally without using a rate-limit slot.
+        with open(path, "rb") as fh:
+            return self._upload_stream(bucket_id, fh, name, data_type, title, user_defined, audio_id)
+
+    def upload_bytes(
+        self,
+        bucket_id: int,
+        data: bytes,
+        *,
+        name: str,
+        title: str,
+        data_type: str = "fingerprint",
+        user_defined: dict[str, Any] | None = None,
+        audio_id: str | None = None,
+    ) -> BucketFile:
+        """POST content held in memory (a fingerprint made here) as the file part ``name``."""
+        return self._upload_stream(bucket_id, io.BytesIO(data), name, data_type, title, user_defined, audio_id)
+
+    def _upload_stream(
+        self,
+        bucket_id: int,
+        fh: BinaryIO,
+        name: str,
+        data_type: str,
+        title: str,
+        user_defined: dict[str, Any] | None,
+        audio_id: str | None,
+    ) -> BucketFile:
         if data_type not in FILE_DATA_TYPES:
             raise ValueError(f"data_type must be one of {FILE_DATA_TYPES}, not {data_type!r}")
         fields = _form_fields(data_type, title, user_defined, audio_id)
-        name = os.path.basename(os.fspath(path)) or "upload"
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        # Opened before the gate: a missing file fails locally without using a rate-limit slot.
-        with open(path, "rb") as fh:
-            form = _FileForm(fields, name, fh, ctype)
-            body = self._request(
-                "upload",
-                "POST",
-                self._files_path(bucket_id),
-                data=form,
-                headers={"Content-Type": form.content_type},
-            )
+        form = _FileForm(fields, name, fh, ctype)
+        body = self._request(
+            "upload",
+            "POST",
+            self._files_path(bucket_id),
+            data=form,
+            headers={"Content-Type": form.content_type},
+        )
         return _created_file(body)
 
     def upload_url(
@@ -406,7 +432,9 @@ class _FileForm:
             raise AssertionError("MultipartEncoder no longer ends a body with its closing boundary")
         self._head = encoded[: -len(self._tail)]
         self._fh = fh
-        self._left = os.fstat(fh.fileno()).st_size - fh.tell()
+        start = fh.tell()
+        self._left = fh.seek(0, os.SEEK_END) - start  # a file on disk or bytes in memory alike
+        fh.seek(start)
         self.content_type: str = empty.content_type
         self.len = len(self._head) + self._left + len(self._tail)  # requests takes the Content-Length from it
 

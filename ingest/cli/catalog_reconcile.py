@@ -52,7 +52,9 @@ def _fix(report: Report, delete_unknown: bool) -> dict[str, int]:
         if row.data_type == "audio_url":
             producer.upload_url(row.source, ref=row.ref, **common)
         else:
-            producer.upload_file(row.source, ref=row.ref, data_type=row.data_type, **common)
+            # As it was sent before: a fingerprint is made again from the source as it is now.
+            send_as = row.send_as if row.data_type == "audio" else None
+            producer.upload_file(row.source, ref=row.ref, data_type=row.data_type, send_as=send_as, **common)
         done["re-uploads"] += 1
     return done
 

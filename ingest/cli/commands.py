@@ -115,6 +115,12 @@ def upload_url(url: str, **kw: Any) -> None:
 @click.argument("path")
 @click.option("--title", required=True)
 @click.option("--data-type", default="audio", type=click.Choice(["audio", "fingerprint"]))
+@click.option(
+    "--as",
+    "send_as",
+    type=click.Choice(["audio", "fingerprint"]),
+    help="Send the audio itself or its fingerprint, made on the worker (default ACR_INGEST_UPLOAD_AS).",
+)
 @bucket_opt
 @ud_opt
 @ref_opt

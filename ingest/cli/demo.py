@@ -2,7 +2,9 @@
 
 The emulator (in this process, real HTTP on loopback), a worker and a beat (child processes), SQLite,
 and kombu's filesystem transport as the broker. A dozen generated WAV files and URLs are enqueued, plus
-one URL the emulator treats as bad audio, and the run ends with a table of every file.
+one URL the emulator treats as bad audio, and the run ends with a table of every file. Where the fingerprint
+library is installed, half the files go as fingerprints made on the worker, and a corrupt local master sent
+that way fails before the API sees it (``path: not decodable audio``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ URLS = [
     ("Cartographer", "https://cdn.example.com/catalog/cartographer.mp3"),
 ]
 BAD_URL = ("Corrupt Master", "https://cdn.example.com/catalog/broken-master.mp3")
+# A local master that is no audio (its bytes are text), sent as a fingerprint: refused on the worker.
+BAD_FILE = ("Corrupt Local Master", "corrupt-local-master.wav")
 
 
 def write_tone(path: Path, freq: float, seconds: float = 2.0, rate: int = 8000) -> None:
@@ -61,6 +65,7 @@ def run_demo(*, keep: bool = False, timeout: float = 120.0) -> int:
     media.mkdir()
     for title, freq in FILES:
         write_tone(media / f"{title.lower().replace(' ', '-')}.wav", freq)
+    (media / BAD_FILE[1]).write_bytes(b"this master was truncated to text by a broken export\n" * 200)
     token = secrets.token_urlsafe(32)
     emulator = Emulator(tokens={token}, processing_delay=1.5).start()
     env = {
@@ -113,23 +118,34 @@ def run_demo(*, keep: bool = False, timeout: float = 120.0) -> int:
 
 
 def _drive(work: Path, timeout: float, worker: ChildProcess) -> int:
+    from ingest.fingerprints import unavailable_reason
     from ingest.producer import Producer
     from ingest.store.db import session_scope
     from ingest.store.models import FileStatus
     from ingest.store.reports import file_counts, files
 
     producer = Producer()
+    fingerprints = unavailable_reason() is None
     for n, (title, _freq) in enumerate(FILES, 1):
         producer.upload_file(
             f"{title.lower().replace(' ', '-')}.wav",
             title=title,
             ref=f"CAT-{n:04d}",
             user_defined={"artist": "Demo Ensemble", "album": "Loopback Sessions"},
+            send_as="fingerprint" if fingerprints and n > len(FILES) // 2 else "audio",
         )
     for n, (title, url) in enumerate([*URLS, BAD_URL], len(FILES) + 1):
         producer.upload_url(url, title=title, ref=f"CAT-{n:04d}", user_defined={"artist": "Demo Ensemble"})
     total = len(FILES) + len(URLS) + 1
-    click.echo(f"enqueued {total} uploads ({len(FILES)} files, {len(URLS) + 1} URLs)\n")
+    if fingerprints:
+        # Recorded, then failed by the worker: no retry, nothing posted.
+        producer.upload_file(BAD_FILE[1], title=BAD_FILE[0], ref=f"CAT-{total + 1:04d}", send_as="fingerprint")
+        total += 1
+    click.echo(
+        f"enqueued {total} uploads ({len(FILES) + fingerprints} files"
+        + (f", {len(FILES) // 2 + 1} of them as fingerprints" if fingerprints else "")
+        + f", {len(URLS) + 1} URLs)\n"
+    )
 
     start = time.monotonic()
     last = ""
@@ -155,9 +171,21 @@ def _drive(work: Path, timeout: float, worker: ChildProcess) -> int:
     click.echo(files_table(rows))
     ready = sum(r.status == "ready" for r in rows)
     errors = [r for r in rows if r.status == "error"]
-    ok = done and ready == total - 1 and len(errors) == 1 and all(r.remote_id and r.acr_id for r in rows)
+    failed = [r for r in rows if r.status == "failed"]
+    bad_local = int(fingerprints)  # the corrupt local master: failed on the worker, never posted
+    ok = (
+        done
+        and ready == total - 1 - bad_local
+        and len(errors) == 1
+        and len(failed) == bad_local
+        and all("not decodable audio" in (r.reason or "") and r.remote_id is None for r in failed)
+        and all(r.remote_id and r.acr_id for r in rows if r.status != "failed")
+    )
+    expected = f"{total - 1 - bad_local} ready and the bad master in error" + (
+        ", the corrupt local master failed as not decodable audio" if bad_local else ""
+    )
     click.echo(
-        f"\n{ready} ready, {len(errors)} error (expected: {total - 1} ready and the bad master in error) "
+        f"\n{ready} ready, {len(errors)} error, {len(failed)} failed (expected: {expected}) "
         f"in {time.monotonic() - start:.1f}s — {'OK' if ok else 'NOT AS EXPECTED'}"
     )
     return 0 if ok else 1

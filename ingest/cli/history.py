@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from ingest.cli.render import printable, table
+from ingest.cli.render import printable, sent_as, table
 from ingest.store.history import FileHistory
 
 
@@ -24,7 +24,8 @@ def render_history(h: FileHistory) -> str:
         f"  status    {f.status}{state}",
         f"  id        {f.remote_id if f.remote_id is not None else '-'}",
         f"  acr_id    {f.acr_id or '-'}",
-        f"  source    {printable(f.source)}",
+        f"  source    {printable(f.source)} ({f.data_type})",
+        f"  sent as   {sent_as(f)}",
         f"  attempts  {f.attempts}",
         f"  created   {_when(f.created_at)}    updated {_when(f.updated_at)}",
     ]

@@ -41,7 +41,13 @@ ASSUMPTIONS: dict[str, tuple[str, str]] = {
     "list_search_matches_title": ("list ?search= matches titles", "(adoption needs it)"),
     "list_accepts_keyword": ("list accepts ?keyword= (the vendor CLI's name)", "(informational)"),
     "list_accepts_sort_state": ("list accepts sort=state", "(informational)"),
+    "fingerprint_checked": (
+        "an upload with data_type=fingerprint that is not one is refused (422)",
+        "fingerprint-unchecked",
+    ),
 }
+# What the probe sends as a "fingerprint" that is not one: text no extraction tool writes.
+NOT_A_FINGERPRINT = b"acr-ingest probe: these bytes are not an ACRCloud fingerprint\n" * 64
 
 
 def body_shape(status: int, data: Any) -> str:
@@ -105,6 +111,7 @@ class Probe:
             self._clean_up()
 
     def _steps(self, a: BucketFile, b: BucketFile, title_a: str) -> None:
+        self._not_a_fingerprint()
         (back,) = self.client.get_files(self.bucket, [a.id])
         self.found["audio_id_kept"] = back.audio_id == f"probe-{self.nonce}-a"
         self.notes["audio_id_kept"] = f"sent 'probe-{self.nonce}-a', read back {back.audio_id!r}"
@@ -123,6 +130,26 @@ class Probe:
         self._move(a)
         self._list(title_a)
         self._states(a)
+
+    def _not_a_fingerprint(self) -> None:
+        """Whether the API looks at a fingerprint upload's bytes (acr-ingest checks its own before sending)."""
+        title = f"acr-ingest probe {self.nonce} not-a-fingerprint"
+        try:
+            f = self.client.upload_bytes(
+                self.bucket, NOT_A_FINGERPRINT, name="probe.fp", title=title, user_defined={"probe": self.nonce}
+            )
+        except ValidationError as exc:
+            self.found["fingerprint_checked"] = True
+            self.notes["fingerprint_checked"] = str(exc)
+            return
+        except UnconfirmedUploadError:
+            matches = [f for f in self.client.iter_files(self.bucket, search=title) if f.title == title]
+            if not matches:
+                raise
+            f = matches[0]
+        self.created[f.id] = self.bucket
+        self.found["fingerprint_checked"] = False
+        self.notes["fingerprint_checked"] = f"taken as file {f.id} (state {f.state})"
 
     def _delete_mixed(self, b: BucketFile) -> None:
         path = f"{self._files_path(self.bucket)}/{b.id},{MISSING_ID}"
@@ -222,6 +249,8 @@ def matching_profiles(found: dict[str, Any]) -> list[str]:
         out.append("user-defined-string")
     if found.get("states_documented") is False:
         out.append("odd-states")
+    if found.get("fingerprint_checked") is False:
+        out.append("fingerprint-unchecked")
     return out or ["lenient"]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ingest.store.models import TrackFile
 
-FILE_COLUMNS = ("ref", "bucket", "title", "id", "acr_id", "state", "status", "reason")
+FILE_COLUMNS = ("ref", "bucket", "title", "sent as", "id", "acr_id", "state", "status", "reason")
 
 
 def printable(text: str) -> str:
@@ -36,9 +36,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: i
 def files_table(rows: Sequence[TrackFile]) -> str:
     return table(
         FILE_COLUMNS,
-        [(r.ref, r.bucket_id, r.title, r.remote_id, r.acr_id, r.remote_state, r.status, r.reason) for r in rows],
+        [
+            (r.ref, r.bucket_id, r.title, r.send_as, r.remote_id, r.acr_id, r.remote_state, r.status, r.reason)
+            for r in rows
+        ],
         max_width=60,
     )
+
+
+def sent_as(row: TrackFile) -> str:
+    """Which kind the upload posted, with a fingerprint's size and duration once it was made."""
+    if row.send_as != "fingerprint" or row.fingerprint_bytes is None:
+        return row.send_as
+    seconds = f", {row.duration_ms / 1000:.1f} s" if row.duration_ms is not None else ""
+    made = " made here" if row.data_type == "audio" else ""
+    return f"fingerprint{made} ({row.fingerprint_bytes:,} bytes{seconds})"
 
 
 def cut_note(shown: int, total: int, what: str, more: str = "--limit N or --all for more") -> str | None:

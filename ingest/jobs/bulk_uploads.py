@@ -28,6 +28,7 @@ from ingest.jobs.managed_files import (
     data_type_of,
     plan_upload,
     prepare_upload_row,
+    send_as_of,
     source_of,
 )
 from ingest.settings import Settings
@@ -90,7 +91,7 @@ def upload_args(job: UploadJob) -> dict[str, Any]:
     """The task's keyword arguments, exactly as ``Producer.upload_url``/``upload_file`` send them."""
     source: dict[str, Any] = {"url": source_of(job)} if kind_of(job) is OpKind.UPLOAD_URL else {}
     if not source:
-        source = {"path": source_of(job), "data_type": data_type_of(job)}
+        source = {"path": source_of(job), "data_type": data_type_of(job), "send_as": send_as_of(job)}
     return {**source, "bucket_id": job.bucket_id, "title": job.title, "user_defined": job.user_defined, "ref": job.ref}
 
 
@@ -176,6 +177,7 @@ def _new_row_values(job: UploadJob, now: Any) -> dict[str, Any]:
         "ref": job.ref,
         "bucket_id": job.bucket_id,
         "data_type": data_type_of(job),
+        "send_as": send_as_of(job),
         "title": job.title,
         "user_defined": dict(job.user_defined),
         "source": source_of(job),

@@ -2,10 +2,11 @@
 validators as every other entry point (``inputs.validate_upload_url`` / ``validate_upload_file``).
 
 Columns (CSV header, or JSONL keys): ``ref``, ``title``, ``url`` or ``path``, optional ``bucket``
-(or ``bucket_id``), ``data_type`` (for ``path``: ``audio`` or ``fingerprint``) and ``user_defined``
-(a JSON object). Any other column becomes a key of ``user_defined`` (its value as given; empty CSV
-cells are left out); such a key overrides the same key of the ``user_defined`` column. Rows are read
-one at a time; only the (bucket, ref) of each row is kept, to refuse a ref given twice.
+(or ``bucket_id``), ``data_type`` (for ``path``: ``audio`` or ``fingerprint``), ``send_as`` (for an audio
+``path``: ``audio`` or ``fingerprint``, default ACR_INGEST_UPLOAD_AS) and ``user_defined`` (a JSON object).
+Any other column becomes a key of ``user_defined`` (its value as given; empty CSV cells are left out); such
+a key overrides the same key of the ``user_defined`` column. Rows are read one at a time; only the (bucket,
+ref) of each row is kept, to refuse a ref given twice.
 
 Nothing of a file is read silently wrong: a CSV without a header row, separated by ``;``, with a column
 named twice, a column without a name or a misspelt one (``tittle``), a quote that is never closed or a
@@ -33,7 +34,7 @@ from ingest.jobs.errors import InputError
 from ingest.jobs.inputs import hidden_character, validate_upload_file, validate_upload_url
 from ingest.settings import Settings
 
-KNOWN = {"ref", "title", "url", "path", "bucket", "bucket_id", "data_type", "user_defined"}
+KNOWN = {"ref", "title", "url", "path", "bucket", "bucket_id", "data_type", "send_as", "user_defined"}
 
 
 SHOWN_COLUMNS = 10  # extra columns named in a note, at most
@@ -246,9 +247,12 @@ def to_job(row: dict[str, Any], settings: Settings, default_bucket: int | None =
         if row.get("path") is not None:
             args["path"] = row["path"]
             args["data_type"] = row.get("data_type")
+            args["send_as"] = row.get("send_as")
             return validate_upload_file({k: v for k, v in args.items() if v is not None}, settings)
         if row.get("data_type") not in (None, "audio_url"):
             raise InputError({"data_type": "applies to path rows only (audio or fingerprint); leave it out for url"})
+        if row.get("send_as") is not None:
+            raise InputError({"send_as": "applies to path rows only (the API fetches a url itself); leave it out"})
         if row.get("url") is None:
             raise InputError({"url": "required: give url (http/https) or path (under ACR_INGEST_MEDIA_ROOT)"})
         args["url"] = row["url"]

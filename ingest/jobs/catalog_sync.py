@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from ingest.jobs.bulk_uploads import Item, Refused, batches, error_text, existing_rows
 from ingest.jobs.errors import InputError
-from ingest.jobs.managed_files import UploadJob, UploadPlan, data_type_of, plan_upload, source_of
+from ingest.jobs.managed_files import UploadJob, UploadPlan, data_type_of, plan_upload, send_as_of, source_of
 from ingest.store.models import FileStatus, TrackFile
 
 
@@ -42,7 +42,9 @@ class SyncPlan:
     def as_dict(self) -> dict[str, Any]:
         return {
             "bucket_id": self.bucket_id,
-            "uploads": [{"ref": j.ref, "title": j.title, "source": source_of(j)} for j in self.uploads],
+            "uploads": [
+                {"ref": j.ref, "title": j.title, "source": source_of(j), "send_as": send_as_of(j)} for j in self.uploads
+            ],
             "updates": [{"ref": j.ref, "title": j.title, "user_defined": j.user_defined} for j in self.updates],
             "moves": [{"ref": ref, "from_bucket": src} for src, ref in self.moves],
             "deletes": [{"ref": ref} for ref in self.deletes],

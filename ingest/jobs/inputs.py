@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from ingest.api.client import FILE_DATA_TYPES
+from ingest.fingerprints import unavailable_reason
 from ingest.jobs.errors import InputError
 from ingest.jobs.identity import REF_KEY
 from ingest.redact import mask_url_credentials
@@ -60,6 +61,8 @@ class UploadFileJob(BaseModel):
     user_defined: dict[str, Any]
     ref: str
     data_type: str = "audio"
+    # What the worker posts: the file as it is, or (audio only) its fingerprint made on the worker.
+    send_as: str = "audio"
 
 
 class UpdateMetaJob(BaseModel):
@@ -439,7 +442,8 @@ def _unknown_keys(c: _Collector, args: dict[str, Any], allowed: set[str]) -> Non
 # --- the jobs ----------------------------------------------------------------------------------
 
 UPLOAD_URL_ARGS = {"url", "bucket_id", "title", "user_defined", "ref"}
-UPLOAD_FILE_ARGS = {"path", "bucket_id", "title", "user_defined", "ref", "data_type"}
+UPLOAD_FILE_ARGS = {"path", "bucket_id", "title", "user_defined", "ref", "data_type", "send_as"}
+SEND_AS = ("audio", "fingerprint")
 UPDATE_META_ARGS = {"bucket_id", "ref", "file_id", "acr_id", "title", "user_defined"}
 DELETE_ARGS = {"bucket_id", "refs", "ids", "acr_ids"}
 MOVE_ARGS = {"bucket_id", "target_bucket_id", "refs", "ids", "acr_ids"}
@@ -477,6 +481,7 @@ def validate_upload_file(args: dict[str, Any], settings: Settings) -> UploadFile
         data_type = "audio"
     if not isinstance(data_type, str) or data_type not in FILE_DATA_TYPES:
         c.add("data_type", f"must be one of {', '.join(FILE_DATA_TYPES)} (a string), got {_got(data_type)}")
+    send_as = _send_as(c, args.get("send_as"), data_type, settings)
     c.raise_if_any()
     assert resolved is not None and title is not None
     rel = resolved[1]
@@ -487,7 +492,23 @@ def validate_upload_file(args: dict[str, Any], settings: Settings) -> UploadFile
         user_defined=ud or {},
         ref=ref or generated_ref(data_type, rel),
         data_type=data_type,
+        send_as=send_as,
     )
+
+
+def _send_as(c: _Collector, value: Any, data_type: Any, settings: Settings) -> str:
+    """What to post: a fingerprint file is posted as it is; audio as given, else ACR_INGEST_UPLOAD_AS."""
+    if value is not None and (not isinstance(value, str) or value not in SEND_AS):
+        c.add("send_as", f"must be one of {', '.join(SEND_AS)} (a string), got {_got(value)}")
+        return "audio"
+    if data_type == "fingerprint":
+        if value == "audio":
+            c.add("send_as", "a data_type=fingerprint file is sent as it is: leave send_as out, or give the audio")
+        return "fingerprint"
+    send_as = value or settings.upload_as
+    if send_as == "fingerprint" and (why := unavailable_reason()):
+        c.add("send_as", f"fingerprint: {why}")
+    return send_as
 
 
 def _file_id(c: _Collector, field: str, value: Any) -> int | None:

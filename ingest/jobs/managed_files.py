@@ -57,6 +57,11 @@ def data_type_of(job: UploadJob) -> str:
     return job.data_type if isinstance(job, UploadFileJob) else "audio_url"
 
 
+def send_as_of(job: UploadJob) -> str:
+    """What the upload posts: a URL as audio_url, a file as itself or (audio) as its fingerprint."""
+    return job.send_as if isinstance(job, UploadFileJob) else "audio_url"
+
+
 def source_of(job: UploadJob) -> str:
     return job.path if isinstance(job, UploadFileJob) else job.url
 
@@ -79,6 +84,8 @@ def plan_upload(existing: TrackFile | None, job: UploadJob) -> UploadPlan:
                 )
             }
         )
+    # A different send_as for a file already in the bucket is not a reason to send it again: it applies to
+    # the ref's next upload (switching ACR_INGEST_UPLOAD_AS must not re-upload a whole synced catalog).
     if existing.title != job.title or existing.user_defined != job.user_defined:
         return UploadPlan.UPDATE
     return UploadPlan.NOOP
@@ -87,7 +94,12 @@ def plan_upload(existing: TrackFile | None, job: UploadJob) -> UploadPlan:
 def prepare_upload_row(session: Session, existing: TrackFile | None, job: UploadJob) -> TrackFile:
     """Write the row an upload will fill in (a new one, or a failed/cancelled/deleted one reset)."""
     row = existing or TrackFile(
-        ref=job.ref, bucket_id=job.bucket_id, data_type=data_type_of(job), title=job.title, source=source_of(job)
+        ref=job.ref,
+        bucket_id=job.bucket_id,
+        data_type=data_type_of(job),
+        send_as=send_as_of(job),
+        title=job.title,
+        source=source_of(job),
     )
     if existing is not None:
         row.generation += 1  # another file under this ref: updates asked for the old one no longer apply
@@ -97,6 +109,9 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
         row.post_started_at = None
         row.verify_after = None
     row.data_type = data_type_of(job)
+    row.send_as = send_as_of(job)
+    row.fingerprint_bytes = None
+    row.duration_ms = None
     row.source = source_of(job)
     row.title = job.title
     row.user_defined = dict(job.user_defined)

@@ -8,6 +8,7 @@ the bucket for a file whose ``audio_id`` is our ref and adopts it instead of pos
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam
@@ -18,6 +19,7 @@ from sqlmodel import Session, col, select
 from ingest.api.client import AcrCloudClient
 from ingest.api.errors import ApiError, TransientError
 from ingest.api.schemas import BucketFile
+from ingest.fingerprints import Fingerprint, NotDecodable, extract, unavailable_reason
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.identity import REF_KEY, same_meta, tagged
@@ -63,6 +65,17 @@ def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile
         )
     resolved = resolve_media_path(row.source, ctx.settings)
     assert resolved is not None
+    if row.send_as == "fingerprint" and row.data_type == "audio":
+        fingerprint = _fingerprint(row, resolved[0])
+        return client.upload_bytes(
+            row.bucket_id,
+            fingerprint.data,
+            name=f"{resolved[0].stem}.fp",
+            title=row.title,
+            data_type="fingerprint",
+            user_defined=tagged(row.user_defined, row.ref),
+            audio_id=row.ref,
+        )
     return client.upload_file(
         row.bucket_id,
         resolved[0],
@@ -71,6 +84,21 @@ def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile
         user_defined=tagged(row.user_defined, row.ref),
         audio_id=row.ref,
     )
+
+
+def _fingerprint(row: TrackFile, path: Path) -> Fingerprint:
+    """The audio's fingerprint, made here from the source each time it is posted (never stored: a re-upload
+    reads the file as it is now). Audio the library cannot read is bad input, before the API sees it."""
+    if why := unavailable_reason():
+        raise InputError({"send_as": f"fingerprint: {why}"})
+    try:
+        fingerprint = extract(path)
+    except NotDecodable:
+        raise InputError(
+            {"path": f"not decodable audio: {row.source!r} is no audio the fingerprint library reads"}
+        ) from None
+    row.fingerprint_bytes, row.duration_ms = len(fingerprint.data), fingerprint.duration_ms
+    return fingerprint
 
 
 def _own_row(job: UploadJob, op_id: int) -> tuple[int | None, dict[str, Any]]:

@@ -104,6 +104,11 @@ class TrackFile(SQLModel, table=True):
     # The API's ids are BIGINT: bucket ids past 2^31 exist, and file ids may grow as large.
     bucket_id: int = Field(index=True, sa_type=BigInteger)
     data_type: str = Field(max_length=32)
+    # What the last upload posted (audio, fingerprint or audio_url): audio may go as its fingerprint, made
+    # on the worker; then its size and the duration it holds are kept beside it.
+    send_as: str = Field(default="audio", max_length=32)
+    fingerprint_bytes: int | None = None
+    duration_ms: int | None = None
     title: str
     user_defined: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     source: str  # the URL, or the path relative to the media root

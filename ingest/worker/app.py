@@ -13,11 +13,9 @@ from ingest.settings import Settings, get_settings
 # Imported for their Celery signal receivers: the log format and job fields, and a worker's metrics port.
 from ingest.worker import logs, metrics_server  # noqa: F401
 from ingest.worker.broker import broker_config
+from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE, route_task
 
-QUEUE = "ingest"
-# The state poll has a queue of its own: Redis serves queues in turn, so a long backlog of jobs
-# (or of retries) does not delay the poll until its message expires.
-POLL_QUEUE = "ingest.poll"
+__all__ = ["FINGERPRINT_QUEUE", "POLL_QUEUE", "QUEUE", "app", "create_app"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -34,8 +32,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [
             Queue(QUEUE, routing_key=QUEUE, durable=True),
             Queue(POLL_QUEUE, routing_key=POLL_QUEUE, durable=True),
+            Queue(FINGERPRINT_QUEUE, routing_key=FINGERPRINT_QUEUE, durable=True),
         ],
-        "task_routes": {"ingest.poll_states": {"queue": POLL_QUEUE}},
+        # The poll's queue, and fingerprint uploads' (worker/routing.py: by the message's arguments).
+        "task_routes": (route_task,),
         # Delivery: acknowledge after the work, requeue when a worker process dies, one task at a time.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -109,6 +109,13 @@ def _refuse_a_worker_without_a_token(**_: Any) -> None:
     from ingest.worker.startup import require_token
 
     require_token()
+
+
+@worker_init.connect
+def _refuse_a_worker_that_cannot_fingerprint(**_: Any) -> None:
+    from ingest.worker.startup import require_fingerprints
+
+    require_fingerprints()
 
 
 @beat_init.connect

@@ -23,6 +23,7 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 
 from ingest.jobs.bulk_uploads import Message
+from ingest.worker.routing import queue_of
 
 # The keys of task_publish_retry_policy that kombu's retry takes (Celery also knows ``retry_errors``).
 _POLICY_KEYS = ("max_retries", "interval_start", "interval_step", "interval_max")
@@ -39,9 +40,9 @@ class _Route:
     options: dict[str, Any]  # what else the router gave (properties such as priority), passed through
 
 
-def _route(app: Celery, name: str) -> _Route:
+def _route(app: Celery, name: str, kwargs: dict[str, Any]) -> _Route:
     amqp = app.amqp
-    options = dict(amqp.router.route({}, name, (), {}, None))
+    options = dict(amqp.router.route({}, name, (), kwargs, None))
     queue = options.pop("queue", None)
     exchange = options.pop("exchange", None)
     routing_key = options.pop("routing_key", None)
@@ -88,7 +89,7 @@ def publish_tasks(app: Celery, messages: Sequence[Message]) -> None:
     serializer, compression = conf.task_serializer, conf.task_compression
     reply_to = app.thread_oid
     origin = anon_nodename()  # as_task_v2 works it out again for every message otherwise
-    routes: dict[str, _Route] = {}
+    routes: dict[tuple[str, str | None], _Route] = {}  # by task name and the queue its arguments pick
     with app.producer_or_acquire() as producer:
         if retry:
             producer.connection.ensure_connection(**policy)
@@ -97,9 +98,10 @@ def publish_tasks(app: Celery, messages: Sequence[Message]) -> None:
         batched = producer.supports_batch_publish
         with producer.batch(max_size=2 * len(messages) + 2):
             for m in messages:
-                route = routes.get(m.task_name)
+                key = (m.task_name, queue_of(m.task_name, m.args))
+                route = routes.get(key)
                 if route is None:
-                    route = routes[m.task_name] = _route(app, m.task_name)
+                    route = routes[key] = _route(app, m.task_name, m.args)
                     for entity in route.declare:
                         producer.maybe_declare(entity, retry=retry, **policy)
                 headers, properties, body, _ = amqp.as_task_v2(

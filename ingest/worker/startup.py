@@ -3,7 +3,7 @@
 - the database schema is this code's head revision, and the database exists and takes our login (an
   unreachable one is only logged: it may be on its way up, and each task retries it);
 - a worker has an API token (an empty ``ACR_INGEST_ACCESS_TOKEN`` and no token file would start "ready" and
-  fail every job);
+  fail every job), and can make fingerprints when ``ACR_INGEST_UPLOAD_AS=fingerprint``;
 - exactly one beat schedules for a broker: the beat holds a lease in the database while it runs
   (``BeatLease``), and a second one is refused.
 """
@@ -20,6 +20,7 @@ from datetime import UTC
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ingest.fingerprints import unavailable_reason
 from ingest.redact import mask_url_credentials
 from ingest.settings import Settings, get_settings
 from ingest.store import leases
@@ -86,6 +87,14 @@ def require_token(settings: Settings | None = None) -> None:
     raise _not_starting(
         "no API token: set ACR_INGEST_ACCESS_TOKEN (or ACR_INGEST_ACCESS_TOKEN_FILE) to the Console API token"
     )
+
+
+def require_fingerprints(settings: Settings | None = None) -> None:
+    """A worker told to send fingerprints by default (ACR_INGEST_UPLOAD_AS=fingerprint) but unable to make
+    them would fail every upload as bad input: refuse it, saying what to install."""
+    settings = settings or get_settings()
+    if settings.upload_as == "fingerprint" and (why := unavailable_reason()):
+        raise _not_starting(f"ACR_INGEST_UPLOAD_AS=fingerprint, but {why}")
 
 
 def beat_lease_name(settings: Settings) -> str:

@@ -178,6 +178,26 @@ def test_jsonl_keys_named_twice_or_misspelt_refuse_the_row() -> None:
     assert isinstance(third, UploadUrlJob) and third.user_defined == {"label": "L"}
 
 
+def test_the_send_as_column(media) -> None:
+    (media / "cat-s.wav").write_bytes(b"RIFF0000WAVE")
+    text = (
+        "ref,title,path,url,bucket,send_as\n"
+        "S-1,Fp,cat-s.wav,,3,fingerprint\n"
+        "S-2,Default,cat-s.wav,,3,\n"  # empty: ACR_INGEST_UPLOAD_AS
+        "S-3,Url,,https://x.example.com/a.mp3,3,fingerprint\n"
+        "S-4,Typo,cat-s.wav,,3,fingerprints\n"
+    )
+    items = list(read_catalog(io.StringIO(text), "csv", get_settings()))
+    assert isinstance(items[0], UploadFileJob) and items[0].send_as == "fingerprint"
+    assert isinstance(items[1], UploadFileJob) and items[1].send_as == "audio"
+    assert isinstance(items[2], Refused) and "path rows only" in items[2].error.errors["send_as"]
+    assert isinstance(items[3], Refused) and "must be one of audio, fingerprint" in items[3].error.errors["send_as"]
+    # With the default set to fingerprint, a row that says nothing is sent as one.
+    as_fp = get_settings().model_copy(update={"upload_as": "fingerprint"})
+    (default,) = list(read_catalog(io.StringIO("ref,title,path,bucket\nS-5,D,cat-s.wav,3\n"), "csv", as_fp))
+    assert isinstance(default, UploadFileJob) and default.send_as == "fingerprint"
+
+
 def test_a_closed_multi_line_cell_is_legal_csv_and_kept() -> None:
     """A quoted value over several lines (a note) is read as one value; only lines that read as rows of their
     own (a quote left open that took them in) refuse the file. In the title, the row is refused by its field."""

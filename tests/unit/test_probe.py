@@ -12,7 +12,14 @@ from ingest.devtools.emulator.profiles import PROFILES
 from tests.conftest import TOKEN
 
 # The traits the strict profile combines, as the probe names them.
-STRICT = ["upload-no-ids", "audio-id-ignored", "batch-404-any", "body-count", "user-defined-string"]
+STRICT = [
+    "upload-no-ids",
+    "audio-id-ignored",
+    "batch-404-any",
+    "body-count",
+    "user-defined-string",
+    "fingerprint-unchecked",
+]
 
 
 @pytest.mark.parametrize("profile", list(PROFILES), indirect=True)

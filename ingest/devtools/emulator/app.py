@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -42,6 +43,8 @@ MAX_PER_PAGE = 1000
 # Fake processing: ~128 kbit/s audio, and a fixed length for what is fetched from a URL.
 BYTES_PER_SECOND = 16_000
 URL_DURATION = 30.0
+# A fingerprint is ~25 KB per minute of audio: this holds one of over five hours; larger is not one.
+FINGERPRINT_MAX_BYTES = 8 << 20
 # An audio_url containing one of these ends in state -1 (bad audio), so clients can test that path.
 BAD_URL_MARKERS = ("invalid", "broken")
 
@@ -148,14 +151,17 @@ def _is_http_url(value: str) -> bool:
 class _CountedPart(io.RawIOBase):
     """Where a multipart file part goes: its bytes are counted and dropped as they arrive.
 
-    The emulator needs a file's size only (for the fake duration), so it keeps nothing: a 1 GB upload
-    costs no memory and no temporary file (Werkzeug's default spools parts over 500 KB to one, which
-    on a tmpfs /tmp is memory again).
+    The emulator needs an audio file's size only (for the fake duration), so it keeps no more than a
+    fingerprint's worth (``FINGERPRINT_MAX_BYTES``, read for its duration): a 1 GB upload costs no memory
+    and no temporary file (Werkzeug's default spools parts over 500 KB to one, which on a tmpfs /tmp is
+    memory again).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, uplink: _Uplink | None = None) -> None:
         super().__init__()
         self.size = 0
+        self.head = bytearray()
+        self.uplink = uplink
 
     def writable(self) -> bool:
         return True
@@ -167,7 +173,12 @@ class _CountedPart(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        n = memoryview(data).nbytes
+        view = memoryview(data)
+        n = view.nbytes
+        if self.uplink is not None:
+            self.uplink.take(n)
+        if self.size < FINGERPRINT_MAX_BYTES:
+            self.head += view.cast("B")[: FINGERPRINT_MAX_BYTES - self.size]
         self.size += n
         return n
 
@@ -179,7 +190,30 @@ class _CountedPart(io.RawIOBase):
         return self.size if whence == io.SEEK_END else 0
 
 
+class _Uplink:
+    """The uplink all uploads share (``Faults.upload_bytes_per_second``): a part's bytes are read no faster
+    than it allows, so a client's wall time for a file is what that link would take."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self._lock = threading.Lock()
+        self._free_at = 0.0  # when the link has sent everything taken so far
+
+    def take(self, n: int) -> None:
+        rate = self.faults.upload_bytes_per_second
+        if rate <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._free_at = max(self._free_at, now) + n / rate
+            wait = self._free_at - now
+        if wait > 0:
+            time.sleep(wait)
+
+
 class _Request(Request):
+    uplink: _Uplink | None = None
+
     def _get_file_stream(
         self,
         total_content_length: int | None,
@@ -187,7 +221,7 @@ class _Request(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        return cast(IO[bytes], _CountedPart())
+        return cast(IO[bytes], _CountedPart(self.uplink))
 
 
 def _stream_size(storage: FileStorage) -> int:
@@ -201,6 +235,25 @@ def _stream_size(storage: FileStorage) -> int:
         while chunk := stream.read(1 << 16):
             total += len(chunk)
         return total
+
+
+def fingerprint_reader() -> Callable[[FileStorage], int | None] | None:
+    """How to read a fingerprint part's duration (ms, None if it is not one), when the vendor's library is
+    installed (the emulator's own use of it, not acr-ingest's wrapper: the fake stays independent)."""
+    try:
+        from acrcloud import acrcloud_extr_tool
+    except ImportError:
+        return None
+
+    def duration_ms(part: FileStorage) -> int | None:
+        stream = part.stream
+        data = bytes(stream.head) if isinstance(stream, _CountedPart) else part.read(FINGERPRINT_MAX_BYTES + 1)
+        if not data or len(data) > FINGERPRINT_MAX_BYTES or _stream_size(part) > FINGERPRINT_MAX_BYTES:
+            return None
+        value = acrcloud_extr_tool.get_duration_ms_by_fpbuffer(data)
+        return value if isinstance(value, int) and value > 0 else None
+
+    return duration_ms
 
 
 def _is_loopback(addr: str | None) -> bool:
@@ -236,6 +289,7 @@ class EmulatorApp:
         self.buckets: frozenset[int] | None = None if buckets is None else frozenset(buckets)
         self.faults = Faults()
         self.injector = FaultInjector(self.faults, seed)
+        self.uplink = _Uplink(self.faults)
         self.limiter = RateLimiter(rate_limit, rate_window)
         self.store = Store()
         self.stats = Stats()
@@ -264,6 +318,7 @@ class EmulatorApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = _Request(environ)
+        request.uplink = self.uplink
         try:
             response = self._dispatch(request)
         finally:
@@ -431,6 +486,8 @@ class EmulatorApp:
         received: int | None = None
         url = ""
         acrid: str | None = None
+        fingerprint_ms: int | None = None  # read from a fingerprint when the vendor's library is installed
+        not_a_fingerprint = False
         if data_type in ("audio", "fingerprint"):
             part = request.files.get("file")
             if part is not None:
@@ -438,6 +495,11 @@ class EmulatorApp:
             # A part with neither a filename nor bytes is what a form sends for "no file chosen".
             if part is None or (not part.filename and size == 0):
                 errors["file"] = ["The file field is required."]
+            elif data_type == "fingerprint" and (reader := fingerprint_reader()) is not None:
+                fingerprint_ms = reader(part)
+                not_a_fingerprint = fingerprint_ms is None
+                if not_a_fingerprint and not self.profile.fingerprint_unchecked:
+                    errors["file"] = ["The file must be a valid fingerprint."]
         elif data_type == "audio_url":
             raw_url = fields.get("url")
             if raw_url in (None, "") or not isinstance(raw_url, str):
@@ -477,6 +539,10 @@ class EmulatorApp:
         if data_type in ("audio", "fingerprint"):
             duration = round(size / BYTES_PER_SECOND, 6)
             final_state = 1 if size > 0 else -1
+            if fingerprint_ms is not None:
+                duration = fingerprint_ms / 1000
+            elif not_a_fingerprint:
+                final_state = -1  # fingerprint-unchecked: taken, then it fails to process
         else:
             duration = URL_DURATION
             bad = any(marker in url.lower() for marker in BAD_URL_MARKERS)
@@ -491,6 +557,7 @@ class EmulatorApp:
             processing_delay=self.processing_delay,
             acr_id=acrid,
             received_bytes=received,
+            data_type=str(data_type),
         )
         self.stats.upload_created()
         if self.injector.created_then_error():

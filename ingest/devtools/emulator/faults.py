@@ -39,6 +39,9 @@ class Faults:
     retry_after: float = 1.0
     #: Fraction of API requests whose connection is closed without any response.
     reset_rate: float = 0.0
+    #: Bytes per second at which uploaded file parts are read, shared by all uploads at once (an uplink of
+    #: that speed: 100 Mbit/s is 12_500_000); 0 reads as fast as they come.
+    upload_bytes_per_second: float = 0.0
 
     def reset(self) -> None:
         """Back to all-off, in place (the app holds a reference to this very object)."""

@@ -17,6 +17,7 @@ emulator always did. A profile is chosen at start (``--profile``) and never chan
 | user-defined-string  | PUT refuses ``user_defined`` as a JSON object (422): only a JSON string works  |
 | odd-states           | processed files report state 2 (instead of 1) and "Inactive" (instead of -1)   |
 | upload-no-ids        | the upload answer has ``id`` and ``acr_id`` null (the file is stored)          |
+| fingerprint-unchecked| a data_type=fingerprint upload that is not one is taken (201), then state -1   |
 | strict               | all of the above at once where they combine (body-count, odd states excluded)  |
 """
 
@@ -37,6 +38,9 @@ class Profile:
     user_defined_string_only: bool = False
     odd_states: bool = False
     upload_without_ids: bool = False
+    # The page does not say whether bytes that are not a fingerprint are refused at once (lenient: 422, read
+    # with the vendor's library when it is installed) or taken and failed while processing (this).
+    fingerprint_unchecked: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_body not in BODY_SHAPES:
@@ -65,6 +69,7 @@ PROFILES: dict[str, Profile] = {
         Profile("user-defined-string", user_defined_string_only=True),
         Profile("odd-states", odd_states=True),
         Profile("upload-no-ids", upload_without_ids=True),
+        Profile("fingerprint-unchecked", fingerprint_unchecked=True),
     )
 }
 PROFILES["strict"] = replace(
@@ -75,6 +80,7 @@ PROFILES["strict"] = replace(
     batch_body="count",
     user_defined_string_only=True,
     upload_without_ids=True,
+    fingerprint_unchecked=True,
 )
 
 

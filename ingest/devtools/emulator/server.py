@@ -225,6 +225,10 @@ class Emulator:
         """Bytes of the file part each stored file was uploaded with, by id (not part of the API's answers)."""
         return self._app.store.received_bytes(bucket_id)
 
+    def data_types(self, bucket_id: int | None = None) -> dict[int, str]:
+        """The data_type each stored file was uploaded as, by id (not part of the API's answers)."""
+        return self._app.store.data_types(bucket_id)
+
     def reset(self) -> None:
         """Drop all files, counters, rate-limit windows and faults; re-seed the dice."""
         self._app.reset()

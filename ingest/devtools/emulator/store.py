@@ -46,6 +46,8 @@ class FileRecord:
     ready_at: float
     #: Bytes of the file part (audio, fingerprint uploads); None for URL and acrid uploads. Not in the API.
     received_bytes: int | None = None
+    #: The upload's data_type (audio, fingerprint, audio_url, acrid). Not in the API's answers.
+    data_type: str = "audio"
 
     def state(self, now: float) -> int:
         return self.final_state if now >= self.ready_at else 0
@@ -119,6 +121,7 @@ class Store:
         processing_delay: float,
         acr_id: str | None = None,
         received_bytes: int | None = None,
+        data_type: str = "audio",
     ) -> dict[str, Any]:
         now = time.time()
         with self._lock:
@@ -135,6 +138,7 @@ class Store:
                 updated_at=now,
                 ready_at=now + max(0.0, processing_delay),
                 received_bytes=received_bytes,
+                data_type=data_type,
             )
             self._next_id += 1
             self._files[rec.id] = rec
@@ -269,6 +273,12 @@ class Store:
         with self._lock:
             recs = self._files.values() if bucket_id is None else self._by_bucket.get(bucket_id, {}).values()
             return {r.id: r.received_bytes for r in recs if r.received_bytes is not None}
+
+    def data_types(self, bucket_id: int | None = None) -> dict[int, str]:
+        """The data_type each file was uploaded as, by id."""
+        with self._lock:
+            recs = self._files.values() if bucket_id is None else self._by_bucket.get(bucket_id, {}).values()
+            return {r.id: r.data_type for r in recs}
 
     def __len__(self) -> int:
         with self._lock:

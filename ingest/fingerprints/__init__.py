@@ -1,0 +1,12 @@
+"""ACRCloud fingerprints made locally from audio, with the vendor's extraction library (the optional
+``fingerprint`` extra, ``pyacrcloud``): what an upload sends instead of the master when asked to."""
+
+from ingest.fingerprints.extraction import (
+    MAX_DURATION_MS,
+    Fingerprint,
+    NotDecodable,
+    extract,
+    unavailable_reason,
+)
+
+__all__ = ["MAX_DURATION_MS", "Fingerprint", "NotDecodable", "extract", "unavailable_reason"]
