@@ -13,10 +13,23 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from ingest.jobs.bulk_uploads import Item, Message, Refused, RowOutcome, batches, mark_unsent, plan_batch
+from ingest.jobs.bulk_uploads import (
+    Item,
+    Message,
+    Refused,
+    RowOutcome,
+    batches,
+    mark_unsent,
+    new_row_values,
+    op_values,
+    plan_batch,
+    upload_args,
+)
 from ingest.jobs.catalog_input import to_job
 from ingest.jobs.errors import EnqueueError, InputError
 from ingest.jobs.inputs import (
@@ -32,14 +45,18 @@ from ingest.jobs.managed_files import UploadJob, UploadPlan, by_ref, plan_upload
 from ingest.jobs.retry_policy import BAD_INPUT_PREFIX
 from ingest.settings import Settings, get_settings
 from ingest.store import outbox
-from ingest.store.db import session_scope
+from ingest.store.bulk import insert_one, table_of
+from ingest.store.db import get_engine, session_scope
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.reports import failed_operations
 from ingest.store.values import BIGINT_MAX, db_id_or_none
 from ingest.worker.bulk_publish import publish_tasks
-from ingest.worker.outbox import PublishError, publish
+from ingest.worker.outbox import PublishError, Written, publish, publish_written
 
 log = logging.getLogger("ingest.producer")
+_FILES = table_of(TrackFile)
+# Built once: SQLAlchemy's compiled cache then finds it by a cheap key.
+_FILE_BY_REF = select(_FILES.c.id).where(_FILES.c.bucket_id == bindparam("bucket_id"), _FILES.c.ref == bindparam("ref"))
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,9 @@ class Producer:
         return self._upload(OpKind.UPLOAD_FILE, job, {"path": job.path, "data_type": job.data_type})
 
     def _upload(self, kind: OpKind, job: UploadJob, source: dict[str, Any]) -> Enqueued:
+        new = self._upload_new(kind, job)
+        if new is not None:
+            return new
         args = {
             **source,
             "bucket_id": job.bucket_id,
@@ -168,6 +188,35 @@ class Producer:
         for entry_id in entry_ids:
             self._send(entry_id, result.operation_id, rerun_hint=True)
         return result
+
+    def _upload_new(self, kind: OpKind, job: UploadJob) -> Enqueued | None:
+        """A ref with no row yet (an upstream system's first call for a track, the common case): the file
+        row, the operation and its outbox entry by Core statements in one transaction, then the publish.
+        None when the ref has a row (or another producer wrote it a moment ago): ``_upload`` plans it."""
+        args = upload_args(job)
+        now = utcnow()
+        # One pooled connection for the transaction, the publish and the entry's mark.
+        with get_engine().connect() as conn:
+            try:
+                with conn.begin():
+                    if conn.execute(_FILE_BY_REF, {"bucket_id": job.bucket_id, "ref": job.ref}).first() is not None:
+                        return None
+                    file_id = insert_one(conn, TrackFile, new_row_values(job, now))
+                    op = op_values(kind, args, file_id, now)
+                    op_id = insert_one(conn, Operation, op)
+                    task_id = op["task_id"]
+                    entry_id = outbox.add_one(
+                        conn,
+                        kind=outbox.TASK,
+                        destination=kind.task_name,
+                        message_id=task_id,
+                        payload=args,
+                        grace=self.settings.outbox_grace,
+                    )
+            except IntegrityError:  # another producer wrote this ref a moment ago
+                return None
+            self._send_written(conn, Written(entry_id, outbox.TASK, kind.task_name, task_id, args), op_id)
+        return Enqueued(kind, UploadPlan.NEW, op_id, task_id, file_id, job.ref)
 
     def upload_many(
         self, items: Iterable[Item], *, batch_size: int = 1000, dry_run: bool = False
@@ -395,10 +444,20 @@ class Producer:
         try:
             publish(self.app, entry_id)
         except PublishError as exc:
-            what = f"operation {op_id}" if op_id is not None else "the job"
-            reason = (
-                f"could not enqueue ({exc}); {what} is kept and is sent when the broker is back "
-                f"(by the state poll, after ACR_INGEST_OUTBOX_GRACE)"
-                + ("; or run the same command again to send it now" if rerun_hint else "")
-            )
-            raise EnqueueError(reason) from exc
+            raise _kept(exc, op_id, rerun_hint=rerun_hint) from exc
+
+    def _send_written(self, conn: Connection, entry: Written, op_id: int) -> None:
+        """``_send`` for an entry just written (and committed) on ``conn``: published as written."""
+        try:
+            publish_written(self.app, entry, conn)
+        except PublishError as exc:
+            raise _kept(exc, op_id, rerun_hint=True) from exc
+
+
+def _kept(exc: PublishError, op_id: int | None, *, rerun_hint: bool) -> EnqueueError:
+    what = f"operation {op_id}" if op_id is not None else "the job"
+    return EnqueueError(
+        f"could not enqueue ({exc}); {what} is kept and is sent when the broker is back "
+        f"(by the state poll, after ACR_INGEST_OUTBOX_GRACE)"
+        + ("; or run the same command again to send it now" if rerun_hint else "")
+    )
