@@ -6,6 +6,8 @@ Nothing here imports the tasks: jobs are sent by name, exactly as a producer in 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -13,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -45,8 +46,8 @@ from ingest.jobs.managed_files import UploadJob, UploadPlan, by_ref, plan_upload
 from ingest.jobs.retry_policy import BAD_INPUT_PREFIX
 from ingest.settings import Settings, get_settings
 from ingest.store import outbox
-from ingest.store.bulk import insert_one, table_of
 from ingest.store.db import get_engine, session_scope
+from ingest.store.enqueue import insert_new_upload
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.reports import failed_operations
 from ingest.store.values import BIGINT_MAX, db_id_or_none
@@ -54,9 +55,6 @@ from ingest.worker.bulk_publish import publish_tasks
 from ingest.worker.outbox import PublishError, Written, publish, publish_written
 
 log = logging.getLogger("ingest.producer")
-_FILES = table_of(TrackFile)
-# Built once: SQLAlchemy's compiled cache then finds it by a cheap key.
-_FILE_BY_REF = select(_FILES.c.id).where(_FILES.c.bucket_id == bindparam("bucket_id"), _FILES.c.ref == bindparam("ref"))
 
 
 @dataclass(frozen=True)
@@ -100,6 +98,16 @@ class Producer:
 
             app = create_app(self.settings)
         self.app = app
+        self._held = threading.local()
+
+    def _kombu_producer(self) -> Any:
+        """This thread's kombu producer for the one-job path, on a broker connection of its own (held,
+        not taken from the app's pool and given back per job: that cost a tenth of the path). A forked
+        child makes its own."""
+        held = getattr(self._held, "producer", None)
+        if held is None or held[0] != os.getpid():
+            held = self._held.producer = (os.getpid(), self.app.connection_for_write().Producer())
+        return held[1]
 
     # --- uploads -----------------------------------------------------------------------------
 
@@ -195,26 +203,22 @@ class Producer:
         None when the ref has a row (or another producer wrote it a moment ago): ``_upload`` plans it."""
         args = upload_args(job)
         now = utcnow()
-        # One pooled connection for the transaction, the publish and the entry's mark.
+        operation = op_values(kind, args, None, now)
+        del operation["file_id"]  # the new row's, set by the INSERT
+        task_id = operation["task_id"]
+        entry = outbox.entry_values(
+            kind=outbox.TASK,
+            destination=kind.task_name,
+            message_id=task_id,
+            payload=args,
+            grace=self.settings.outbox_grace,
+        )
+        # One pooled connection for the rows, the publish and the entry's mark.
         with get_engine().connect() as conn:
-            try:
-                with conn.begin():
-                    if conn.execute(_FILE_BY_REF, {"bucket_id": job.bucket_id, "ref": job.ref}).first() is not None:
-                        return None
-                    file_id = insert_one(conn, TrackFile, new_row_values(job, now))
-                    op = op_values(kind, args, file_id, now)
-                    op_id = insert_one(conn, Operation, op)
-                    task_id = op["task_id"]
-                    entry_id = outbox.add_one(
-                        conn,
-                        kind=outbox.TASK,
-                        destination=kind.task_name,
-                        message_id=task_id,
-                        payload=args,
-                        grace=self.settings.outbox_grace,
-                    )
-            except IntegrityError:  # another producer wrote this ref a moment ago
+            ids = insert_new_upload(conn, new_row_values(job, now), operation, entry)
+            if ids is None:  # the ref has a row (maybe another producer's, a moment ago)
                 return None
+            file_id, op_id, entry_id = ids
             self._send_written(conn, Written(entry_id, outbox.TASK, kind.task_name, task_id, args), op_id)
         return Enqueued(kind, UploadPlan.NEW, op_id, task_id, file_id, job.ref)
 
@@ -449,7 +453,7 @@ class Producer:
     def _send_written(self, conn: Connection, entry: Written, op_id: int) -> None:
         """``_send`` for an entry just written (and committed) on ``conn``: published as written."""
         try:
-            publish_written(self.app, entry, conn)
+            publish_written(self.app, entry, conn, self._kombu_producer())
         except PublishError as exc:
             raise _kept(exc, op_id, rerun_hint=True) from exc
 

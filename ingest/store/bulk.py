@@ -105,7 +105,7 @@ def insert_rows(session: Session, model: type[SQLModel], rows: Sequence[dict[str
     table = table_of(model)
     conn = session.connection()
     given = list(rows[0])
-    defaults = _defaults(table, given)
+    defaults = column_defaults(table, given)
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         _copy(conn, table, given, defaults, rows)
         return
@@ -116,7 +116,7 @@ def insert_rows(session: Session, model: type[SQLModel], rows: Sequence[dict[str
         conn.execute(insert(table), list(rows))
 
 
-def _defaults(table: Table, given: list[str]) -> dict[str, Any]:
+def column_defaults(table: Table, given: list[str]) -> dict[str, Any]:
     """The Python-side defaults a Core INSERT applies to the columns the rows leave out (once per call)."""
     defaults: dict[str, Any] = {}
     for column in table.columns:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
-from ingest.store.bulk import insert_one, insert_rows, plan_each_query
+from ingest.store.bulk import insert_rows, plan_each_query, table_of
 from ingest.store.models import Operation, OutboxEntry, utcnow
 
 TASK = "task"  # kind: a Celery task sent by name; destination = the task name, payload = its kwargs
@@ -18,6 +18,9 @@ EVENT = "event"  # kind: an event for the catalog system; destination = its rout
 # How long a claimed entry is left to its publisher (a publish with its retries takes seconds) before
 # another may take it.
 CLAIM_SECONDS = 120.0
+_ENTRIES = table_of(OutboxEntry)
+# Built once (the one-job path marks an entry per job): SQLAlchemy's compiled cache finds it by a cheap key.
+_MARK_SENT = update(_ENTRIES).where(_ENTRIES.c.id == bindparam("entry_id")).values(sent_at=bindparam("sent_at"))
 
 
 class Outgoing(Protocol):
@@ -50,25 +53,20 @@ def add(
     return entry
 
 
-def add_one(
-    conn: Connection, *, kind: str, destination: str, message_id: str, payload: dict[str, Any], grace: float
-) -> int:
-    """``add`` on a Core connection (the producer's one-job path: no ORM object): the new entry's id. Not
-    committed here: it belongs to the caller's transaction."""
+def entry_values(
+    *, kind: str, destination: str, message_id: str, payload: dict[str, Any], grace: float
+) -> dict[str, Any]:
+    """A new entry's columns, as ``add`` writes them (for a Core INSERT: ``store/enqueue.py``)."""
     now = utcnow()
-    return insert_one(
-        conn,
-        OutboxEntry,
-        {
-            "kind": kind,
-            "destination": destination,
-            "message_id": message_id,
-            "payload": payload,
-            "due_at": now + timedelta(seconds=grace),
-            "attempts": 0,
-            "created_at": now,
-        },
-    )
+    return {
+        "kind": kind,
+        "destination": destination,
+        "message_id": message_id,
+        "payload": payload,
+        "due_at": now + timedelta(seconds=grace),
+        "attempts": 0,
+        "created_at": now,
+    }
 
 
 def add_many(session: Session, entries: list[dict[str, Any]], *, grace: float) -> None:
@@ -130,7 +128,7 @@ def due(session: Session, limit: int) -> list[int]:
 
 def mark_sent(session: Session | Connection, entry_id: int) -> None:
     """The broker took the entry's message; committed."""
-    session.execute(update(OutboxEntry).where(col(OutboxEntry.id) == entry_id).values(sent_at=utcnow()))
+    session.execute(_MARK_SENT, {"entry_id": entry_id, "sent_at": utcnow()})
     session.commit()
 
 

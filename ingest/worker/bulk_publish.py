@@ -158,9 +158,10 @@ def publish_tasks(app: Celery, messages: Sequence[Message]) -> None:
                 )
 
 
-def publish_task(app: Celery, message: Message) -> None:
+def publish_task(app: Celery, message: Message, producer: Any = None) -> None:
     """Publish one message, as ``publish_tasks`` does, with kombu's publish retry (the connection
-    re-established under ``task_publish_retry_policy``). Raises whatever the broker raised."""
+    re-established under ``task_publish_retry_policy``), on ``producer`` (a kombu producer its caller
+    holds) or one from the app's pool. Raises whatever the broker raised."""
     conf = app.conf
     retry = bool(conf.task_publish_retry)
     policy = {k: v for k, v in (conf.task_publish_retry_policy or {}).items() if k in _POLICY_KEYS}
@@ -176,7 +177,7 @@ def publish_task(app: Celery, message: Message) -> None:
         argsrepr="()",
         kwargsrepr=short_kwargsrepr(message.args),
     )
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire(producer) as producer:
         if route.declare:
             if retry:
                 producer.connection.ensure_connection(**policy)

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from ingest.jobs.bulk_uploads import Message
 from ingest.settings import get_settings
 from ingest.store import outbox
-from ingest.store.db import session_scope
+from ingest.store.db import autocommit, session_scope
 from ingest.store.models import OutboxEntry
 from ingest.store.outbox import Outgoing
 from ingest.worker.bulk_publish import publish_task
@@ -36,12 +36,13 @@ class Written:
     payload: dict[str, Any]
 
 
-def _send_task(app: Celery, entry: Outgoing) -> None:
+def _send_task(app: Celery, entry: Outgoing, producer: Any = None) -> None:
     # The message ``app.send_task`` would send, without its task-sent event (worker/bulk_publish.py).
-    publish_task(app, Message(entry.destination, entry.payload, entry.message_id))
+    publish_task(app, Message(entry.destination, entry.payload, entry.message_id), producer)
 
 
-PUBLISHERS: dict[str, Callable[[Celery, Outgoing], None]] = {outbox.TASK: _send_task, outbox.EVENT: publish_event}
+# Each takes the app, the entry and a kombu producer its caller holds (None: one from the app's pool).
+PUBLISHERS: dict[str, Callable[[Celery, Outgoing, Any], None]] = {outbox.TASK: _send_task, outbox.EVENT: publish_event}
 
 
 class PublishError(RuntimeError):
@@ -56,7 +57,7 @@ def publish(app: Celery, entry_id: int) -> None:
         if entry is None or entry.sent_at is not None:
             return
         try:
-            PUBLISHERS[entry.kind](app, entry)
+            PUBLISHERS[entry.kind](app, entry, None)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             s.rollback()
@@ -65,13 +66,13 @@ def publish(app: Celery, entry_id: int) -> None:
         outbox.mark_sent(s, entry_id)
 
 
-def publish_written(app: Celery, entry: Written, conn: Connection) -> None:
+def publish_written(app: Celery, entry: Written, conn: Connection, producer: Any = None) -> None:
     """``publish`` for an entry its writer just committed on ``conn`` and holds (due after its grace, so
-    no sweeper has it): published as written, without reading it back, then marked on ``conn``, one
-    statement in autocommit (on PostgreSQL one round trip instead of three)."""
-    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+    no sweeper has it): published as written (on ``producer`` if given), without reading it back, then
+    marked on ``conn``, one statement in autocommit (on PostgreSQL one round trip instead of three)."""
+    autocommit(conn)
     try:
-        PUBLISHERS[entry.kind](app, entry)
+        PUBLISHERS[entry.kind](app, entry, producer)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         outbox.give_back(conn, entry.id, reason)
