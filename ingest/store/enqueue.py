@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, insert, literal_column, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ingest.store.bulk import column_defaults, insert_one, table_of
 from ingest.store.db import autocommit
@@ -65,25 +65,29 @@ def _sqlite(
 ) -> tuple[int, int, int] | None:
     """The same four statements on sqlite3's own cursor, each compiled once with its columns' bind
     processors (as ``bulk.insert_rows`` does): SQLAlchemy's execution around each cost three times the
-    statement. In SQLAlchemy's transaction on ``conn`` (it commits or rolls back)."""
+    statement. In SQLAlchemy's transaction on ``conn`` (it commits or rolls back); sqlite3's errors
+    raised as SQLAlchemy raises them (``OperationalError: no such table`` is what the CLI explains)."""
     dialect = conn.dialect
     operation = {**operation, "file_id": None}
-    with conn.begin():
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        cur = raw.cursor()
-        try:
-            cur.execute(_sqlite_lookup(dialect), (file["bucket_id"], file["ref"]))
-            if cur.fetchone() is not None:
-                return None
-            file_id = _sqlite_insert(cur, dialect, _FILES, file)
-            operation["file_id"] = file_id
-            op_id = _sqlite_insert(cur, dialect, _OPS, operation)
-            entry_id = _sqlite_insert(cur, dialect, _OUTBOX, entry)
-        except dialect.loaded_dbapi.IntegrityError:  # another producer wrote this ref after the lookup
-            return None
-        finally:
-            cur.close()
+    try:
+        with conn.begin():
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            cur = raw.cursor()
+            try:
+                cur.execute(_sqlite_lookup(dialect), (file["bucket_id"], file["ref"]))
+                if cur.fetchone() is not None:
+                    return None
+                file_id = _sqlite_insert(cur, dialect, _FILES, file)
+                operation["file_id"] = file_id
+                op_id = _sqlite_insert(cur, dialect, _OPS, operation)
+                entry_id = _sqlite_insert(cur, dialect, _OUTBOX, entry)
+            except dialect.loaded_dbapi.Error as err:
+                raise DBAPIError.instance(None, None, err, dialect.loaded_dbapi.Error) from err
+            finally:
+                cur.close()
+    except IntegrityError:  # another producer wrote this ref after the lookup
+        return None
     return file_id, op_id, entry_id
 
 
