@@ -6,6 +6,8 @@ Nothing here imports the tasks: jobs are sent by name, exactly as a producer in 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -13,10 +15,22 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from ingest.jobs.bulk_uploads import Item, Message, Refused, RowOutcome, batches, mark_unsent, plan_batch
+from ingest.jobs.bulk_uploads import (
+    Item,
+    Message,
+    Refused,
+    RowOutcome,
+    batches,
+    mark_unsent,
+    new_row_values,
+    op_values,
+    plan_batch,
+    upload_args,
+)
 from ingest.jobs.catalog_input import to_job
 from ingest.jobs.errors import EnqueueError, InputError
 from ingest.jobs.inputs import (
@@ -32,12 +46,13 @@ from ingest.jobs.managed_files import UploadJob, UploadPlan, by_ref, plan_upload
 from ingest.jobs.retry_policy import BAD_INPUT_PREFIX
 from ingest.settings import Settings, get_settings
 from ingest.store import outbox
-from ingest.store.db import session_scope
+from ingest.store.db import get_engine, session_scope
+from ingest.store.enqueue import insert_new_upload
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.reports import failed_operations
 from ingest.store.values import BIGINT_MAX, db_id_or_none
 from ingest.worker.bulk_publish import publish_tasks
-from ingest.worker.outbox import PublishError, publish
+from ingest.worker.outbox import PublishError, Written, publish, publish_written
 
 log = logging.getLogger("ingest.producer")
 
@@ -83,6 +98,16 @@ class Producer:
 
             app = create_app(self.settings)
         self.app = app
+        self._held = threading.local()
+
+    def _kombu_producer(self) -> Any:
+        """This thread's kombu producer for the one-job path, on a broker connection of its own (held,
+        not taken from the app's pool and given back per job: that cost a tenth of the path). A forked
+        child makes its own."""
+        held = getattr(self._held, "producer", None)
+        if held is None or held[0] != os.getpid():
+            held = self._held.producer = (os.getpid(), self.app.connection_for_write().Producer())
+        return held[1]
 
     # --- uploads -----------------------------------------------------------------------------
 
@@ -133,6 +158,9 @@ class Producer:
         )
 
     def _upload(self, kind: OpKind, job: UploadJob, source: dict[str, Any]) -> Enqueued:
+        new = self._upload_new(kind, job)
+        if new is not None:
+            return new
         args = {
             **source,
             "bucket_id": job.bucket_id,
@@ -174,6 +202,31 @@ class Producer:
         for entry_id in entry_ids:
             self._send(entry_id, result.operation_id, rerun_hint=True)
         return result
+
+    def _upload_new(self, kind: OpKind, job: UploadJob) -> Enqueued | None:
+        """A ref with no row yet (an upstream system's first call for a track, the common case): the file
+        row, the operation and its outbox entry by Core statements in one transaction, then the publish.
+        None when the ref has a row (or another producer wrote it a moment ago): ``_upload`` plans it."""
+        args = upload_args(job)
+        now = utcnow()
+        operation = op_values(kind, args, None, now)
+        del operation["file_id"]  # the new row's, set by the INSERT
+        task_id = operation["task_id"]
+        entry = outbox.entry_values(
+            kind=outbox.TASK,
+            destination=kind.task_name,
+            message_id=task_id,
+            payload=args,
+            grace=self.settings.outbox_grace,
+        )
+        # One pooled connection for the rows, the publish and the entry's mark.
+        with get_engine().connect() as conn:
+            ids = insert_new_upload(conn, new_row_values(job, now), operation, entry)
+            if ids is None:  # the ref has a row (maybe another producer's, a moment ago)
+                return None
+            file_id, op_id, entry_id = ids
+            self._send_written(conn, Written(entry_id, outbox.TASK, kind.task_name, task_id, args), op_id)
+        return Enqueued(kind, UploadPlan.NEW, op_id, task_id, file_id, job.ref)
 
     def upload_many(
         self, items: Iterable[Item], *, batch_size: int = 1000, dry_run: bool = False
@@ -401,10 +454,20 @@ class Producer:
         try:
             publish(self.app, entry_id)
         except PublishError as exc:
-            what = f"operation {op_id}" if op_id is not None else "the job"
-            reason = (
-                f"could not enqueue ({exc}); {what} is kept and is sent when the broker is back "
-                f"(by the state poll, after ACR_INGEST_OUTBOX_GRACE)"
-                + ("; or run the same command again to send it now" if rerun_hint else "")
-            )
-            raise EnqueueError(reason) from exc
+            raise _kept(exc, op_id, rerun_hint=rerun_hint) from exc
+
+    def _send_written(self, conn: Connection, entry: Written, op_id: int) -> None:
+        """``_send`` for an entry just written (and committed) on ``conn``: published as written."""
+        try:
+            publish_written(self.app, entry, conn, self._kombu_producer())
+        except PublishError as exc:
+            raise _kept(exc, op_id, rerun_hint=True) from exc
+
+
+def _kept(exc: PublishError, op_id: int | None, *, rerun_hint: bool) -> EnqueueError:
+    what = f"operation {op_id}" if op_id is not None else "the job"
+    return EnqueueError(
+        f"could not enqueue ({exc}); {what} is kept and is sent when the broker is back "
+        f"(by the state poll, after ACR_INGEST_OUTBOX_GRACE)"
+        + ("; or run the same command again to send it now" if rerun_hint else "")
+    )

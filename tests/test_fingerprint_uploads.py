@@ -198,4 +198,13 @@ def test_fingerprint_uploads_have_a_queue_of_their_own(bucket) -> None:
 
     assert refs(FINGERPRINT_QUEUE) == ["BF", "F"]
     assert refs(QUEUE) == ["A", "BA", "U"]
+    # The one-message publisher (the outbox sweeper's) routes by the same arguments, whichever it sent first.
+    from ingest.jobs.bulk_uploads import Message
+    from ingest.worker.bulk_publish import publish_task
+
+    broker.flushdb()
+    fingerprint = {"path": "x.wav", "title": "OF", "bucket_id": bucket, "ref": "OF", "send_as": "fingerprint"}
+    publish_task(producer.app, Message("ingest.upload_file", {**fingerprint, "send_as": "audio", "ref": "OA"}, "t1"))
+    publish_task(producer.app, Message("ingest.upload_file", fingerprint, "t2"))
+    assert (refs(FINGERPRINT_QUEUE), refs(QUEUE)) == (["OF"], ["OA"])
     broker.flushdb()

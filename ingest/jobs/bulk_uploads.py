@@ -156,7 +156,7 @@ def _aware(when: datetime) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _op_values(kind: OpKind, args: dict[str, Any], file_id: int | None, now: Any) -> dict[str, Any]:
+def op_values(kind: OpKind, args: dict[str, Any], file_id: int | None, now: Any) -> dict[str, Any]:
     return {
         "kind": kind.value,
         "args": args,
@@ -172,7 +172,7 @@ def _op_values(kind: OpKind, args: dict[str, Any], file_id: int | None, now: Any
     }
 
 
-def _new_row_values(job: UploadJob, now: Any) -> dict[str, Any]:
+def new_row_values(job: UploadJob, now: Any) -> dict[str, Any]:
     return {
         "ref": job.ref,
         "bucket_id": job.bucket_id,
@@ -219,7 +219,7 @@ def plan_batch(session: Session, batch: Sequence[tuple[int, Item]], settings: Se
     ]
     unsent = _unsent_uploads(session, noop_queued, settings)
 
-    new_rows = [_new_row_values(item, now) for _, item, plan, _ in decided if plan is UploadPlan.NEW]  # type: ignore[arg-type]
+    new_rows = [new_row_values(item, now) for _, item, plan, _ in decided if plan is UploadPlan.NEW]  # type: ignore[arg-type]
     new_ids: dict[tuple[int, str], int] = {}
     if new_rows and not dry_run:
         # A bulk insert (COPY on PostgreSQL, one executemany elsewhere: store/bulk.py) and one lookup of the
@@ -251,13 +251,13 @@ def plan_batch(session: Session, batch: Sequence[tuple[int, Item]], settings: Se
         if plan is UploadPlan.UPDATE:
             assert row is not None
             upd = {"bucket_id": item.bucket_id, "ref": item.ref, "title": item.title, "user_defined": item.user_defined}
-            values = _op_values(OpKind.UPDATE_META, upd, row.id, now)
+            values = op_values(OpKind.UPDATE_META, upd, row.id, now)
             outcome = Outcome.UPDATE
         else:
             file_id = new_ids.get(key)
             if plan is UploadPlan.REUPLOAD and not dry_run:
                 file_id = prepare_upload_row(session, row, item).id
-            values = _op_values(kind_of(item), upload_args(item), file_id, now)
+            values = op_values(kind_of(item), upload_args(item), file_id, now)
             outcome = Outcome.QUEUED
         ops.append(values)
         outcomes.append(RowOutcome(index, item.bucket_id, item.ref, outcome, task_id=values["task_id"]))

@@ -4,12 +4,13 @@ publisher per entry at a time), mark it sent or give it back with the error."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
-from ingest.store.bulk import insert_rows, plan_each_query
+from ingest.store.bulk import insert_rows, plan_each_query, table_of
 from ingest.store.models import Operation, OutboxEntry, utcnow
 
 TASK = "task"  # kind: a Celery task sent by name; destination = the task name, payload = its kwargs
@@ -17,6 +18,22 @@ EVENT = "event"  # kind: an event for the catalog system; destination = its rout
 # How long a claimed entry is left to its publisher (a publish with its retries takes seconds) before
 # another may take it.
 CLAIM_SECONDS = 120.0
+_ENTRIES = table_of(OutboxEntry)
+# Built once (the one-job path marks an entry per job): SQLAlchemy's compiled cache finds it by a cheap key.
+_MARK_SENT = update(_ENTRIES).where(_ENTRIES.c.id == bindparam("entry_id")).values(sent_at=bindparam("sent_at"))
+
+
+class Outgoing(Protocol):
+    """What a publisher reads of an entry: an ``OutboxEntry``, or one its writer holds as it wrote it."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def destination(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def payload(self) -> dict[str, Any]: ...
 
 
 def add(
@@ -34,6 +51,22 @@ def add(
     session.add(entry)
     session.flush()
     return entry
+
+
+def entry_values(
+    *, kind: str, destination: str, message_id: str, payload: dict[str, Any], grace: float
+) -> dict[str, Any]:
+    """A new entry's columns, as ``add`` writes them (for a Core INSERT: ``store/enqueue.py``)."""
+    now = utcnow()
+    return {
+        "kind": kind,
+        "destination": destination,
+        "message_id": message_id,
+        "payload": payload,
+        "due_at": now + timedelta(seconds=grace),
+        "attempts": 0,
+        "created_at": now,
+    }
 
 
 def add_many(session: Session, entries: list[dict[str, Any]], *, grace: float) -> None:
@@ -93,12 +126,13 @@ def due(session: Session, limit: int) -> list[int]:
     return [i for i in session.exec(query).all() if i is not None]
 
 
-def mark_sent(session: Session, entry_id: int) -> None:
-    session.execute(update(OutboxEntry).where(col(OutboxEntry.id) == entry_id).values(sent_at=utcnow()))
+def mark_sent(session: Session | Connection, entry_id: int) -> None:
+    """The broker took the entry's message; committed."""
+    session.execute(_MARK_SENT, {"entry_id": entry_id, "sent_at": utcnow()})
     session.commit()
 
 
-def give_back(session: Session, entry_id: int, error: str) -> None:
+def give_back(session: Session | Connection, entry_id: int, error: str) -> None:
     """The publish failed: keep the entry, due at once (for the next sweep or a re-run)."""
     session.execute(
         update(OutboxEntry)

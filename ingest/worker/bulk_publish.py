@@ -11,13 +11,19 @@ records what was sent, and Flower sees each job once a worker receives it), and 
 
 On Redis the messages go out as pipelined ``LPUSH``es (kombu's publish batch: one round trip per batch);
 on RabbitMQ each publish waits for its publisher confirm, as ``send_task`` does.
+
+``publish_task`` is the one-message form (the producer's one-job path, the outbox's publisher): the same
+message, its route worked out once per app and task name, its queue declared once per connection.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
@@ -67,6 +73,32 @@ def _route(app: Celery, name: str, kwargs: dict[str, Any]) -> _Route:
         exchange = queue.exchange.name or amqp.default_exchange
         routing_key = routing_key or queue.routing_key or app.conf.task_default_routing_key
     return _Route(exchange, routing_key, delivery_mode, [queue] if queue is not None else [], options)
+
+
+@functools.cache
+def _origin_of(pid: int) -> str:
+    return anon_nodename()
+
+
+def _origin() -> str:
+    """The message's ``origin`` (as ``send_task`` sets it: host and pid), worked out once per process."""
+    return _origin_of(os.getpid())
+
+
+_routes: WeakKeyDictionary[Celery, dict[tuple[str, str | None], _Route]] = WeakKeyDictionary()
+
+
+def _cached_route(app: Celery, name: str, kwargs: dict[str, Any]) -> _Route:
+    """``_route``, once per app, task name and the queue its arguments pick (worker/routing.py: the router's
+    answer depends on nothing else)."""
+    routes = _routes.get(app)
+    if routes is None:
+        routes = _routes[app] = {}
+    key = (name, queue_of(name, kwargs))
+    route = routes.get(key)
+    if route is None:
+        route = routes[key] = _route(app, name, kwargs)
+    return route
 
 
 def short_kwargsrepr(kwargs: dict[str, Any]) -> str:
@@ -128,3 +160,47 @@ def publish_tasks(app: Celery, messages: Sequence[Message]) -> None:
                     **route.options,
                     **properties,
                 )
+
+
+def publish_task(app: Celery, message: Message, producer: Any = None) -> None:
+    """Publish one message, as ``publish_tasks`` does, with kombu's publish retry (the connection
+    re-established under ``task_publish_retry_policy``), on ``producer`` (a kombu producer its caller
+    holds) or one from the app's pool. Raises whatever the broker raised."""
+    conf = app.conf
+    retry = bool(conf.task_publish_retry)
+    policy = {k: v for k, v in (conf.task_publish_retry_policy or {}).items() if k in _POLICY_KEYS}
+    route = _cached_route(app, message.task_name, message.args)
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        message.task_id,
+        message.task_name,
+        (),
+        message.args,
+        reply_to=app.thread_oid,
+        origin=_origin(),
+        ignore_result=None,
+        argsrepr="()",
+        kwargsrepr=short_kwargsrepr(message.args),
+    )
+    with app.producer_or_acquire(producer) as producer:
+        if route.declare:
+            if retry:
+                producer.connection.ensure_connection(**policy)
+            # kombu's own cache of what this connection declared, looked at first: maybe_declare copies
+            # and binds the queue before it looks (a declare again after a reconnect: a new connection).
+            declared = producer.connection.declared_entities
+            for entity in route.declare:
+                if hash(entity) not in declared:
+                    producer.maybe_declare(entity, retry=retry, **policy)
+        producer.publish(
+            body,
+            exchange=route.exchange,
+            routing_key=route.routing_key,
+            serializer=conf.task_serializer,
+            compression=conf.task_compression,
+            delivery_mode=route.delivery_mode,
+            headers=headers,
+            retry=retry,
+            retry_policy=policy,
+            **route.options,
+            **properties,
+        )

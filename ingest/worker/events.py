@@ -14,7 +14,7 @@ from ingest.api.errors import ApiError, RateLimitedError
 from ingest.jobs import webhooks
 from ingest.jobs.retry_policy import Action, decide
 from ingest.settings import Settings, get_settings
-from ingest.store.models import OutboxEntry
+from ingest.store.outbox import Outgoing
 
 log = logging.getLogger("ingest.events")
 
@@ -30,11 +30,12 @@ def events_queue(settings: Settings) -> Queue | None:
     return Queue(settings.events_queue, exchange=events_exchange(settings), routing_key="#", durable=True)
 
 
-def publish_event(app: Celery, entry: OutboxEntry) -> None:
-    """One event to the exchange, routing key = its type (``file.ready``...), persistent, JSON."""
+def publish_event(app: Celery, entry: Outgoing, producer: Any = None) -> None:
+    """One event to the exchange, routing key = its type (``file.ready``...), persistent, JSON; on
+    ``producer`` (a kombu producer its caller holds), else one from the app's pool."""
     settings = get_settings()
     queue = events_queue(settings)
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire(producer) as producer:
         producer.publish(
             entry.payload,
             exchange=events_exchange(settings),
