@@ -17,6 +17,9 @@ redis-server and a SQLite database of its own, one Celery worker (``--pool``, ``
   ``--nice N``, twice (``--rounds`` times each, alternating): by a worker whose extraction threads run at nice 0
   (``ACR_INGEST_FINGERPRINT_NICE=0``) and by one restarted with nice N. Without it, once, at the setting's value.
 
+``--fp-worker SLOTS`` runs two workers instead of one: the first for ``ingest`` and ``ingest.poll``, the second
+(SLOTS slots) for ``ingest.fingerprint`` alone, as a deployment that keeps extraction off the other jobs' slots.
+
 Per catalog: bytes the emulator received, wall time from the first enqueue until every row has its remote id,
 and the worker's CPU (its process: all threads) per file. The rate limit is off (``ACR_INGEST_RATE_LIMIT_MODE
 =off``, 429s only): the uplink is what is measured. Checks: one file per ref of the right kind, every
@@ -142,6 +145,25 @@ def _ops_done(op_ids: list[int]) -> bool:
     return len(statuses) == len(op_ids) and all(st in ("succeeded", "failed") for st in statuses)
 
 
+class Workers:
+    """The worker processes of one configuration: one for every queue, or (``--fp-worker``) one for the
+    ordinary queues and one for ``ingest.fingerprint``."""
+
+    def __init__(self, procs: list[Any]) -> None:
+        self.procs = procs
+
+    def check(self) -> None:
+        for p in self.procs:
+            p.check()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+    def cpu(self) -> float:
+        return sum(pid_cpu(p.pid) for p in self.procs)
+
+
 class Probe:
     """The updates and URL uploads sent while a catalog uploads; their latencies."""
 
@@ -192,7 +214,7 @@ def upload_catalog(
     producer: Any, worker: Any, probe: Probe, emu: Any, catalog: list[tuple[str, float]], bucket: int,
     send_as: str, probe_after: float, timeout: float, phase: str,
 ) -> dict[str, Any]:  # fmt: skip
-    cpu0, start = pid_cpu(worker.pid), time.perf_counter()
+    cpu0, start = worker.cpu(), time.perf_counter()
     for i, (name, _) in enumerate(catalog):
         producer.upload_file(name, title=f"Track {i}", bucket_id=bucket, ref=f"T-{i:03d}", send_as=send_as,
                              user_defined={"artist": "Benchmark Ensemble"})  # fmt: skip
@@ -210,7 +232,7 @@ def upload_catalog(
         timeout,
         f"{phase}: every remote id",
     )
-    cpu = pid_cpu(worker.pid) - cpu0
+    cpu = worker.cpu() - cpu0
     prober.join(timeout)
     if not latencies:
         raise RuntimeError(f"{phase}: the probe did not finish")
@@ -283,22 +305,29 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
 
         upgrade()
         print(f"[2/5] worker ({args.pool} x {args.concurrency}) and beat", flush=True)
-        workers: list[Any] = []
+        started = 0
 
-        def start_worker(nice: int | None) -> Any:
-            """A worker whose extraction threads run at ``nice`` (None: the setting as configured)."""
-            n = len(workers)
+        def start_worker(nice: int | None) -> Workers:
+            """Workers whose extraction threads run at ``nice`` (None: the setting as configured)."""
+            nonlocal started
             env = child_env if nice is None else {**child_env, "ACR_INGEST_FINGERPRINT_NICE": str(nice)}
-            w = ChildProcess(
-                f"bench-fp-worker-{n}",
-                celery_command("worker", f"--pool={args.pool}", f"--concurrency={args.concurrency}",
-                               "--loglevel=WARNING", f"--hostname=bench-fp{n}@%h", "--without-gossip",
-                               "--without-mingle", app="ingest.worker"),
-                log=work / f"worker-{n}.log", env=env, cwd=ROOT,
-            )  # fmt: skip
-            stack.callback(w.stop)
-            workers.append(w)
-            return w
+            kinds = [("all", [], args.concurrency)]
+            if args.fp_worker:
+                kinds = [("jobs", ["-Q", "ingest,ingest.poll"], args.concurrency),
+                         ("fp", ["-Q", "ingest.fingerprint"], args.fp_worker)]  # fmt: skip
+            procs = []
+            for kind, queues, slots in kinds:
+                started += 1
+                w = ChildProcess(
+                    f"bench-fp-worker-{started}",
+                    celery_command("worker", f"--pool={args.pool}", f"--concurrency={slots}", *queues,
+                                   "--loglevel=WARNING", f"--hostname=bench-{kind}{started}@%h", "--without-gossip",
+                                   "--without-mingle", app="ingest.worker"),
+                    log=work / f"worker-{started}.log", env=env, cwd=ROOT,
+                )  # fmt: skip
+                stack.callback(w.stop)
+                procs.append(w)
+            return Workers(procs)
 
         nices: list[int | None] = [None] if args.nice is None else [0, args.nice] * args.rounds
         worker = start_worker(nices[0])
@@ -312,8 +341,9 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
 
         producer = Producer()
 
-        def pinged(w: Any) -> None:
-            wait_until(lambda: bool(producer.app.control.ping(timeout=0.5)), w.check, 90, "the worker's ping")
+        def pinged(w: Workers) -> None:
+            n = len(w.procs)
+            wait_until(lambda: len(producer.app.control.ping(timeout=0.5)) >= n, w.check, 90, "the workers' ping")
 
         pinged(worker)
         probe = Probe(producer, worker, args.updates, args.polled, args.timeout)
@@ -356,6 +386,7 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
                 "uplink_mbit": args.mbit,
                 "pool": args.pool,
                 "concurrency": args.concurrency,
+                "fp_worker_slots": args.fp_worker,
                 "idle_probe": idle,
                 "audio": audio,
                 "fingerprint": fp,
@@ -384,7 +415,8 @@ def table(r: dict[str, Any]) -> str:
     a, idle = r["audio"], r["idle_probe"]
     lines = [
         f"{r['files']} masters, {r['audio_minutes']} min of 44.1 kHz stereo WAV, uplink {r['uplink_mbit']} Mbit/s, "
-        f"worker {r['pool']} x {r['concurrency']}",
+        f"worker {r['pool']} x {r['concurrency']}"
+        + (f", fingerprints' own worker x {r['fp_worker_slots']}" if r.get("fp_worker_slots") else ""),
         f"{'':16}{'bytes sent':>12}{'ratio':>8}{'wall':>9}{'ratio':>8}{'CPU/file':>10}{'ratio':>7}"
         f"{'updates':>9}{'polled':>8}  check",
         f"{'idle probe':16}{'':>12}{'':>8}{'':>9}{'':>8}{'':>10}{'':>7}"
@@ -423,6 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="N",
         help="run the fingerprint catalog twice: extraction at nice 0, then at nice N",
+    )
+    ap.add_argument(
+        "--fp-worker",
+        type=int,
+        default=0,
+        metavar="SLOTS",
+        help="a second worker of SLOTS slots for ingest.fingerprint alone; the first serves the rest",
     )
     ap.add_argument("--rounds", type=int, default=1, help="with --nice: that pair this many times, alternating")
     ap.add_argument("--timeout", type=float, default=900.0)
