@@ -13,7 +13,12 @@ redis-server and a SQLite database of its own, one Celery worker (``--pool``, ``
   succeeded / every URL row is ready;
 - **audio**: the whole catalog enqueued with ``send_as=audio``; the probe enqueued ``--probe-after`` seconds
   later, while the uploads run;
-- **fingerprint**: the same catalog (another bucket) with ``send_as=fingerprint``, the probe likewise.
+- **fingerprint**: the same catalog (another bucket) with ``send_as=fingerprint``, the probe likewise; with
+  ``--nice N``, twice (``--rounds`` times each, alternating): by a worker whose extraction threads run at nice 0
+  (``ACR_INGEST_FINGERPRINT_NICE=0``) and by one restarted with nice N. Without it, once, at the setting's value.
+
+``--fp-worker SLOTS`` runs two workers instead of one: the first for ``ingest`` and ``ingest.poll``, the second
+(SLOTS slots) for ``ingest.fingerprint`` alone, as a deployment that keeps extraction off the other jobs' slots.
 
 Per catalog: bytes the emulator received, wall time from the first enqueue until every row has its remote id,
 and the worker's CPU (its process: all threads) per file. The rate limit is off (``ACR_INGEST_RATE_LIMIT_MODE
@@ -49,8 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RATE = 44_100
 CHUNK_S = 10  # the masters are made of 10 s chunks of a pool, each a gliding tone under noise
-PROBE_BUCKET, AUDIO_BUCKET, FP_BUCKET = 8870, 8871, 8872
-POLLED_BUCKETS = {"idle": 8873, "audio": 8874, "fingerprint": 8875, "warm-up": 8876}
+PROBE_BUCKET, AUDIO_BUCKET, FP_BUCKET = 8870, 8871, 8900  # fingerprint runs: 8900, 8901, ...
+POLLED_BUCKET = 8800  # the probe's URL uploads: one bucket per round, 8801, 8802, ...
 TICK = 0.05
 
 
@@ -140,6 +145,25 @@ def _ops_done(op_ids: list[int]) -> bool:
     return len(statuses) == len(op_ids) and all(st in ("succeeded", "failed") for st in statuses)
 
 
+class Workers:
+    """The worker processes of one configuration: one for every queue, or (``--fp-worker``) one for the
+    ordinary queues and one for ``ingest.fingerprint``."""
+
+    def __init__(self, procs: list[Any]) -> None:
+        self.procs = procs
+
+    def check(self) -> None:
+        for p in self.procs:
+            p.check()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+    def cpu(self) -> float:
+        return sum(pid_cpu(p.pid) for p in self.procs)
+
+
 class Probe:
     """The updates and URL uploads sent while a catalog uploads; their latencies."""
 
@@ -161,7 +185,7 @@ class Probe:
 
     def run(self, phase: str) -> dict[str, float]:
         self.round += 1
-        bucket = POLLED_BUCKETS[phase]
+        bucket = POLLED_BUCKET + self.round
         start = time.perf_counter()
         ops = [
             self.producer.update_meta(bucket_id=PROBE_BUCKET, ref=f"P-{i}", title=f"P {i} round {self.round}")
@@ -188,9 +212,9 @@ class Probe:
 
 def upload_catalog(
     producer: Any, worker: Any, probe: Probe, emu: Any, catalog: list[tuple[str, float]], bucket: int,
-    send_as: str, probe_after: float, timeout: float,
+    send_as: str, probe_after: float, timeout: float, phase: str,
 ) -> dict[str, Any]:  # fmt: skip
-    cpu0, start = pid_cpu(worker.pid), time.perf_counter()
+    cpu0, start = worker.cpu(), time.perf_counter()
     for i, (name, _) in enumerate(catalog):
         producer.upload_file(name, title=f"Track {i}", bucket_id=bucket, ref=f"T-{i:03d}", send_as=send_as,
                              user_defined={"artist": "Benchmark Ensemble"})  # fmt: skip
@@ -200,18 +224,18 @@ def upload_catalog(
     in_flight = sum(r.remote_id is None for r in _rows(bucket))
     latencies: dict[str, Any] = {}
     # In a thread of its own: the catalog's end is watched here meanwhile, neither waits for the other.
-    prober = threading.Thread(target=lambda: latencies.update(probe.run(send_as)), name="probe")
+    prober = threading.Thread(target=lambda: latencies.update(probe.run(phase)), name="probe")
     prober.start()
     done = wait_until(
         lambda: all(r.remote_id is not None for r in _rows(bucket)) and len(_rows(bucket)) == len(catalog),
         worker.check,
         timeout,
-        f"{send_as}: every remote id",
+        f"{phase}: every remote id",
     )
-    cpu = pid_cpu(worker.pid) - cpu0
+    cpu = worker.cpu() - cpu0
     prober.join(timeout)
     if not latencies:
-        raise RuntimeError(f"{send_as}: the probe did not finish")
+        raise RuntimeError(f"{phase}: the probe did not finish")
     received = emu.received_bytes(bucket)
     kinds = emu.data_types(bucket)
     rows = _rows(bucket)
@@ -233,6 +257,12 @@ def upload_catalog(
         "probe": latencies,
         "check_ok": ok,
     }
+
+
+def effective_nice() -> int:
+    from ingest.settings import get_settings
+
+    return get_settings().fingerprint_nice
 
 
 def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
@@ -275,13 +305,32 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
 
         upgrade()
         print(f"[2/5] worker ({args.pool} x {args.concurrency}) and beat", flush=True)
-        worker = ChildProcess(
-            "bench-fp-worker",
-            celery_command("worker", f"--pool={args.pool}", f"--concurrency={args.concurrency}", "--loglevel=WARNING",
-                           "--hostname=bench-fp@%h", "--without-gossip", "--without-mingle", app="ingest.worker"),
-            log=work / "worker.log", env=child_env, cwd=ROOT,
-        )  # fmt: skip
-        stack.callback(worker.stop)
+        started = 0
+
+        def start_worker(nice: int | None) -> Workers:
+            """Workers whose extraction threads run at ``nice`` (None: the setting as configured)."""
+            nonlocal started
+            env = child_env if nice is None else {**child_env, "ACR_INGEST_FINGERPRINT_NICE": str(nice)}
+            kinds = [("all", [], args.concurrency)]
+            if args.fp_worker:
+                kinds = [("jobs", ["-Q", "ingest,ingest.poll"], args.concurrency),
+                         ("fp", ["-Q", "ingest.fingerprint"], args.fp_worker)]  # fmt: skip
+            procs = []
+            for kind, queues, slots in kinds:
+                started += 1
+                w = ChildProcess(
+                    f"bench-fp-worker-{started}",
+                    celery_command("worker", f"--pool={args.pool}", f"--concurrency={slots}", *queues,
+                                   "--loglevel=WARNING", f"--hostname=bench-{kind}{started}@%h", "--without-gossip",
+                                   "--without-mingle", app="ingest.worker"),
+                    log=work / f"worker-{started}.log", env=env, cwd=ROOT,
+                )  # fmt: skip
+                stack.callback(w.stop)
+                procs.append(w)
+            return Workers(procs)
+
+        nices: list[int | None] = [None] if args.nice is None else [0, args.nice] * args.rounds
+        worker = start_worker(nices[0])
         beat = ChildProcess(
             "bench-fp-beat",
             celery_command("beat", "--loglevel=WARNING", f"--schedule={work / 'beat-schedule'}", app="ingest.worker"),
@@ -291,7 +340,12 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
         from ingest.producer import Producer
 
         producer = Producer()
-        wait_until(lambda: bool(producer.app.control.ping(timeout=0.5)), worker.check, 90, "the worker's ping")
+
+        def pinged(w: Workers) -> None:
+            n = len(w.procs)
+            wait_until(lambda: len(producer.app.control.ping(timeout=0.5)) >= n, w.check, 90, "the workers' ping")
+
+        pinged(worker)
         probe = Probe(producer, worker, args.updates, args.polled, args.timeout)
         probe.seed()
 
@@ -301,14 +355,29 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
         emu.faults.upload_bytes_per_second = args.mbit * 1e6 / 8
         print(f"[4/5] audio, then fingerprints, at {args.mbit:g} Mbit/s", flush=True)
         audio = upload_catalog(producer, worker, probe, emu, catalog, AUDIO_BUCKET, "audio", args.probe_after,
-                               args.timeout)  # fmt: skip
+                               args.timeout, "audio")  # fmt: skip
         print(f"      audio: {audio['wall_s']:.1f} s, {audio['bytes_sent'] / 1e6:.0f} MB", flush=True)
-        fp = upload_catalog(producer, worker, probe, emu, catalog, FP_BUCKET, "fingerprint", args.probe_after,
-                            args.timeout)  # fmt: skip
-        print(f"      fingerprint: {fp['wall_s']:.1f} s, {fp['bytes_sent'] / 1e3:.0f} KB", flush=True)
+        fp_runs: list[dict[str, Any]] = []
+        for k, nice in enumerate(nices):
+            if k:  # the setting is read at start: another worker for another nice
+                worker.stop()
+                worker = probe.worker = start_worker(nice)
+                emu.faults.upload_bytes_per_second = 0
+                pinged(worker)
+                probe.run(f"warm-up-{k}")
+                emu.faults.upload_bytes_per_second = args.mbit * 1e6 / 8
+            fp = upload_catalog(producer, worker, probe, emu, catalog, FP_BUCKET + k, "fingerprint",
+                                args.probe_after, args.timeout, f"fingerprint-{k}")  # fmt: skip
+            fp["fingerprint_nice"] = effective_nice() if nice is None else nice
+            fp_runs.append(fp)
+            print(f"      fingerprint (nice {fp['fingerprint_nice']}): {fp['wall_s']:.1f} s, "
+                  f"{fp['bytes_sent'] / 1e3:.0f} KB", flush=True)  # fmt: skip
         emu.faults.upload_bytes_per_second = 0
+        fp = fp_runs[0]
 
         print("[5/5] ratios", flush=True)
+        for run_ in fp_runs:
+            run_["ratios"] = ratios(idle, audio, run_)
         result.update(
             {
                 "files": args.files,
@@ -317,43 +386,55 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
                 "uplink_mbit": args.mbit,
                 "pool": args.pool,
                 "concurrency": args.concurrency,
+                "fp_worker_slots": args.fp_worker,
                 "idle_probe": idle,
                 "audio": audio,
                 "fingerprint": fp,
-                "bytes_ratio_audio_over_fp": round(audio["bytes_sent"] / fp["bytes_sent"], 1),
-                "wall_ratio_audio_over_fp": round(audio["wall_s"] / fp["wall_s"], 2),
-                "cpu_per_file_ratio_fp_over_audio": round(
-                    fp["worker_cpu_per_file_s"] / max(audio["worker_cpu_per_file_s"], 1e-3), 2
-                ),
-                "updates_ratio_fp_over_audio": round(
-                    fp["probe"]["updates_done_s"] / audio["probe"]["updates_done_s"], 2
-                ),
-                "polled_ratio_fp_over_audio": round(
-                    fp["probe"]["polled_ready_s"] / audio["probe"]["polled_ready_s"], 2
-                ),
-                "updates_ratio_fp_over_idle": round(fp["probe"]["updates_done_s"] / idle["updates_done_s"], 2),
-                "polled_ratio_fp_over_idle": round(fp["probe"]["polled_ready_s"] / idle["polled_ready_s"], 2),
+                "fingerprint_runs": fp_runs,
+                **fp["ratios"],
             }
         )
 
 
+def ratios(idle: dict[str, float], audio: dict[str, Any], fp: dict[str, Any]) -> dict[str, float]:
+    """One fingerprint run against the audio catalog and the idle probe."""
+    return {
+        "bytes_ratio_audio_over_fp": round(audio["bytes_sent"] / fp["bytes_sent"], 1),
+        "wall_ratio_audio_over_fp": round(audio["wall_s"] / fp["wall_s"], 2),
+        "cpu_per_file_ratio_fp_over_audio": round(
+            fp["worker_cpu_per_file_s"] / max(audio["worker_cpu_per_file_s"], 1e-3), 2
+        ),
+        "updates_ratio_fp_over_audio": round(fp["probe"]["updates_done_s"] / audio["probe"]["updates_done_s"], 2),
+        "polled_ratio_fp_over_audio": round(fp["probe"]["polled_ready_s"] / audio["probe"]["polled_ready_s"], 2),
+        "updates_ratio_fp_over_idle": round(fp["probe"]["updates_done_s"] / idle["updates_done_s"], 2),
+        "polled_ratio_fp_over_idle": round(fp["probe"]["polled_ready_s"] / idle["polled_ready_s"], 2),
+    }
+
+
 def table(r: dict[str, Any]) -> str:
-    a, f, idle = r["audio"], r["fingerprint"], r["idle_probe"]
+    a, idle = r["audio"], r["idle_probe"]
     lines = [
         f"{r['files']} masters, {r['audio_minutes']} min of 44.1 kHz stereo WAV, uplink {r['uplink_mbit']} Mbit/s, "
-        f"worker {r['pool']} x {r['concurrency']}",
-        f"{'':28}{'audio':>14}{'fingerprint':>14}{'ratio':>10}",
-        f"{'bytes sent':28}{a['bytes_sent'] / 1e6:>12.1f}MB{f['bytes_sent'] / 1e6:>12.2f}MB"
-        f"{r['bytes_ratio_audio_over_fp']:>9}x",
-        f"{'wall time (enqueue->ids)':28}{a['wall_s']:>13.1f}s{f['wall_s']:>13.1f}s{r['wall_ratio_audio_over_fp']:>9}x",
-        f"{'worker CPU per file':28}{a['worker_cpu_per_file_s']:>13.3f}s{f['worker_cpu_per_file_s']:>13.3f}s"
-        f"{r['cpu_per_file_ratio_fp_over_audio']:>9}x",
-        f"probe ({idle and 'updates / polled URL uploads'}), seconds from its enqueue: idle "
-        f"{idle['updates_done_s']:.2f} / {idle['polled_ready_s']:.2f}; during audio {a['probe']['updates_done_s']:.2f}"
-        f" / {a['probe']['polled_ready_s']:.2f}; during fingerprints {f['probe']['updates_done_s']:.2f} / "
-        f"{f['probe']['polled_ready_s']:.2f}",
-        f"checks: audio {'ok' if a['check_ok'] else 'FAILED'}, fingerprint {'ok' if f['check_ok'] else 'FAILED'}",
+        f"worker {r['pool']} x {r['concurrency']}"
+        + (f", fingerprints' own worker x {r['fp_worker_slots']}" if r.get("fp_worker_slots") else ""),
+        f"{'':16}{'bytes sent':>12}{'ratio':>8}{'wall':>9}{'ratio':>8}{'CPU/file':>10}{'ratio':>7}"
+        f"{'updates':>9}{'polled':>8}  check",
+        f"{'idle probe':16}{'':>12}{'':>8}{'':>9}{'':>8}{'':>10}{'':>7}"
+        f"{idle['updates_done_s']:>8.2f}s{idle['polled_ready_s']:>7.2f}s",
+        f"{'audio':16}{a['bytes_sent'] / 1e6:>10.1f}MB{'':>8}{a['wall_s']:>8.1f}s{'':>8}"
+        f"{a['worker_cpu_per_file_s']:>9.3f}s{'':>7}{a['probe']['updates_done_s']:>8.2f}s"
+        f"{a['probe']['polled_ready_s']:>7.2f}s  {'ok' if a['check_ok'] else 'FAILED'}",
     ]
+    for f in r["fingerprint_runs"]:
+        x = f["ratios"]
+        lines.append(
+            f"{'fp, nice ' + str(f['fingerprint_nice']):16}{f['bytes_sent'] / 1e6:>10.2f}MB"
+            f"{x['bytes_ratio_audio_over_fp']:>7}x{f['wall_s']:>8.1f}s{x['wall_ratio_audio_over_fp']:>7}x"
+            f"{f['worker_cpu_per_file_s']:>9.3f}s{x['cpu_per_file_ratio_fp_over_audio']:>6}x"
+            f"{f['probe']['updates_done_s']:>8.2f}s{f['probe']['polled_ready_s']:>7.2f}s"
+            f"  {'ok' if f['check_ok'] else 'FAILED'}"
+        )
+    lines.append("ratios: audio over fingerprint (bytes, wall), fingerprint over audio (CPU per file); probe: seconds")
     return "\n".join(lines)
 
 
@@ -368,6 +449,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--updates", type=int, default=20, help="update_meta jobs in each probe")
     ap.add_argument("--polled", type=int, default=10, help="URL uploads (ready only through the poll) per probe")
     ap.add_argument("--probe-after", type=float, default=2.0, help="seconds after the catalog's first enqueue")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the fingerprint catalog twice: extraction at nice 0, then at nice N",
+    )
+    ap.add_argument(
+        "--fp-worker",
+        type=int,
+        default=0,
+        metavar="SLOTS",
+        help="a second worker of SLOTS slots for ingest.fingerprint alone; the first serves the rest",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="with --nice: that pair this many times, alternating")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
@@ -392,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fingerprint_upload.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
-    ok = result["audio"]["check_ok"] and result["fingerprint"]["check_ok"]
+    ok = result["audio"]["check_ok"] and all(f["check_ok"] for f in result["fingerprint_runs"])
     return 0 if ok else 1
 
 

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # What an upload of a local audio file sends when its job does not say (send_as): the master, or its
     # ACRCloud fingerprint made on the worker (~400x smaller; needs the `fingerprint` extra). docs/INPUT.md.
     upload_as: Literal["audio", "fingerprint"] = "audio"
+    # Extraction runs in threads of its own (one per CPU per worker process) this many nice levels below the
+    # worker, so updates and polls keep the CPU while a catalog is extracted (docs/ARCHITECTURE.md); 0: not lowered.
+    fingerprint_nice: int = Field(default=10, ge=0, le=19)
     # Seconds between state polls the beat sends; at least half a second (0 polled thousands of times a second).
     poll_interval: float = Field(default=30.0, ge=0.5, le=3600, allow_inf_nan=False)
 

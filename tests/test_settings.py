@@ -39,3 +39,15 @@ def test_a_countdown_longer_than_half_the_visibility_timeout_is_refused_where_it
     assert Settings(_env_file=None, broker_url=tls, visibility_timeout=600, backoff_max=300).visibility_timeout == 600
     # Ours (redis://) takes messages back by liveness only: the timeout no longer bounds a countdown.
     assert Settings(_env_file=None, visibility_timeout=100, backoff_max=300).max_countdown == float("inf")
+
+
+def test_fingerprint_nice_is_0_to_19_and_10_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACR_INGEST_FINGERPRINT_NICE", raising=False)
+    assert Settings(_env_file=None).fingerprint_nice == 10
+    monkeypatch.setenv("ACR_INGEST_FINGERPRINT_NICE", "0")  # off: extraction at the worker's priority
+    assert Settings(_env_file=None).fingerprint_nice == 0
+    # Below 0 would ask to raise the priority (a privilege); above 19 is no nice value.
+    for bad in ("-1", "20", "low"):
+        monkeypatch.setenv("ACR_INGEST_FINGERPRINT_NICE", bad)
+        with pytest.raises(ValidationError, match="fingerprint_nice"):
+            Settings(_env_file=None)

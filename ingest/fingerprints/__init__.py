@@ -8,5 +8,6 @@ from ingest.fingerprints.extraction import (
     extract,
     unavailable_reason,
 )
+from ingest.fingerprints.pool import extract_in_pool
 
-__all__ = ["MAX_DURATION_MS", "Fingerprint", "NotDecodable", "extract", "unavailable_reason"]
+__all__ = ["MAX_DURATION_MS", "Fingerprint", "NotDecodable", "extract", "extract_in_pool", "unavailable_reason"]

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 from ingest.api.client import AcrCloudClient
 from ingest.api.errors import ApiError, TransientError
 from ingest.api.schemas import BucketFile
-from ingest.fingerprints import Fingerprint, NotDecodable, extract, unavailable_reason
+from ingest.fingerprints import Fingerprint, NotDecodable, extract_in_pool, unavailable_reason
 from ingest.jobs.context import JobContext
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.identity import REF_KEY, same_meta, tagged
@@ -66,7 +66,7 @@ def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile
     resolved = resolve_media_path(row.source, ctx.settings)
     assert resolved is not None
     if row.send_as == "fingerprint" and row.data_type == "audio":
-        fingerprint = _fingerprint(row, resolved[0])
+        fingerprint = _fingerprint(row, resolved[0], ctx.settings)
         return client.upload_bytes(
             row.bucket_id,
             fingerprint.data,
@@ -86,13 +86,14 @@ def _post(client: AcrCloudClient, row: TrackFile, ctx: JobContext) -> BucketFile
     )
 
 
-def _fingerprint(row: TrackFile, path: Path) -> Fingerprint:
+def _fingerprint(row: TrackFile, path: Path, settings: Settings) -> Fingerprint:
     """The audio's fingerprint, made here from the source each time it is posted (never stored: a re-upload
-    reads the file as it is now). Audio the library cannot read is bad input, before the API sees it."""
+    reads the file as it is now), by the process's low-priority extraction threads (fingerprints/pool.py).
+    Audio the library cannot read is bad input, before the API sees it."""
     if why := unavailable_reason():
         raise InputError({"send_as": f"fingerprint: {why}"})
     try:
-        fingerprint = extract(path)
+        fingerprint = extract_in_pool(path, nice=settings.fingerprint_nice)
     except NotDecodable:
         raise InputError(
             {"path": f"not decodable audio: {row.source!r} is no audio the fingerprint library reads"}

@@ -70,6 +70,11 @@ SETTINGS = {
     "poll_interval_zero": ({"ACR_INGEST_POLL_INTERVAL": "0"}, "ACR_INGEST_POLL_INTERVAL=0: Input should be greater"),
     "poll_interval_tiny": ({"ACR_INGEST_POLL_INTERVAL": "0.001"}, "ACR_INGEST_POLL_INTERVAL=0.001"),
     "poll_interval_nan": ({"ACR_INGEST_POLL_INTERVAL": "nan"}, "ACR_INGEST_POLL_INTERVAL=nan"),
+    "fingerprint_nice_high": (
+        {"ACR_INGEST_FINGERPRINT_NICE": "20"},
+        "ACR_INGEST_FINGERPRINT_NICE=20: Input should be less than or equal to 19",
+    ),
+    "fingerprint_nice_negative": ({"ACR_INGEST_FINGERPRINT_NICE": "-5"}, "ACR_INGEST_FINGERPRINT_NICE=-5"),
 }
 DATABASES = {
     "unmigrated": ("sqlite:///{tmp}/fresh.db", 2, "acr-ingest db upgrade"),
