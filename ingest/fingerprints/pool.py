@@ -30,6 +30,14 @@ _lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's cpuset, taskset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def _forget_after_fork() -> None:
     # The child has the parent's executors but none of their threads, and perhaps a lock held at the fork.
     global _lock
@@ -56,7 +64,7 @@ def _pool(nice: int) -> ThreadPoolExecutor:
         pool = _pools.get(nice)
         if pool is None:
             pool = _pools[nice] = ThreadPoolExecutor(
-                max_workers=os.cpu_count() or 1,
+                max_workers=_usable_cpus(),
                 thread_name_prefix=f"fingerprint-nice{nice}",
                 initializer=lower_priority,
                 initargs=(nice,),
