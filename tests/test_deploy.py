@@ -294,6 +294,7 @@ def _localise_env(env: dict[str, str], tmp: Path, emulator_port: int) -> dict[st
         out["ACR_INGEST_RATE_LIMIT_REDIS_URL"] = LOCAL_REDIS
     out["ACR_INGEST_DATABASE_URL"] = f"sqlite:///{tmp / 'deploy.db'}"
     out["ACR_INGEST_API_BASE_URL"] = f"http://127.0.0.1:{emulator_port}/api"
+    out["ACR_INGEST_POLL_INTERVAL"] = "1"  # the beat's first poll within a second (_check_up waits for it)
     return out
 
 
@@ -369,7 +370,9 @@ def _check_up(service: str, run: Run, proc: subprocess.Popen[bytes], log: Path) 
         finally:
             app.close()
     elif service == "beat":
-        _wait_for("started", _log_has(log, r"beat: Starting"), proc, log)
+        # Its first poll sent: "beat: Starting" comes before the scheduler opens its schedule file, and a SIGTERM
+        # in between makes Celery's handler open a second one inside the first (exit 1, a corrupt file).
+        _wait_for("sending the poll", _log_has(log, r"Scheduler: Sending due task"), proc, log)
     elif service == "flower":
         base = f"http://127.0.0.1:{run.port}"
         _wait_for("healthy", lambda: requests.get(f"{base}/healthcheck", timeout=2).status_code == 200, proc, log)
