@@ -11,8 +11,12 @@ WORKDIR /src
 COPY pyproject.toml README* ./
 COPY ingest ./ingest
 COPY tasks ./tasks
-# A regular (non-editable) install with the PostgreSQL driver; the source folder is not needed afterwards.
-RUN pip install ".[postgres]" && rm -rf /src
+# A regular (non-editable) install with the PostgreSQL driver and the fingerprint extraction library (the
+# fingerprint-worker runs it, and any worker does once ACR_INGEST_UPLOAD_AS=fingerprint); the source folder is
+# not needed afterwards. The library's wheel is Linux x86_64 only: for another platform build with
+# `--build-arg EXTRAS=postgres` (workers then refuse fingerprint uploads in one line, saying why).
+ARG EXTRAS=postgres,fingerprint
+RUN pip install ".[${EXTRAS}]" && rm -rf /src
 
 # Run as an unprivileged user; /app is its writable working directory (beat keeps celerybeat-schedule there).
 RUN useradd --create-home --uid 10001 --user-group acr \
