@@ -95,3 +95,30 @@ def held_in_progress(broker_url: str, queue: str = "*") -> int:
 
     client = redis.Redis.from_url(broker_url)
     return sum(int(client.llen(k)) for k in client.scan_iter(f"{INPROGRESS_PREFIX}*:{queue}"))
+
+
+def worker_queues(argv: list[str]) -> set[str] | None:
+    """The queues a worker command line names (``-Q a,b``, ``-Qa,b``, ``--queues[=]a,b``; repeated ones add up),
+    or None when it names none: such a worker consumes every queue the app declares."""
+    found: set[str] = set()
+    named = False
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("-Q", "--queues"):
+            value = argv[i + 1]
+        elif arg.startswith("--queues="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-Q"):
+            value = arg[2:]
+        if value is not None:
+            named = True
+            found |= {q.strip() for q in value.split(",") if q.strip()}
+    return found if named else None
+
+
+def app_queues() -> set[str]:
+    """Every queue the Celery app declares (what a worker started without -Q consumes)."""
+    from ingest.settings import Settings
+    from ingest.worker.app import create_app
+
+    return {q.name for q in create_app(Settings()).conf.task_queues}

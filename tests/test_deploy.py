@@ -1,11 +1,14 @@
 """Deployment files without Docker: docker-compose.yml, Procfile, Dockerfile.
 
 1. docker-compose.yml validates against the Compose Specification JSON schema, plus what a schema cannot say:
-   the worker scales, exactly one beat, no literal secrets, every app command is ours.
+   the workers scale, exactly one beat, no literal secrets, every app command is ours, and the two kinds of
+   worker serve every queue between them, each queue once (the fingerprint uploads' on a worker of its own).
 2. Every command in docker-compose.yml and the Procfile runs here: started as a subprocess with the service's
    own environment (compose-style ``${VAR:-default}`` interpolation) made local (Redis database 14, a temporary
    SQLite file, free ports), waited for until it is up, its compose healthcheck run, stopped with SIGTERM
-   (Procfile: to the process group, as honcho and foreman do), and seen to exit.
+   (Procfile: to the process group, as honcho and foreman do), and seen to exit. Each worker answers for exactly
+   the queues its command names; started together, the fingerprint worker takes a fingerprint upload that the
+   other worker leaves in its queue.
 
 The schema, tests/fixtures/compose-spec.json, is the Compose Specification's schema/compose-spec.json
 (github.com/compose-spec/compose-spec, JSON Schema draft-07) as shipped in the npm package dclint 3.1.0
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,10 @@ import yaml
 from celery import Celery
 
 from ingest.devtools.processes import free_port
+from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE
 from tests.conftest import REDIS_URL
+from tests.fingerprint_audio import write_wav
+from tests.helpers import app_queues, worker_queues
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -50,10 +56,13 @@ DOCKERFILE = ROOT / "Dockerfile"
 SCHEMA_FILE = Path(__file__).resolve().parent / "fixtures" / "compose-spec.json"
 SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d496"
 
-APP_SERVICES = ("emulator", "worker", "beat", "flower")
+APP_SERVICES = ("emulator", "worker", "fingerprint-worker", "beat", "flower")
 # One-shot commands: compose's service name -> the Procfile's name for it (Heroku's release phase).
 ONE_SHOT = {"migrate": "release"}
-NEEDS_SCHEMA = ("worker", "beat")  # they refuse to start until the migration ran
+# The two kinds of worker and the queues each must serve: the fingerprint uploads' extraction on slots of its own,
+# so updates and polls keep their pace during a catalog (docs/ARCHITECTURE.md, "Fingerprints").
+WORKERS = {"worker": {QUEUE, POLL_QUEUE}, "fingerprint-worker": {FINGERPRINT_QUEUE}}
+NEEDS_SCHEMA = (*WORKERS, "beat")  # they refuse to start until the migration ran
 # A database of the run's own redis-server (tests/conftest.py), never the machine's shared Redis.
 LOCAL_REDIS = os.environ.get("ACR_INGEST_DEPLOY_TEST_REDIS_URL") or REDIS_URL.rsplit("/", 1)[0] + "/14"
 TOKEN = "deploy-test-token-8c41e07a"
@@ -141,7 +150,10 @@ def test_services_and_their_wiring() -> None:
             want = {"condition": "service_healthy", **({"required": False} if dep == "rabbitmq" else {})}
             assert how == want, f"{name} -> {dep}"
             assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no healthcheck"
-    assert set(services["worker"]["depends_on"]) == {"redis", "rabbitmq", "postgres", "migrate"}
+    for name in WORKERS:
+        assert set(services[name]["depends_on"]) == {"redis", "rabbitmq", "postgres", "migrate"}, name
+        assert services[name]["healthcheck"]["test"] == ["CMD", "acr-ingest", "health"], name
+        assert services[name]["stop_grace_period"] == services["worker"]["stop_grace_period"], name
     for name in ("beat", "flower"):
         assert {"redis", "rabbitmq"} <= set(services[name]["depends_on"]), name
     # The schema is migrated once, before anything that needs it; the one-shot is never restarted.
@@ -151,13 +163,15 @@ def test_services_and_their_wiring() -> None:
     assert _command(services["migrate"]) == "acr-ingest db upgrade"
 
 
-def test_the_worker_scales_and_exactly_one_beat_runs() -> None:
+def test_the_workers_scale_and_exactly_one_beat_runs() -> None:
     services = _compose()["services"]
-    worker = services["worker"]
-    # `docker compose up --scale worker=3` fails on a fixed container name or a published host port.
-    assert "container_name" not in worker
-    assert not worker.get("ports"), "a published port cannot be bound by three replicas"
-    assert "hostname" not in worker, "replicas sharing a hostname share a Celery node name"
+    for name in WORKERS:
+        worker = services[name]
+        # `docker compose up --scale worker=3` fails on a fixed container name or a published host port.
+        assert "container_name" not in worker, name
+        assert not worker.get("ports"), f"{name}: a published port cannot be bound by three replicas"
+        assert "hostname" not in worker, f"{name}: replicas sharing a hostname share a Celery node name"
+        assert "deploy" not in worker and "scale" not in worker, f"{name}: scaled by --scale, not pinned"
 
     beat = services["beat"]
     assert beat["deploy"]["replicas"] == 1, "only one beat may run: two send every periodic task twice"
@@ -225,10 +239,37 @@ def test_every_app_command_is_ours_and_the_procfile_matches() -> None:
         assert same(procfile[proc_name]) == same(compose_cmds[name]), f"Procfile {proc_name} differs from compose"
 
 
-def test_dockerfile_builds_a_non_root_image_with_the_postgres_driver() -> None:
+def test_each_worker_serves_its_queues_and_together_every_queue_once() -> None:
+    """Compose's and the Procfile's workers: the jobs' and the poll's queues on one, the fingerprint uploads' on the
+    other; no queue served by both (a catalog's extraction would hold the other's slots again) or by neither."""
+    services = _compose()["services"]
+    procfile = _procfile()
+    assert set(WORKERS) <= set(procfile), "the Procfile runs both kinds of worker"
+    every = app_queues()
+    for source, commands in (
+        ("compose", {name: shlex.split(_command(services[name])) for name in WORKERS}),
+        ("Procfile", {name: shlex.split(procfile[name]) for name in WORKERS}),
+    ):
+        served = {name: worker_queues(argv) for name, argv in commands.items()}
+        assert served == WORKERS, f"{source}: {served}"
+        assert set().union(*WORKERS.values()) == every, (
+            f"{source}: the workers leave {every - set().union(*served.values())}"
+        )
+        for name, argv in commands.items():
+            assert argv[:2] == ["acr-ingest", "worker"], f"{source} {name}: {argv}"
+    # The CPU-bound worker's slots are at most the ordinary worker's (its comment says why).
+    fp = shlex.split(_command(services["fingerprint-worker"]))
+    assert fp[fp.index("--concurrency") + 1] == "2"
+    assert re.search(r"#.*[Cc]oncurrency 2", COMPOSE_FILE.read_text(encoding="utf-8")), "say why 2"
+
+
+def test_dockerfile_builds_a_non_root_image_with_the_postgres_driver_and_the_fingerprint_library() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
-    assert re.search(r"pip install .*\.\[postgres\]", text)
+    # The extras the image installs, by default: the fingerprint worker needs the extraction library.
+    extras = re.search(r"^ARG EXTRAS=(\S+)$", text, re.MULTILINE)
+    assert extras and set(extras[1].split(",")) == {"postgres", "fingerprint"}, "the image's default extras"
+    assert re.search(r'^RUN pip install "\.\[\$\{EXTRAS\}\]"', text, re.MULTILINE)
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     assert re.search(r"^ENTRYPOINT \[\]", text, re.MULTILINE)
@@ -360,13 +401,24 @@ def _log_has(log: Path, pattern: str) -> Callable[[], bool]:
     return lambda: bool(rx.search(log.read_text(encoding="utf-8", errors="replace")))
 
 
+def _command_line(run: Run) -> list[str]:
+    """The command a run starts (a Procfile line is handed to bash -c)."""
+    return shlex.split(run.argv[2]) if run.argv[:2] == ["bash", "-c"] else run.argv
+
+
 def _check_up(service: str, run: Run, proc: subprocess.Popen[bytes], log: Path) -> None:
-    if service == "worker":
+    if service.endswith("worker"):
         _wait_for("ready", _log_has(log, r"\S+@\S+ ready\."), proc, log)
-        # What `celery -A ingest.worker inspect ping` does, from here: the worker answers on the broker.
+        node = re.findall(r"(\S+@\S+) ready\.", log.read_text(encoding="utf-8", errors="replace"))[-1]
+        # What `celery -A ingest.worker inspect ping` and `inspect active_queues` do, from here: the worker
+        # answers on the broker, consuming exactly the queues its command names (all of them when it names none).
         app = Celery("deploy-test-ping", broker=run.env["ACR_INGEST_BROKER_URL"])
+        want = worker_queues(_command_line(run)) or app_queues()
         try:
-            _wait_for("answering ping", lambda: bool(app.control.ping(timeout=0.5)), proc, log, deadline=10)
+            ask = lambda: app.control.ping(destination=[node], timeout=0.5)  # noqa: E731
+            _wait_for("answering ping", lambda: bool(ask()), proc, log, deadline=10)
+            queues = app.control.inspect(destination=[node], timeout=5).active_queues() or {}
+            assert {q["name"] for q in queues.get(node, [])} == want, f"{run.label} consumes {queues}"
         finally:
             app.close()
     elif service == "beat":
@@ -421,20 +473,22 @@ def test_the_migration_runs_once_and_again(source: str, tmp_path: Path) -> None:
     assert TOKEN not in first.stdout + first.stderr + again.stdout + again.stderr
 
 
-@pytest.mark.usefixtures("local_redis")
-@pytest.mark.parametrize(("source", "service"), RUNS, ids=[f"{s}-{n}" for s, n in RUNS])
-def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> None:
-    run = _compose_run(service, tmp_path) if source == "compose" else _procfile_run(service, tmp_path)
-    if service in NEEDS_SCHEMA:  # compose's depends_on: service_completed_successfully; Heroku's release phase
-        migrated = _run_to_end(_one_shot(source, tmp_path), tmp_path)
-        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    log = tmp_path / "out.log"
+def _migrated(source: str, tmp: Path) -> None:
+    """compose's depends_on: service_completed_successfully; Heroku's release phase."""
+    migrated = _run_to_end(_one_shot(source, tmp), tmp)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+
+
+@contextmanager
+def _running(service: str, run: Run, tmp: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``run`` started as its runner starts it and seen up; at the end stopped with SIGTERM as its runner stops it,
+    seen to exit as it should, and its log free of the token."""
     with log.open("wb") as out:
         # cwd: a folder of its own, as the image's /app is (beat writes celerybeat-schedule there).
         proc = subprocess.Popen(
             run.argv,
             env=run.env,
-            cwd=tmp_path,
+            cwd=tmp,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -442,17 +496,7 @@ def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> Non
         )
     try:
         _check_up(service, run, proc, log)
-        if run.healthcheck:
-            # Docker runs it inside the container, where HOSTNAME is the container's (the worker's node name).
-            env = {**run.env, "HOSTNAME": socket.gethostname()}
-            with ExitStack() as stack:
-                if service == "worker":  # `acr-ingest health` calls the API: an emulator where the env points
-                    from ingest.devtools.emulator import Emulator
-
-                    emu = Emulator(tokens={TOKEN}).start(host="127.0.0.1", port=run.port)
-                    stack.callback(emu.stop)
-                check = subprocess.run(run.healthcheck, env=env, cwd=tmp_path, capture_output=True, timeout=30)
-            assert check.returncode == 0, f"healthcheck {run.healthcheck} failed: {check.stdout!r} {check.stderr!r}"
+        yield proc
         if run.stop_group:
             os.killpg(proc.pid, signal.SIGTERM)
         else:
@@ -471,6 +515,85 @@ def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> Non
             proc.wait(timeout=10)
 
 
+@pytest.mark.usefixtures("local_redis")
+@pytest.mark.parametrize(("source", "service"), RUNS, ids=[f"{s}-{n}" for s, n in RUNS])
+def test_the_command_runs_here(source: str, service: str, tmp_path: Path) -> None:
+    run = _compose_run(service, tmp_path) if source == "compose" else _procfile_run(service, tmp_path)
+    if service in NEEDS_SCHEMA:
+        _migrated(source, tmp_path)
+    with _running(service, run, tmp_path, tmp_path / "out.log"):
+        if run.healthcheck:
+            # Docker runs it inside the container, where HOSTNAME is the container's (the worker's node name).
+            env = {**run.env, "HOSTNAME": socket.gethostname()}
+            with ExitStack() as stack:
+                if service in WORKERS:  # `acr-ingest health` calls the API: an emulator where the env points
+                    from ingest.devtools.emulator import Emulator
+
+                    emu = Emulator(tokens={TOKEN}).start(host="127.0.0.1", port=run.port)
+                    stack.callback(emu.stop)
+                check = subprocess.run(run.healthcheck, env=env, cwd=tmp_path, capture_output=True, timeout=30)
+            assert check.returncode == 0, f"healthcheck {run.healthcheck} failed: {check.stdout!r} {check.stderr!r}"
+
+
+def _track_file(tmp: Path, ref: str) -> dict[str, Any] | None:
+    """A row of the run's SQLite database (tests/helpers.file_row reads the test session's own database)."""
+    import sqlite3
+
+    with closing(sqlite3.connect(tmp / "deploy.db")) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("select * from track_files where ref = ?", (ref,)).fetchone()
+    return dict(row) if row else None
+
+
+def _enqueue(run: Run, tmp: Path, *args: str) -> dict[str, Any]:
+    """`acr-ingest ARGS` with the worker's environment (its broker, database and media root: the cwd)."""
+    done = subprocess.run(["acr-ingest", *args], env=run.env, cwd=tmp, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out: dict[str, Any] = json.loads(done.stdout)
+    return out
+
+
+@pytest.mark.usefixtures("local_redis")
+@pytest.mark.parametrize("source", ["compose", "Procfile"])
+def test_the_fingerprint_worker_takes_the_fingerprint_uploads_the_worker_leaves(source: str, tmp_path: Path) -> None:
+    """Both workers as deployed: the ordinary worker runs a URL upload and leaves a fingerprint upload waiting in
+    its queue; the fingerprint worker, once started, extracts it and posts the fingerprint."""
+    from ingest.devtools.emulator import Emulator
+
+    make = _compose_run if source == "compose" else _procfile_run
+    worker, fingerprint = make("worker", tmp_path), make("fingerprint-worker", tmp_path)
+    fingerprint.env["ACR_INGEST_API_BASE_URL"] = worker.env["ACR_INGEST_API_BASE_URL"]  # one emulator for both
+    _migrated(source, tmp_path)
+    emulator = Emulator(tokens={TOKEN}).start(host="127.0.0.1", port=worker.port or 0)
+    broker = redis.Redis.from_url(LOCAL_REDIS)
+    bucket = 7_716_001
+    write_wav(tmp_path / "fp.wav", 2.0, rate=8000, channels=1)
+    worker_log, fingerprint_log = tmp_path / "worker.log", tmp_path / "fingerprint.log"
+    try:
+        with _running("worker", worker, tmp_path, worker_log) as worker_proc:
+            fp_job = _enqueue(worker, tmp_path, "upload-file", "fp.wav", "--title", "FP", "--bucket", str(bucket),
+                              "--ref", "FP", "--as", "fingerprint")  # fmt: skip
+            _enqueue(worker, tmp_path, "upload-url", "https://cdn.example.com/u.mp3", "--title", "U", "--bucket",
+                     str(bucket), "--ref", "U")  # fmt: skip
+            # The URL upload, enqueued after it, is posted: the worker fetched from its queues and left this one.
+            posted = lambda: len(emulator.files(bucket)) == 1  # noqa: E731
+            _wait_for("posting the URL upload", posted, worker_proc, worker_log)
+            assert broker.llen(FINGERPRINT_QUEUE) == 1, "the worker took the fingerprint upload"
+            assert (_track_file(tmp_path, "FP") or {}).get("remote_id") is None
+            with _running("fingerprint-worker", fingerprint, tmp_path, fingerprint_log) as fingerprint_proc:
+                kinds = lambda: sorted(emulator.data_types(bucket).values())  # noqa: E731
+                _wait_for("posting the fingerprint", lambda: len(kinds()) == 2, fingerprint_proc, fingerprint_log)
+                assert kinds() == ["audio_url", "fingerprint"]
+                row = _track_file(tmp_path, "FP")
+                assert row and row["send_as"] == "fingerprint" and row["fingerprint_bytes"], row
+                assert broker.llen(FINGERPRINT_QUEUE) == 0
+        task = fp_job["task_id"]
+        assert task in fingerprint_log.read_text(encoding="utf-8")
+        assert task not in worker_log.read_text(encoding="utf-8")
+    finally:
+        emulator.stop()
+
+
 def test_flower_refuses_to_start_without_basic_auth_and_listens_on_loopback(tmp_path: Path) -> None:
     run = _procfile_run("flower", tmp_path)
     env = {k: v for k, v in run.env.items() if k != "FLOWER_BASIC_AUTH"}
@@ -481,3 +604,13 @@ def test_flower_refuses_to_start_without_basic_auth_and_listens_on_loopback(tmp_
         [sys.executable, "-m", "ingest.cli.commands", "flower", "--help"], capture_output=True, text=True, timeout=60
     ).stdout
     assert "[default: 127.0.0.1]" in help_text
+
+
+@pytest.mark.usefixtures("local_redis")
+def test_a_worker_started_without_queues_serves_every_queue(tmp_path: Path) -> None:
+    """The one-process set-up (README, the demo): `acr-ingest worker` with no -Q runs the fingerprint uploads too."""
+    run = _compose_run("worker", tmp_path)
+    run = Run("acr-ingest worker", ["acr-ingest", "worker", "--concurrency", "1"], run.env, run.port)
+    _migrated("compose", tmp_path)
+    with _running("worker", run, tmp_path, tmp_path / "out.log"):
+        pass  # _check_up: it answers for every queue the app declares
