@@ -575,14 +575,14 @@ def test_the_fingerprint_worker_takes_the_fingerprint_uploads_the_worker_leaves(
                               "--ref", "FP", "--as", "fingerprint")  # fmt: skip
             _enqueue(worker, tmp_path, "upload-url", "https://cdn.example.com/u.mp3", "--title", "U", "--bucket",
                      str(bucket), "--ref", "U")  # fmt: skip
+            kinds = lambda: sorted(emulator.data_types(bucket).values())  # noqa: E731
             # The URL upload, enqueued after it, is posted: the worker fetched from its queues and left this one.
-            posted = lambda: len(emulator.files(bucket)) == 1  # noqa: E731
-            _wait_for("posting the URL upload", posted, worker_proc, worker_log)
-            assert broker.llen(FINGERPRINT_QUEUE) == 1, "the worker took the fingerprint upload"
+            _wait_for("posting the URL upload", lambda: "audio_url" in kinds(), worker_proc, worker_log)
+            assert kinds() == ["audio_url"] and broker.llen(FINGERPRINT_QUEUE) == 1, "the worker took the fingerprint"
             assert (_track_file(tmp_path, "FP") or {}).get("remote_id") is None
             with _running("fingerprint-worker", fingerprint, tmp_path, fingerprint_log) as fingerprint_proc:
-                kinds = lambda: sorted(emulator.data_types(bucket).values())  # noqa: E731
-                _wait_for("posting the fingerprint", lambda: len(kinds()) == 2, fingerprint_proc, fingerprint_log)
+                posted = lambda: (_track_file(tmp_path, "FP") or {}).get("remote_id") is not None  # noqa: E731
+                _wait_for("posting the fingerprint", posted, fingerprint_proc, fingerprint_log)
                 assert kinds() == ["audio_url", "fingerprint"]
                 row = _track_file(tmp_path, "FP")
                 assert row and row["send_as"] == "fingerprint" and row["fingerprint_bytes"], row
