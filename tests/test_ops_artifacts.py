@@ -29,9 +29,10 @@ import requests
 import yaml
 
 from ingest.devtools.processes import ChildProcess, free_port
+from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE
 from tests.conftest import REDIS_URL, TOKEN, WORKDIR
 from tests.faults.conftest import WorkerProcess, beat_process, producer_for
-from tests.helpers import wait_for
+from tests.helpers import app_queues, wait_for, worker_queues
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -458,6 +459,11 @@ K8S_VERSION = "1.31.0"  # the schemas kubernetes-validate checks against (strict
 KEDA_SCHEMA = Path(__file__).resolve().parent / "fixtures" / "keda-v1alpha1.schema.json"
 OVERLAYS = {"redis": "redis", "rabbitmq": "rabbitmq"}  # overlay directory -> the KEDA trigger it must use
 _KUSTOMIZE_KEYS = {"apiVersion", "kind", "namespace", "resources", "patches"}
+# The worker Deployments and the queues each serves: the fingerprint uploads' extraction on pods of its own.
+WORKER_DEPLOYMENTS = {
+    "acr-ingest-worker": {QUEUE, POLL_QUEUE},
+    "acr-ingest-fingerprint-worker": {FINGERPRINT_QUEUE},
+}
 
 
 def kustomize(folder: Path) -> list[dict[str, Any]]:
@@ -559,28 +565,44 @@ def test_kubernetes_deployment_shape(overlay: str) -> None:
     assert job["containers"][0]["command"] == ["acr-ingest", "db", "upgrade"]
     assert job["restartPolicy"] in ("OnFailure", "Never")
 
-    # Workers: stopped gracefully for longer than the longest upload; ready when `acr-ingest health` passes;
-    # no liveness probe (it would restart every worker when the vendor's API is down).
-    worker = container("acr-ingest-worker")
-    assert worker["command"][:2] == ["acr-ingest", "worker"]
+    # Workers of both kinds: stopped gracefully for longer than the longest upload; ready when `acr-ingest health`
+    # passes; no liveness probe (it would restart every worker when the vendor's API is down); counters scraped per
+    # pod; the same media (extraction reads the source file); the count KEDA's.
     from ingest.settings import Settings
 
     # The production defaults (this test run's environment shortens the timeouts).
     default = {name: field.default for name, field in Settings.model_fields.items()}
     longest_upload = 2 * default["read_timeout"] + default["connect_timeout"] + default["soft_shutdown_timeout"]
     assert longest_upload >= 120
-    assert pod("acr-ingest-worker")["terminationGracePeriodSeconds"] > longest_upload
-    assert worker["readinessProbe"]["exec"]["command"] == ["acr-ingest", "health"]
-    assert "livenessProbe" not in worker
-    env = {e["name"]: e.get("value") for e in worker["env"]}
-    assert env["ACR_INGEST_METRICS_PORT"] == "9465" and env["ACR_INGEST_METRICS_DIR"]
-    assert "replicas" not in objs[("Deployment", "acr-ingest-worker")]["spec"], "KEDA owns the worker count"
+    media = {m["name"]: m["mountPath"] for m in container("acr-ingest-worker")["volumeMounts"]}["media"]
+    for name in WORKER_DEPLOYMENTS:
+        worker = container(name)
+        assert worker["command"][:2] == ["acr-ingest", "worker"], name
+        assert pod(name)["terminationGracePeriodSeconds"] > longest_upload, name
+        assert worker["readinessProbe"]["exec"]["command"] == ["acr-ingest", "health"], name
+        assert "livenessProbe" not in worker, name
+        env = {e["name"]: e.get("value") for e in worker["env"]}
+        assert env["ACR_INGEST_METRICS_PORT"] == "9465" and env["ACR_INGEST_METRICS_DIR"], name
+        assert {"name": "metrics", "containerPort": 9465} in worker["ports"], name
+        annotations = objs[("Deployment", name)]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "9465"}, name
+        assert {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}["media"] == media, name
+        assert worker["resources"]["requests"]["cpu"] and worker["resources"]["limits"]["memory"], name
+        assert "replicas" not in objs[("Deployment", name)]["spec"], f"KEDA owns {name}'s count"
+    # Each kind serves its queues, and together they serve every queue once (tests/test_deploy.py has the why).
+    served = {name: worker_queues(container(name)["command"]) for name in WORKER_DEPLOYMENTS}
+    assert served == WORKER_DEPLOYMENTS
+    deployed_workers = {
+        k[1] for k, d in objs.items() if k[0] == "Deployment" and "worker" in container(k[1])["command"]
+    }
+    assert deployed_workers == set(WORKER_DEPLOYMENTS)
+    assert set().union(*served.values()) == app_queues()
 
     # The token is a file from a Secret, mounted where ACR_INGEST_ACCESS_TOKEN_FILE points.
     config = objs[("ConfigMap", "acr-ingest-config")]["data"]
     token_file = Path(config["ACR_INGEST_ACCESS_TOKEN_FILE"])
     assert objs[("Secret", "acr-ingest-token")]["stringData"].keys() == {token_file.name}
-    for name in ("acr-ingest-worker", "acr-ingest-beat"):
+    for name in (*WORKER_DEPLOYMENTS, "acr-ingest-beat"):
         mounts = {m["name"]: m for m in container(name)["volumeMounts"]}
         volumes = {v["name"]: v for v in pod(name)["volumes"]}
         assert mounts["token"]["mountPath"] == str(token_file.parent) and mounts["token"]["readOnly"]
@@ -603,25 +625,26 @@ def test_kubernetes_deployment_shape(overlay: str) -> None:
     assert "FLOWER_BASIC_AUTH" in objs[("Secret", "acr-ingest-flower")]["stringData"]
     assert objs[("Service", "acr-ingest-flower")]["spec"].get("type", "ClusterIP") == "ClusterIP"
 
-    # KEDA scales the worker Deployment on the job queues' lengths (ingest, and the fingerprint uploads' own),
-    # with the broker's own scaler.
-    scaled = objs[("ScaledObject", "acr-ingest-worker")]["spec"]
-    assert scaled["scaleTargetRef"]["name"] == "acr-ingest-worker"
-    assert scaled["minReplicaCount"] >= 1  # a worker also consumes the poll queue
-    watched = []
-    for trigger in scaled["triggers"]:
-        assert trigger["type"] == OVERLAYS[overlay]
-        if overlay == "redis":
-            watched.append(trigger["metadata"]["listName"])
-        else:
-            assert trigger["metadata"]["mode"] == "QueueLength"
-            watched.append(trigger["metadata"]["queueName"])
-            auth = objs[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]
-            assert auth["secretTargetRef"] == [
-                {"parameter": "host", "name": "acr-ingest-env", "key": "ACR_INGEST_BROKER_URL"}
-            ]
-    assert watched == ["ingest", "ingest.fingerprint"]
-    from ingest.worker.app import create_app
-
-    queues = {q.name for q in create_app(Settings()).conf.task_queues}
-    assert set(watched) <= queues, "the queues KEDA watches"
+    # KEDA scales each worker Deployment on the length of the job queue it serves (the poll's is not work that
+    # waits: one message per interval), with the broker's own scaler: one ScaledObject per Deployment.
+    scaled_objects = [d for k, d in objs.items() if k[0] == "ScaledObject"]
+    targets = [d["spec"]["scaleTargetRef"]["name"] for d in scaled_objects]
+    assert sorted(targets) == sorted(WORKER_DEPLOYMENTS), "one ScaledObject per worker Deployment"
+    for so in scaled_objects:
+        scaled = so["spec"]
+        target = scaled["scaleTargetRef"]
+        assert (target["kind"], target["apiVersion"]) == ("Deployment", "apps/v1")
+        assert scaled["minReplicaCount"] >= 1  # a worker also consumes the poll queue, or holds retries' countdowns
+        watched = []
+        for trigger in scaled["triggers"]:
+            assert trigger["type"] == OVERLAYS[overlay]
+            if overlay == "redis":
+                watched.append(trigger["metadata"]["listName"])
+            else:
+                assert trigger["metadata"]["mode"] == "QueueLength"
+                watched.append(trigger["metadata"]["queueName"])
+                auth = objs[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]
+                assert auth["secretTargetRef"] == [
+                    {"parameter": "host", "name": "acr-ingest-env", "key": "ACR_INGEST_BROKER_URL"}
+                ]
+        assert set(watched) == served[target["name"]] - {POLL_QUEUE}, f"{target['name']} scales on {watched}"
