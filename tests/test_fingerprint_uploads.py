@@ -70,6 +70,14 @@ def test_every_entry_point_sends_a_fingerprint_and_says_so(producer, emulator, b
     shown = _cli("show", "P", "--bucket", str(bucket))
     row = file_row(bucket, "P")
     assert f"sent as   fingerprint made here ({row.fingerprint_bytes:,} bytes, {row.duration_ms / 1000:.1f} s)" in shown
+    # --json: the same, as numbers.
+    sent = lambda f: (f["send_as"], f["data_type"], f["fingerprint_bytes"], f["duration_ms"])  # noqa: E731
+    listed_json = {f["ref"]: f for f in json.loads(_cli("files", "--bucket", str(bucket), "--json"))["files"]}
+    assert sent(listed_json["P"]) == ("fingerprint", "audio", row.fingerprint_bytes, row.duration_ms)
+    assert sent(listed_json["A"]) == ("audio", "audio", None, None)
+    [shown_json] = json.loads(_cli("show", "P", "--bucket", str(bucket), "--json"))["files"]
+    assert sent(shown_json) == sent(listed_json["P"]) and shown_json["remote_id"] == row.remote_id
+    assert [(o["kind"], o["status"]) for o in shown_json["operations"]] == [("upload_file", "succeeded")]
 
     # sync: the rows already there are unchanged; a new row's send_as column is planned and applied.
     write_wav(MEDIA / f"fpw-{bucket}-4.wav", 2.0, seed=4)

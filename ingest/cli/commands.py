@@ -17,6 +17,7 @@ from ingest.cli.catalog_sync import sync
 from ingest.cli.db import db
 from ingest.cli.history import show
 from ingest.cli.ops import config, flower, health
+from ingest.cli.render import json_option
 from ingest.jobs.errors import InputError
 from ingest.settings import get_settings
 from ingest.store.models import FileStatus
@@ -184,10 +185,10 @@ def move(
 
 
 @main.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def status(as_json: bool) -> None:
     """Counts by state, held work and recent failures."""
-    from ingest.cli.render import counts_line, table
+    from ingest.cli.render import counts_line, echo_json, table
     from ingest.store.db import session_scope
     from ingest.store.models import FileStatus
     from ingest.store.reports import status_report
@@ -195,7 +196,7 @@ def status(as_json: bool) -> None:
     with session_scope() as s:
         report = status_report(s)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        echo_json(report)
         return
     click.echo("files: " + (counts_line(report["files"], list(FileStatus)) if report["files"] else "none"))
     for kind, counts in sorted(report["operations"].items()):
@@ -267,19 +268,23 @@ def status(as_json: bool) -> None:
 )
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(min=0))
 @click.option("--all", "show_all", is_flag=True, help="Every matching file (no limit).")
-def files_cmd(bucket_id: int | None, status_filter: str | None, limit: int, show_all: bool) -> None:
-    """The managed files with their id, acr_id and state."""
-    from ingest.cli.render import cut_note, files_table
+@json_option
+def files_cmd(bucket_id: int | None, status_filter: str | None, limit: int, show_all: bool, as_json: bool) -> None:
+    """The managed files with their id, acr_id, state and what each was sent as."""
+    from ingest.cli.render import cut_note, echo_json, files_table
     from ingest.store.db import session_scope
-    from ingest.store.reports import files, files_query, total
+    from ingest.store.reports import file_record, files, files_query, total
 
     with session_scope() as s:
         rows = files(s, bucket_id=bucket_id, status=status_filter, limit=None if show_all else limit)
-        click.echo(files_table(rows))
-        if len(rows) == limit and not show_all:
-            note = cut_note(len(rows), total(s, files_query(bucket_id=bucket_id, status=status_filter)), "files")
-            if note:
-                click.echo(note)
+        cut = len(rows) == limit and not show_all  # perhaps more match: count them
+        matching = total(s, files_query(bucket_id=bucket_id, status=status_filter)) if cut else len(rows)
+        if as_json:  # `total` and `shown` say what the text's "showing N of M" says
+            echo_json({"files": [file_record(r) for r in rows], "shown": len(rows), "total": matching})
+            return
+    click.echo(files_table(rows))
+    if note := cut_note(len(rows), matching, "files"):
+        click.echo(note)
 
 
 def _filters(f: Any) -> Any:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from ingest.cli.render import printable, sent_as, table
+from ingest.cli.render import echo_json, json_option, printable, sent_as, table
 from ingest.store.history import FileHistory
 
 
@@ -58,11 +58,16 @@ def render_history(h: FileHistory) -> str:
 @click.option("--acr-id", "acr_id")
 @click.option("--op", "op_id", type=int, help="An operation id: the file(s) it touched.")
 @click.option("--bucket", "bucket_id", type=int, help="Only the file in this bucket (a ref may be in several).")
-def show(ref: str | None, remote_id: int | None, acr_id: str | None, op_id: int | None, bucket_id: int | None) -> None:
+@json_option
+def show(
+    ref: str | None, remote_id: int | None, acr_id: str | None, op_id: int | None, bucket_id: int | None, as_json: bool
+) -> None:
     """One file's row and every operation that touched it, in order, with status, attempts, reasons and each
-    batch's outcome for it. Name it by REF, --id, --acr-id or --op."""
+    batch's outcome for it. Name it by REF, --id, --acr-id or --op. --json: {"files": [...]}, one per row matched
+    (a ref may be in several buckets, a batch may name several files)."""
     from ingest.store.db import session_scope
     from ingest.store.history import find_files, history
+    from ingest.store.reports import history_record
 
     given = [v for v in (ref, remote_id, acr_id, op_id) if v is not None]
     if len(given) != 1:
@@ -72,4 +77,7 @@ def show(ref: str | None, remote_id: int | None, acr_id: str | None, op_id: int 
         if not rows:
             click.echo(f"error: no managed file matches {printable(str(given[0]))}", err=True)
             sys.exit(1)
+        if as_json:
+            echo_json({"files": [history_record(history(s, row)) for row in rows]})
+            return
         click.echo("\n\n".join(render_history(history(s, row)) for row in rows))

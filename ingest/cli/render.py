@@ -1,14 +1,25 @@
-"""Plain-text tables and summaries for the terminal (status, files, the demo)."""
+"""Plain-text tables and summaries for the terminal (status, files, the demo), and the listings' --json."""
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+import click
+
 from ingest.store.models import TrackFile
 
 FILE_COLUMNS = ("ref", "bucket", "title", "sent as", "id", "acr_id", "state", "status", "reason")
+
+
+# The listings' machine-readable form: one JSON document on stdout (control characters escaped by JSON itself).
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
 
 
 def printable(text: str) -> str:

@@ -1,4 +1,5 @@
-"""What operators ask: counts by state, recent failures with reasons, whether work is held."""
+"""What operators ask: counts by state, recent failures with reasons, whether work is held, the managed files and
+one file's history (the records behind `status`, `files` and `show`, as text or --json)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from ingest.store import auth_hold, circuit_breaker, outbox, rejected_messages
-from ingest.store.history import arg_ref
+from ingest.store.history import FileHistory, arg_ref
 from ingest.store.models import Operation, OpStatus, ParkedFollowup, TrackFile
 
 
@@ -161,3 +162,55 @@ def files(
 ) -> list[TrackFile]:
     query = files_query(bucket_id=bucket_id, status=status)
     return list(session.exec(query.order_by(col(TrackFile.id)).limit(limit)).all())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def file_record(row: TrackFile) -> dict[str, Any]:
+    """One managed file as `files --json` and `show --json` give it: the text's columns under stable keys
+    (``row_id`` ours, ``remote_id`` the API's numeric id, ``remote_state`` its processing state), with what the
+    upload posted (``send_as``; a fingerprint's ``fingerprint_bytes`` and ``duration_ms`` once it was made)."""
+    return {
+        "row_id": row.id,
+        "ref": row.ref,
+        "bucket_id": row.bucket_id,
+        "title": row.title,
+        "status": row.status,
+        "remote_state": row.remote_state,
+        "remote_id": row.remote_id,
+        "acr_id": row.acr_id,
+        "source": row.source,
+        "data_type": row.data_type,
+        "send_as": row.send_as,
+        "fingerprint_bytes": row.fingerprint_bytes,
+        "duration_ms": row.duration_ms,
+        "attempts": row.attempts,
+        "reason": row.reason,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+    }
+
+
+def history_record(h: FileHistory) -> dict[str, Any]:
+    """`show --json`: the file's record and every operation that touched it, oldest first, each with the outcomes
+    a batch recorded for the names that mean this file."""
+    return {
+        **file_record(h.file),
+        "operations": [
+            {
+                "operation_id": op.id,
+                "kind": op.kind,
+                "bucket_id": op.bucket_id,
+                "status": op.status,
+                "attempts": op.attempts,
+                "throttled": op.throttled,
+                "created_at": _iso(op.created_at),
+                "finished_at": _iso(op.finished_at),
+                "outcomes": outcomes,
+                "error": op.error,
+            }
+            for op, outcomes in h.operations
+        ],
+    }

@@ -1,6 +1,6 @@
 """`acr-ingest show`, `files` and `failures` over the rows the handlers write: one ref's whole history in order,
-the bucket column and filter, partial batches among the failures, and text that cannot break a line or drive
-the terminal."""
+the bucket column and filter, partial batches among the failures, text that cannot break a line or drive
+the terminal, and `show`/`files --json` giving the same data (a cut listing's total included)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,33 @@ def test_show_tells_one_refs_whole_history(make_ctx, emulator, bucket) -> None:
         again = _cli("show", *how)
         assert again.exit_code == 0 and _ops_lines(again.output) == lines, (how, again.output)
 
+    # --json: the same file and the same operations, in the same order, under stable keys.
+    doc = json.loads(_cli("show", ref, "--json").output)
+    [shown_file] = doc["files"]
+    assert {k: shown_file[k] for k in ("ref", "bucket_id", "status", "remote_id", "acr_id", "send_as", "title")} == {
+        "ref": ref,
+        "bucket_id": bucket,
+        "status": "deleted",
+        "remote_id": row.remote_id,
+        "acr_id": row.acr_id,
+        "send_as": row.send_as,
+        "title": "Second Title",
+    }
+    assert shown_file["row_id"] == row.id and shown_file["fingerprint_bytes"] is None
+    ops = shown_file["operations"]
+    assert [o["operation_id"] for o in ops] == [int(line.split()[0]) for line in lines]
+    assert [(o["kind"], o["status"], o["attempts"]) for o in ops] == [
+        ("upload_url", "succeeded", 1),
+        ("update_meta", "succeeded", 1),
+        ("delete_batch", "partial", 1),
+    ]
+    assert ops[2]["outcomes"] == {f"id:{row.remote_id}": "deleted"} and ops[2]["finished_at"]
+    assert json.loads(_cli("show", "--op", str(delete_op.id), "--json").output) == doc
+
     missing = _cli("show", "no-such-ref")
     assert missing.exit_code == 1 and "no managed file matches" in missing.output
+    missing_json = _cli("show", "no-such-ref", "--json")
+    assert missing_json.exit_code == 1 and "no managed file matches" in missing_json.output
     assert _cli("show", ref, "--id", "1").exit_code == 2  # name exactly one
 
     failures = _cli("failures", "--bucket", str(bucket))
@@ -98,6 +123,11 @@ def test_control_and_bidi_characters_are_shown_escaped(make_ctx, emulator, bucke
         assert not RAW_ESCAPES.search(out), (args, out)
         assert "Night\\u202eTrain\\x1b[2J" in out
         assert "line one\\nline two\\r\\u2028three" in out
+        # JSON escapes them too, and gives them back as they are.
+        raw = _cli(*args, "--json").output
+        assert not RAW_ESCAPES.search(raw), (args, raw)
+        [doc] = json.loads(raw)["files"]
+        assert (doc["title"], doc["reason"]) == ("Night\u202eTrain\x1b[2J", "line one\nline two\r\u2028three")
     rows = _cli("files", "--bucket", str(bucket)).output.splitlines()
     assert len(rows) == 3  # header, rule, one line for the file: the multi-line reason stayed on it
 
@@ -111,6 +141,17 @@ def test_a_listing_cut_at_its_limit_says_so(make_ctx, emulator, bucket) -> None:
     assert cut.output.splitlines()[-1] == "showing 2 of 3 files; --limit N or --all for more", cut.output
     for whole in (_cli("files", "--bucket", str(bucket)), _cli("files", "--bucket", str(bucket), "--all")):
         assert "showing" not in whole.output and len(whole.output.splitlines()) == 2 + 3, whole.output
+    # --json keeps what "showing 2 of 3" says.
+    cut_json = json.loads(_cli("files", "--bucket", str(bucket), "--limit", "2", "--json").output)
+    assert (cut_json["shown"], cut_json["total"]) == (2, 3)
+    assert [f["ref"] for f in cut_json["files"]] == ["cut-1", "cut-2"]
+    assert [f["ref"] for f in json.loads(_cli("files", "--bucket", str(bucket), "--json").output)["files"]] == [
+        "cut-1",
+        "cut-2",
+        "cut-3",
+    ]
+    whole_json = json.loads(_cli("files", "--bucket", str(bucket), "--all", "--json").output)
+    assert (whole_json["shown"], whole_json["total"], len(whole_json["files"])) == (3, 3, 3)
 
     failed = _cli("failures", "--bucket", str(bucket), "--limit", "2")
     assert failed.output.splitlines()[-1] == "showing 2 of 3 failures; --limit N or --all for more", failed.output
