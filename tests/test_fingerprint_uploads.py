@@ -170,6 +170,22 @@ def test_without_the_library_a_worker_told_to_send_fingerprints_refuses_to_start
         "(ACR_INGEST_UPLOAD_AS=audio)"  # fmt: skip
 
 
+def test_without_the_library_a_worker_of_the_fingerprint_queue_alone_refuses_to_start(without_library) -> None:
+    """The deployments' fingerprint-worker in an image built without the extra: every job it would take needs the
+    library, so it says so at once instead of failing each upload as bad input."""
+    run = subprocess.run(
+        [ACR_INGEST, "worker", "--pool=solo", "-Q", "ingest.fingerprint"],
+        env=without_library,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    last = [line for line in run.stderr.splitlines() if line.strip()][-1]
+    assert last == f"acr-ingest: not starting: this worker consumes only ingest.fingerprint (-Q), uploads sent as " \
+        f"fingerprints, but {HINT}, or send audio (ACR_INGEST_UPLOAD_AS=audio)"  # fmt: skip
+
+
 def test_fingerprint_uploads_have_a_queue_of_their_own(bucket) -> None:
     """One at a time and in bulk: the jobs sent meanwhile (updates, URL uploads, audio) stay in the shared
     queue, which a worker serves in turn with this one, instead of waiting behind a catalog's extraction."""

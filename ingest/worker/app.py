@@ -112,10 +112,11 @@ def _refuse_a_worker_without_a_token(**_: Any) -> None:
 
 
 @worker_init.connect
-def _refuse_a_worker_that_cannot_fingerprint(**_: Any) -> None:
+def _refuse_a_worker_that_cannot_fingerprint(sender: Any, **_: Any) -> None:
     from ingest.worker.startup import require_fingerprints
 
-    require_fingerprints()
+    consume_from = sender.app.amqp.queues.consume_from  # what -Q selected (before worker_init); None: every queue
+    require_fingerprints(queues=list(consume_from) if consume_from else None)
 
 
 @beat_init.connect

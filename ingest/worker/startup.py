@@ -3,7 +3,8 @@
 - the database schema is this code's head revision, and the database exists and takes our login (an
   unreachable one is only logged: it may be on its way up, and each task retries it);
 - a worker has an API token (an empty ``ACR_INGEST_ACCESS_TOKEN`` and no token file would start "ready" and
-  fail every job), and can make fingerprints when ``ACR_INGEST_UPLOAD_AS=fingerprint``;
+  fail every job), and can make fingerprints when ``ACR_INGEST_UPLOAD_AS=fingerprint`` or when it serves only
+  the fingerprint uploads' queue (the deployments' fingerprint-worker: every job it takes needs the library);
 - exactly one beat schedules for a broker: the beat holds a lease in the database while it runs
   (``BeatLease``), and a second one is refused.
 """
@@ -16,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Collection
 from datetime import UTC
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +29,7 @@ from ingest.store import leases
 from ingest.store.db import session_scope
 from ingest.store.models import Lease
 from ingest.store.schema import SchemaError, require_current
+from ingest.worker.routing import FINGERPRINT_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +92,21 @@ def require_token(settings: Settings | None = None) -> None:
     )
 
 
-def require_fingerprints(settings: Settings | None = None) -> None:
-    """A worker told to send fingerprints by default (ACR_INGEST_UPLOAD_AS=fingerprint) but unable to make
-    them would fail every upload as bad input: refuse it, saying what to install."""
+def require_fingerprints(settings: Settings | None = None, queues: Collection[str] | None = None) -> None:
+    """A worker told to send fingerprints by default (ACR_INGEST_UPLOAD_AS=fingerprint), or one that consumes
+    only the fingerprint uploads' queue (``queues``, what -Q selected; None: every queue), but unable to make them
+    would fail every upload it takes as bad input: refuse it, saying what to install. A worker of every queue
+    still starts: the producer refuses fingerprint uploads there, so none should reach it."""
     settings = settings or get_settings()
-    if settings.upload_as == "fingerprint" and (why := unavailable_reason()):
+    why = unavailable_reason()
+    if why is None:
+        return
+    if settings.upload_as == "fingerprint":
         raise _not_starting(f"ACR_INGEST_UPLOAD_AS=fingerprint, but {why}")
+    if queues and set(queues) <= {FINGERPRINT_QUEUE}:
+        raise _not_starting(
+            f"this worker consumes only {FINGERPRINT_QUEUE} (-Q), uploads sent as fingerprints, but {why}"
+        )
 
 
 def beat_lease_name(settings: Settings) -> str:
