@@ -14,7 +14,8 @@ COPY tasks ./tasks
 # A regular (non-editable) install with the PostgreSQL driver and the fingerprint extraction library (the
 # fingerprint-worker runs it, and any worker does once ACR_INGEST_UPLOAD_AS=fingerprint); the source folder is
 # not needed afterwards. The library's wheel is Linux x86_64 only: for another platform build with
-# `--build-arg EXTRAS=postgres` (workers then refuse fingerprint uploads in one line, saying why).
+# `--build-arg EXTRAS=postgres` (fingerprint uploads are then refused in one line saying why, and a worker of
+# ingest.fingerprint alone refuses to start: run no fingerprint-worker there).
 ARG EXTRAS=postgres,fingerprint
 RUN pip install ".[${EXTRAS}]" && rm -rf /src
 

@@ -366,7 +366,8 @@ def retry_failed(
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, pool: str, loglevel: str) -> None:
-    """Run a Celery worker (extra arguments go to celery)."""
+    """Run a Celery worker (extra arguments go to celery). Without -Q it serves every queue; the deployments run
+    two kinds: -Q ingest,ingest.poll, and -Q ingest.fingerprint for the uploads sent as fingerprints."""
     from ingest.worker.app import app
 
     argv = [
