@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     # redis:// (our reliable fetch): a worker not heard from for this long counts as dead, and every
     # message it held (running, reserved, waiting for a countdown) goes back to its queue.
     redis_heartbeat_timeout: float = Field(default=10.0, ge=2)
-    # Redis, kombu's own transport (rediss://) and messages an earlier version left in kombu's `unacked`
-    # hash: redelivered after this. There it must exceed the longest task plus the longest countdown.
+    # Messages an earlier version left in kombu's `unacked` hash are redelivered after this (our transport,
+    # redis:// and rediss:// alike, takes messages back by liveness); other brokers' countdowns stay under half.
     visibility_timeout: int = 3600
     # How often workers sweep for messages whose visibility timeout ran out (a worker was killed).
     redelivery_check_interval: int = 10
@@ -177,16 +177,10 @@ class Settings(BaseSettings):
         return v.rstrip("/") if v else v
 
     @model_validator(mode="after")
-    def _countdowns_fit_the_visibility_timeout(self) -> Settings:
-        # A countdown longer than the visibility timeout makes kombu's Redis transport deliver the message
-        # twice; our reliable fetch (redis://) takes messages back by liveness only, so it sets no bound.
+    def _countdowns_fit_the_consumer_timeout(self) -> Settings:
+        # RabbitMQ closes the channel of a consumer holding a message past its consumer_timeout. Our Redis
+        # transport (redis://, rediss://) takes messages back by liveness only, so it sets no bound.
         longest = max(self.backoff_max, self.auth_hold_recheck, self.dependency_wait, self.breaker_probe_interval)
-        if self.uses_visibility_timeout and self.visibility_timeout < 2 * longest:
-            raise ValueError(
-                f"ACR_INGEST_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must be at least twice the longest "
-                f"retry countdown ({longest} s: BACKOFF_MAX, AUTH_HOLD_RECHECK, DEPENDENCY_WAIT, "
-                "BREAKER_PROBE_INTERVAL); raise it"
-            )
         if self.broker_kind == "amqp" and self.rabbitmq_consumer_timeout < 2 * longest:
             raise ValueError(
                 f"ACR_INGEST_RABBITMQ_CONSUMER_TIMEOUT ({self.rabbitmq_consumer_timeout}) must be at least twice "
@@ -210,19 +204,13 @@ class Settings(BaseSettings):
         return {"rediss": "redis", "pyamqp": "amqp", "amqps": "amqp"}.get(scheme, scheme)
 
     @property
-    def uses_visibility_timeout(self) -> bool:
-        """Whether the broker hands a message held longer than the visibility timeout to another worker:
-        kombu's Redis transport (``rediss://``) does; ours (``redis://``, reliable fetch) does not."""
-        return self.broker_kind == "redis" and not self.broker_url.lower().startswith("redis://")
-
-    @property
     def max_countdown(self) -> float:
         """The longest a retry may wait in a worker before the broker would hand its message to another."""
         if self.broker_kind == "amqp":
             return self.rabbitmq_consumer_timeout / 2
-        if self.uses_visibility_timeout or self.broker_kind != "redis":
+        if self.broker_kind != "redis":
             return self.visibility_timeout / 2
-        return float("inf")
+        return float("inf")  # our Redis transport: a live worker's held countdown has no bound
 
     @property
     def late_request_seconds(self) -> float:

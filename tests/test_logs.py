@@ -111,7 +111,25 @@ def test_text_logs_carry_the_job_fields(env, bucket) -> None:
         assert field in line
 
 
-def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_events(env, bucket) -> None:
+@pytest.fixture(params=["redis", "rabbitmq"])
+def masking_broker(request: pytest.FixtureRequest, env: dict[str, str]) -> str:
+    """The masking test's broker: what Celery logs and the events carry is the same text on both."""
+    if request.param == "redis":
+        return BROKER
+    url: str = request.getfixturevalue("rabbitmq_url")
+    from kombu import Connection, Queue
+
+    with Connection(url) as conn:  # what an earlier test left queued must not reach this worker
+        for name in ("ingest", "ingest.poll", "ingest.fingerprint"):
+            queue = Queue(name, durable=True)(conn.default_channel)
+            queue.declare()
+            queue.purge()
+    return url
+
+
+def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_events(
+    env, masking_broker: str, bucket
+) -> None:
     """A message from another system carrying ``https://user:password@host``: refused as bad input (tested in
     test_bad_input), and the password is in none of what the worker writes or shows: its DEBUG log (Celery logs
     the received request and the pool's job, body included), the task-received event Flower shows (from the
@@ -123,7 +141,7 @@ def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_eve
     from ingest.store.models import Operation
 
     secrets = {"celery": "s3cret-celery-pw", "raw": "s3cret-raw-pw"}
-    app = producer_for(BROKER).app  # type: ignore[attr-defined]
+    app = producer_for(masking_broker).app  # type: ignore[attr-defined]
     events: list[dict] = []
     stop = threading.Event()
 
@@ -134,7 +152,9 @@ def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_eve
                 with contextlib.suppress(TimeoutError, OSError):
                     receiver.capture(limit=None, timeout=0.5, wakeup=False)
 
-    worker = WorkerProcess("masked-worker", env, concurrency=1, loglevel="DEBUG")
+    worker = WorkerProcess(
+        "masked-worker", {**env, "ACR_INGEST_BROKER_URL": masking_broker}, concurrency=1, loglevel="DEBUG"
+    )
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     ids = {how: f"masked-{how}-{uuid.uuid4()}" for how in secrets}
@@ -148,7 +168,7 @@ def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_eve
         app.send_task("ingest.upload_url", kwargs=kwargs("celery"), task_id=ids["celery"])
         # A hand-written producer: no argsrepr/kwargsrepr headers (Celery then shows repr(kwargs)).
         queue = app.amqp.queues["ingest"]
-        with Connection(BROKER) as conn:
+        with Connection(masking_broker) as conn:
             conn.Producer().publish(
                 json.dumps([[], kwargs("raw"), {}]).encode(),
                 exchange=queue.exchange,

@@ -1,6 +1,7 @@
 """Messages no task can run (poison messages), published raw with kombu as a hand-written producer
 might: each is taken off the queue and kept with its reason, the worker lives on, and a good job sent
-right after is done. The worker is a real ``acr-ingest worker`` process on a broker database of its own."""
+right after is done. The worker is a real ``acr-ingest worker`` process on a broker of its own: a Redis database,
+then the run's RabbitMQ vhost (where a message refused the wrong way would come back for ever)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from kombu import Connection
+from kombu import Connection, Queue
 from sqlmodel import col, select
 
 from ingest.cli.commands import main
@@ -41,14 +42,27 @@ class _CreatesAFileWhenUnpickled:
         return (os.mkdir, (str(PICKLE_MARKER),))
 
 
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def poison_broker(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        redis.Redis.from_url(POISON_BROKER).flushdb()
+        return POISON_BROKER
+    url: str = request.getfixturevalue("rabbitmq_url")
+    with Connection(url) as conn:  # what an earlier test left queued must not reach this worker
+        for name in ("ingest", "ingest.poll", "ingest.fingerprint"):
+            queue = Queue(name, durable=True)(conn.default_channel)
+            queue.declare()
+            queue.purge()
+    return url
+
+
 @pytest.fixture(scope="module")
-def poison_worker(emulator: object) -> Iterator[ChildProcess]:
-    redis.Redis.from_url(POISON_BROKER).flushdb()
+def poison_worker(emulator: object, poison_broker: str) -> Iterator[ChildProcess]:
     proc = ChildProcess(
         "poison-worker",
         [str(ACR_INGEST), "worker", "--concurrency=1", "--without-gossip", "--without-mingle"],
         log=WORKDIR / f"poison-worker-{time.monotonic_ns()}.log",
-        env={**os.environ, "ACR_INGEST_BROKER_URL": POISON_BROKER},
+        env={**os.environ, "ACR_INGEST_BROKER_URL": poison_broker},
     )
     wait_for(lambda: proc.check() or " ready." in proc.text(), timeout=60, what="poison worker ready")
     yield proc
@@ -56,15 +70,15 @@ def poison_worker(emulator: object) -> Iterator[ChildProcess]:
 
 
 @pytest.fixture
-def poison_producer() -> Producer:
-    settings = get_settings().model_copy(update={"broker_url": POISON_BROKER})
+def poison_producer(poison_broker: str) -> Producer:
+    settings = get_settings().model_copy(update={"broker_url": poison_broker})
     return Producer(create_app(settings), settings)
 
 
 def _publish(app: Any, body: Any, *, headers: dict[str, Any] | None, content_type: str = JSON) -> None:
     """One message on queue ``ingest``, exactly as given (no Celery client in between)."""
     queue = app.amqp.queues["ingest"]
-    with Connection(POISON_BROKER) as conn:
+    with Connection(app.conf.broker_url) as conn:
         conn.Producer().publish(
             body,
             exchange=queue.exchange,

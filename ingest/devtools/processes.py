@@ -1,6 +1,6 @@
 """Child processes for the demo, the tests and the benchmarks: a Celery worker or beat (or any command)
 in a session of its own, so one signal to its group stops it and everything it forked, and a private
-``redis-server`` on a free port."""
+``redis-server`` on a free port (plain, or TLS only with a self-signed certificate made by ``openssl``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ class RedisServer:
     """A ``redis-server`` of our own on a loopback port. ``durable`` keeps an append-only file, so a stop
     and a start (a broker restart) keep the queues, as a production broker with persistence does."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, durable: bool = False) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, durable: bool = False, tls: bool = False) -> None:
         self.exe = shutil.which("redis-server")
         if self.exe is None:
             raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -100,16 +101,35 @@ class RedisServer:
         self.durable = durable
         self.child: ChildProcess | None = None
         workdir.mkdir(parents=True, exist_ok=True)
+        self.ca_file: Path | None = self._certificate() if tls else None
+
+    def _certificate(self) -> Path:
+        """A self-signed certificate for 127.0.0.1 (it is its own CA: clients trust it by ``ssl_ca_certs``)."""
+        if shutil.which("openssl") is None:
+            raise RuntimeError("a TLS redis-server needs openssl for its certificate (Debian: apt-get install openssl)")
+        cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        return cert
 
     def start(self, timeout: float = 10) -> RedisServer:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        listen = ["--port", str(self.port)]
+        if self.ca_file is not None:  # TLS only: a plain client cannot talk to it by mistake
+            key = self.ca_file.with_name("key.pem")
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.ca_file),
+                      "--tls-key-file", str(key), "--tls-ca-cert-file", str(self.ca_file),
+                      "--tls-auth-clients", "no"]  # fmt: skip
         assert self.exe is not None
         self.child = ChildProcess(
             f"redis-{self.port}",
             [
                 self.exe,
-                "--port",
-                str(self.port),
+                *listen,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -133,11 +153,18 @@ class RedisServer:
         return self
 
     def url(self, db: int = 0) -> str:
+        if self.ca_file is not None:
+            return f"rediss://127.0.0.1:{self.port}/{db}?ssl_ca_certs={self.ca_file}"
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                s = raw
+                if self.ca_file is not None:
+                    s = ssl.create_default_context(cafile=str(self.ca_file)).wrap_socket(
+                        raw, server_hostname="127.0.0.1"
+                    )
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
         except OSError:

@@ -18,8 +18,9 @@ from ingest.api.schemas import BucketFile
 from ingest.jobs import events
 from ingest.jobs.batches import chunks
 from ingest.jobs.context import JobContext
-from ingest.jobs.errors import RetryLater
+from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.identity import same_meta
+from ingest.jobs.inputs import validate_move_batch
 from ingest.jobs.managed_files import file_lease, files_with_ref, state_reason, sync_meta
 from ingest.jobs.parked_followups import wake_due
 from ingest.jobs.presence import files_present
@@ -27,7 +28,7 @@ from ingest.jobs.runner import claim_stale
 from ingest.settings import Settings, get_settings
 from ingest.store import auth_hold, leases, outbox
 from ingest.store.db import session_scope
-from ingest.store.models import FileStatus, OpKind, TrackFile, utcnow
+from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 
 log = logging.getLogger("ingest.poll")
 LEASE = "poll_states"
@@ -118,10 +119,20 @@ def _record_states(
     ).all()
     changes: dict[tuple[tuple[str, Any], ...], list[int]] = defaultdict(list)
     now = utcnow()
+    moving: set[object] | None = None  # read once per chunk, and only when a missing file may be vanished
     for file_id, remote_state, missing_since in current:
         assert file_id is not None
         counts["checked"] += 1
-        values = _change(remote_of[file_id], remote_state, missing_since, counts, settings, now)
+        remote = remote_of[file_id]
+        if remote is None and missing_since is not None and _vanished(missing_since, settings):
+            moving = _moving_out(s, asked_bucket, settings) if moving is None else moving
+            row = s.get(TrackFile, file_id) if moving else None  # rare: a file gone past the grace time
+            if row is not None and moving & {("ref", row.ref), ("id", row.remote_id), ("acr_id", row.acr_id)}:
+                # Our own unfinished move took it (a slow or timed-out move whose retry has not landed yet):
+                # the move ends it, moving the row to the target bucket, where the poll finds it again.
+                counts["moving"] = counts.get("moving", 0) + 1
+                continue
+        values = _change(remote, remote_state, missing_since, counts, settings, now)
         if values:
             changes[tuple(sorted(values.items()))].append(file_id)
     for values_key, ids in changes.items():
@@ -174,6 +185,27 @@ def _change(
         "updated_at": now,
         "reason": state_reason(remote.state),
     }
+
+
+def _moving_out(s: Session, bucket_id: int, settings: Settings) -> set[object]:
+    """The files unfinished move_batch operations out of ``bucket_id`` name, as ("ref"|"id"|"acr_id", value)."""
+    named: set[object] = set()
+    ops = s.exec(
+        select(Operation.args).where(
+            Operation.kind == OpKind.MOVE_BATCH,
+            Operation.bucket_id == bucket_id,
+            col(Operation.status).in_(OpStatus.unfinished()),
+        )
+    ).all()
+    for args in ops:
+        try:  # the operation keeps its arguments as sent: read them as the job reads them
+            targets = validate_move_batch(dict(args), settings).targets
+        except InputError:
+            continue
+        named.update(("ref", r) for r in targets.refs)
+        named.update(("id", i) for i in targets.ids)
+        named.update(("acr_id", a) for a in targets.acr_ids)
+    return named
 
 
 def _vanished(missing_since: datetime, settings: Settings) -> bool:

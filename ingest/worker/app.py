@@ -105,6 +105,14 @@ def _refuse_a_schema_not_at_head(**_: Any) -> None:
 
 
 @worker_init.connect
+@beat_init.connect
+def _refuse_an_untrusted_tls_broker(**_: Any) -> None:
+    from ingest.worker.startup import require_trusted_broker
+
+    require_trusted_broker()
+
+
+@worker_init.connect
 def _refuse_a_worker_without_a_token(**_: Any) -> None:
     from ingest.worker.startup import require_token
 

@@ -9,6 +9,7 @@ chosen here by the URL's scheme.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,16 @@ def broker_config(settings: Settings) -> dict[str, Any]:
     if kind == "redis":
         return {
             "broker_url": url,
-            # rediss:// keeps kombu's own class: kombu sets up TLS by that scheme name.
-            "broker_transport": REDIS_TRANSPORT if url.lower().startswith("redis://") else None,
+            "broker_transport": REDIS_TRANSPORT,
+            # kombu sets up TLS by the scheme's name only for its own class: ours is told. Certificates are
+            # verified unless the URL says otherwise (?ssl_cert_reqs=none|optional, ssl_ca_certs=..., as
+            # redis-py reads the same URL for the rate limit); kombu's own default was not to verify.
+            "broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED} if url.lower().startswith("rediss://") else None,
             "broker_transport_options": {
                 # Ours: a consumer silent this long is dead and its messages go back (beats every fifth).
                 "heartbeat_timeout": settings.redis_heartbeat_timeout,
                 "heartbeat_interval": settings.redis_heartbeat_timeout / 5,
-                # kombu's own transport (rediss://) and entries of its `unacked` hash an earlier version
-                # left: redelivered after this (settings.uses_visibility_timeout).
+                # Entries of kombu's `unacked` hash an earlier version left: redelivered after this.
                 "visibility_timeout": settings.visibility_timeout,
                 "unacked_restore_interval": settings.redelivery_check_interval,
                 "unacked_restore_throttle": 1,

@@ -5,6 +5,8 @@
 - a worker has an API token (an empty ``ACR_INGEST_ACCESS_TOKEN`` and no token file would start "ready" and
   fail every job), and can make fingerprints when ``ACR_INGEST_UPLOAD_AS=fingerprint`` or when it serves only
   the fingerprint uploads' queue (the deployments' fingerprint-worker: every job it takes needs the library);
+- a TLS broker (``rediss://``) presents a certificate we trust (an untrusted one never will: refused; a broker
+  that is down is only logged, as Celery retries it);
 - exactly one beat schedules for a broker: the beat holds a lease in the database while it runs
   (``BeatLease``), and a second one is refused.
 """
@@ -16,6 +18,7 @@ import hashlib
 import logging
 import os
 import signal
+import ssl
 import threading
 from collections.abc import Collection
 from datetime import UTC
@@ -107,6 +110,37 @@ def require_fingerprints(settings: Settings | None = None, queues: Collection[st
         raise _not_starting(
             f"this worker consumes only {FINGERPRINT_QUEUE} (-Q), uploads sent as fingerprints, but {why}"
         )
+
+
+def require_trusted_broker(settings: Settings | None = None) -> None:
+    """Celery retries a broker it cannot reach for ever, which is right for one that is down and wrong for
+    a certificate that will never verify: refuse that one in a line naming the fix."""
+    settings = settings or get_settings()
+    if not settings.broker_url.lower().startswith("rediss://"):
+        return
+    import redis  # reads the URL's ssl_* options as kombu does (worker/broker.py): the same verdict
+
+    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            log.warning(
+                "could not reach the broker %s (%s); starting anyway", mask_url_credentials(settings.broker_url), exc
+            )
+            return
+        raise _not_starting(
+            f"the TLS broker of ACR_INGEST_BROKER_URL ({mask_url_credentials(settings.broker_url)}) presents a "
+            f"certificate we do not trust ({cause.verify_message or cause}): add ?ssl_ca_certs=/path/to/ca.pem to "
+            "the URL (or fix the host name it names)"
+        ) from None
+    except redis.RedisError:  # it answered: trusted; the rest (auth, ...) is Celery's to report
+        return
+    finally:
+        client.close()
 
 
 def beat_lease_name(settings: Settings) -> str:

@@ -50,14 +50,14 @@ SETTINGS = {
     "region": ({"ACR_INGEST_REGION": "mars"}, "ACR_INGEST_REGION"),
     "log_format": ({"ACR_INGEST_LOG_FORMAT": "xml"}, "ACR_INGEST_LOG_FORMAT"),
     "rate_limit": ({"ACR_INGEST_RATE_LIMIT": "-1"}, "ACR_INGEST_RATE_LIMIT"),
-    "visibility_timeout": (
-        # Where it matters: kombu's Redis transport (rediss://); our reliable fetch (redis://) sets no bound.
+    "consumer_timeout": (
+        # Where a countdown has a bound: RabbitMQ's consumer_timeout (our Redis transport sets none).
         {
-            "ACR_INGEST_BROKER_URL": "rediss://127.0.0.1:1/0",
-            "ACR_INGEST_VISIBILITY_TIMEOUT": "100",
+            "ACR_INGEST_BROKER_URL": "amqp://guest:pw@127.0.0.1:1//",
+            "ACR_INGEST_RABBITMQ_CONSUMER_TIMEOUT": "100",
             "ACR_INGEST_BACKOFF_MAX": "300",
         },
-        "ACR_INGEST_VISIBILITY_TIMEOUT",
+        "ACR_INGEST_RABBITMQ_CONSUMER_TIMEOUT",
     ),
     "webhook_without_secret": ({"ACR_INGEST_WEBHOOK_URL": "https://hooks.example.com/x"}, "ACR_INGEST_WEBHOOK_SECRET"),
     "rabbitmq_rate_limit": (

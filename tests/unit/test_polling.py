@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ingest.devtools.emulator.app import GET_IDS
-from ingest.jobs.polling import VANISHED, poll_states
+from ingest.jobs.polling import VANISHED, _vanished, poll_states
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, TrackFile, utcnow
 from tests.helpers import file_row, files_in, wait_for
-from tests.unit.support import poll, run, url_args
+from tests.unit.support import poll, record, run, url_args
 
 
 def _gets(emulator) -> int:
@@ -84,3 +84,36 @@ def test_a_late_twin_of_an_upload_is_removed_by_the_poll(ctx, emulator, bucket) 
     assert (counts["verified"], counts["duplicates_removed"]) == (1, 1)
     assert twin.id != row.remote_id and [f["id"] for f in emulator.files(bucket)] == [row.remote_id]
     assert file_row(bucket, "t").verify_after is None
+
+
+def test_a_file_our_unfinished_move_took_is_not_vanished_and_the_move_ends_it(make_ctx, emulator, bucket) -> None:
+    """A move that timed out after the API moved the file (its retry not landed yet) left the file missing
+    from the source for longer than the grace time: a full storm run marked such a moved file vanished."""
+    ctx = make_ctx(connect_timeout=0.1, read_timeout=0.2)  # late requests are over within 0.5 s
+    target = bucket + 500_000
+    emulator.processing_delay, old_delay = 60.0, emulator.processing_delay  # stays processing meanwhile
+    try:
+        run("upload_url", url_args(bucket, "mv"), ctx)
+        run("upload_url", url_args(bucket, "gone"), make_ctx())
+    finally:
+        emulator.processing_delay = old_delay
+    mv, gone = file_row(bucket, "mv"), file_row(bucket, "gone")
+    move = make_ctx()
+    args = {"bucket_id": bucket, "target_bucket_id": target, "refs": ["mv"]}
+    record("move_batch", args, move)  # the move's operation, unfinished (its first try timed out)
+    ctx.client.move_files(target, [mv.remote_id])  # ... after the API had moved the file
+    ctx.client.delete_files(bucket, [gone.remote_id])  # and another file deleted outside acr-ingest
+
+    poll(ctx, bucket)  # both missing: the grace time starts
+    wait_for(lambda: _vanished(file_row(bucket, "mv").missing_since, ctx.settings), what="the grace time to end")
+    counts = poll(ctx, bucket)
+    assert (counts["vanished"], counts.get("moving")) == (1, 1)
+    assert file_row(bucket, "gone").reason == VANISHED  # the move names only "mv"
+    assert file_row(bucket, "mv").status == FileStatus.PROCESSING
+
+    out = run("move_batch", args, move)  # the retry finds the file in the target: the move is done
+    assert out["result"]["outcomes"]["ref:mv"] in ("moved", "already_moved")
+    assert (file_row(target, "mv").id, file_row(target, "mv").status) == (mv.id, FileStatus.PROCESSING)
+    assert poll(ctx, target)["checked"] == 1  # found in its new bucket: no longer missing
+    row = file_row(target, "mv")
+    assert (row.status, row.missing_since) == (FileStatus.PROCESSING, None)
