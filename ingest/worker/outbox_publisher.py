@@ -35,7 +35,7 @@ MAX_BATCH = 500  # messages per pipelined publish (and per mark statement)
 MAX_PENDING = 10_000  # entries held in memory before a caller waits for the publisher (the broker is slow)
 # How long the thread lets entries gather before it publishes what it holds (unless a batch is full or a flush
 # waits): a batch per entry cost more CPU than the call itself, and the thread's CPU is the callers' (one GIL).
-LINGER = 0.02
+LINGER = 0.1
 
 
 @dataclass(frozen=True)
