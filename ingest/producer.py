@@ -54,7 +54,7 @@ from ingest.store.reports import failed_operations
 from ingest.store.values import BIGINT_MAX, db_id_or_none
 from ingest.worker.bulk_publish import publish_tasks
 from ingest.worker.outbox import PublishError, Written, publish, publish_written
-from ingest.worker.outbox_publisher import BackgroundPublisher
+from ingest.worker.outbox_publisher import BackgroundPublisher, PublisherClosed
 
 PUBLISH_MODES = ("sync", "background")
 
@@ -150,6 +150,12 @@ class Producer:
         publisher, self._background = self._background, None
         if publisher is not None and publisher.pid == os.getpid():
             _raise_unpublished(publisher.close(timeout))
+
+    def _submit(self, written: Written) -> None:
+        try:
+            self._publisher().submit(written)
+        except PublisherClosed:  # another thread closed this producer a moment ago: a new publisher takes it
+            self._publisher().submit(written)
 
     def _publisher(self) -> BackgroundPublisher:
         """This process's background publisher, made on first use (a forked child makes its own)."""
@@ -293,7 +299,7 @@ class Producer:
             if self.publish_mode == "sync":
                 self._send_written(conn, written, op_id)
         if self.publish_mode == "background":
-            self._publisher().submit(written)
+            self._submit(written)
         return Enqueued(kind, UploadPlan.NEW, op_id, task_id, file_id, job.ref)
 
     def upload_many(
@@ -519,7 +525,7 @@ class Producer:
     def _dispatch(self, written: Written, op_id: int | None, *, rerun_hint: bool = False) -> None:
         """A committed entry: published now (sync), or handed to this process's background publisher."""
         if self.publish_mode == "background":
-            self._publisher().submit(written)
+            self._submit(written)
         else:
             self._send(written.id, op_id, rerun_hint=rerun_hint)
 

@@ -36,6 +36,13 @@ MAX_PENDING = 10_000  # entries held in memory before a caller waits for the pub
 # How long the thread lets entries gather before it publishes what it holds (unless a batch is full or a flush
 # waits): a batch per entry cost more CPU than the call itself, and the thread's CPU is the callers' (one GIL).
 LINGER = 0.1
+# After a batch the broker did not take, what is handed over this long after is given back at once (the
+# sweeper sends it) instead of waiting out the publish retries again: a flush during an outage stays short.
+RECHECK = 5.0
+
+
+class PublisherClosed(RuntimeError):
+    """``submit`` after ``close`` (another thread closed the producer): its caller starts another publisher."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class BackgroundPublisher:
         self._closing = False
         self._failed = 0
         self._reason = ""
+        self._down_until = 0.0  # monotonic time until which batches are given back without a publish
         self._producer: Any = None
         self.batches = self.published = 0  # for the benchmark: the mean batch size
         self._thread = threading.Thread(target=self._run, name="acr-ingest-outbox-publisher", daemon=True)
@@ -76,7 +84,7 @@ class BackgroundPublisher:
             while len(self._pending) >= self._max_pending and not self._closing:
                 self._cond.wait()
             if self._closing:
-                raise RuntimeError("the producer's publisher is closed")
+                raise PublisherClosed("the producer's publisher is closed")
             self._pending.append(entry)
             if len(self._pending) in (1, self._max_batch):  # the thread waits for the first, or lingers
                 self._cond.notify_all()
@@ -153,15 +161,20 @@ class BackgroundPublisher:
 
     def _publish(self, batch: list[Written]) -> None:
         ids = [e.id for e in batch]
+        attempted = time.monotonic() >= self._down_until
         try:
+            if not attempted:
+                raise ConnectionError("the broker did not take the last batch")
             if self._producer is None:
                 self._producer = self.app.connection_for_write().Producer()
             publish_tasks(self.app, [Message(e.destination, e.payload, e.message_id) for e in batch], self._producer)
         except Exception as exc:
             # Part of a pipeline may have been delivered: all of it is given back (a second copy is harmless).
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {exc}" if attempted else self._reason
             self._drop_producer()
             with self._cond:
+                if attempted:  # the next attempt after RECHECK
+                    self._down_until = time.monotonic() + RECHECK
                 if not self._failed:
                     log.warning("outbox: the broker did not take %d message(s), kept: %s", len(ids), reason)
                 self._failed += len(ids)
