@@ -143,3 +143,15 @@ def test_a_forked_child_publishes_its_own_jobs_and_the_parent_its_own(bucket: in
     with session_scope() as s:
         ops = s.exec(select(Operation).where(Operation.bucket_id == bucket)).all()
     assert sorted(op.task_id or "" for op in ops) == sorted(task_ids)
+
+
+def test_every_call_of_a_background_producer_goes_through_its_publisher(bucket: int) -> None:
+    producer = _producer()
+    first = _upload(producer, bucket, "calls")
+    update = producer.upload_url("https://cdn.example.com/calls.mp3", title="renamed", bucket_id=bucket, ref="calls")
+    delete = producer.delete(bucket_id=bucket, refs=["calls"])
+    assert update.plan == "update" and update.task_id and delete.task_id
+    producer.close()
+    task_ids = [first, update.task_id, delete.task_id]
+    assert _copies(task_ids) == dict.fromkeys(task_ids, 1)
+    assert all(e.sent_at is not None for e in _entries(task_ids))
