@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ import redis
 from sqlmodel import col, select
 
 from ingest.devtools.processes import RedisServer
+from ingest.jobs.polling import LEASE as POLL_LEASE
+from ingest.store import leases
 from ingest.store.db import session_scope
+from ingest.store.leases import owner_id
 from ingest.store.models import FileStatus, Operation, OutboxEntry
 from tests.conftest import WORKDIR
 from tests.faults.conftest import beat_process
@@ -62,6 +66,20 @@ def _entries(bucket: int, ref: str) -> list[OutboxEntry]:
         return list(s.exec(select(OutboxEntry).where(OutboxEntry.message_id.in_(ids))).all())  # type: ignore[attr-defined]
 
 
+@contextmanager
+def _no_other_sweeper() -> Iterator[None]:
+    """Hold the state poll's lease: a session beat an earlier test started (another broker, the same database)
+    then skips its poll and its outbox sweep, and cannot send this test's due entries before it looks."""
+    owner = owner_id("test-outbox")
+    with session_scope() as s:
+        wait_for(lambda: leases.acquire(s, POLL_LEASE, owner, 300), timeout=130, what="the state-poll lease")
+    try:
+        yield
+    finally:
+        with session_scope() as s:
+            leases.release(s, POLL_LEASE, owner)
+
+
 def test_a_job_enqueued_while_the_broker_is_down_is_kept_and_sent_once(
     own_redis: RedisServer, spawn_worker, fault_env, emulator, bucket
 ) -> None:
@@ -69,20 +87,21 @@ def test_a_job_enqueued_while_the_broker_is_down_is_kept_and_sent_once(
     spawn_worker("outbox", env=env).wait_ready()
     own_redis.stop()
 
-    for ref in ("swept", "rerun"):
-        done = _upload(env, bucket, ref)
-        assert done.returncode == 1, done
-        assert "could not enqueue" in done.stderr and "is kept" in done.stderr, done.stderr
-        row = file_row(bucket, ref)
-        assert row is not None and row.status == FileStatus.QUEUED  # the job is kept, not failed
-        (entry,) = _entries(bucket, ref)
-        assert entry.sent_at is None and entry.attempts == 1 and entry.last_error
+    with _no_other_sweeper():
+        for ref in ("swept", "rerun"):
+            done = _upload(env, bucket, ref)
+            assert done.returncode == 1, done
+            assert "could not enqueue" in done.stderr and "is kept" in done.stderr, done.stderr
+            row = file_row(bucket, ref)
+            assert row is not None and row.status == FileStatus.QUEUED  # the job is kept, not failed
+            (entry,) = _entries(bucket, ref)
+            assert entry.sent_at is None and entry.attempts == 1 and entry.last_error
 
-    own_redis.start()
-    again = _upload(env, bucket, "rerun")  # the same command again: its unsent message goes now
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["plan"] == "resent"
-    assert _entries(bucket, "rerun")[0].sent_at is not None
+        own_redis.start()
+        again = _upload(env, bucket, "rerun")  # the same command again: its unsent message goes now
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["plan"] == "resent"
+        assert _entries(bucket, "rerun")[0].sent_at is not None
 
     with beat_process(env):  # the poll's sweeper publishes the one nobody re-ran
         wait_for(
