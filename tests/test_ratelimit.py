@@ -25,18 +25,21 @@ def _limit(name: str, **kw: float) -> SharedRateLimit:
     return SharedRateLimit(client, key=key, **kw)
 
 
-def _hammer(client: AcrCloudClient, *, seconds: float, threads: int = 8) -> tuple[float, list[tuple[float, int]]]:
-    """``threads`` threads listing a page for ``seconds`` through the client (its gate takes the token, its
-    observer learns); a deferred call sleeps as a deferred job would, without the broker. Returns when they
-    stopped and each answered call's (time, status)."""
+def _hammer(
+    client: AcrCloudClient | list[AcrCloudClient], *, seconds: float, threads: int = 8
+) -> tuple[float, list[tuple[float, int]]]:
+    """``threads`` threads per client (one client and limiter = one worker process) listing a page for
+    ``seconds`` through it (its gate takes the slot, its observer learns); a deferred call sleeps as a deferred
+    job would, without the broker. Returns when they stopped and each answered call's (time, status)."""
+    clients = client if isinstance(client, list) else [client]
     stop = time.monotonic() + seconds
     calls: list[tuple[float, int]] = []
     lock = threading.Lock()
 
-    def hammer() -> None:
+    def hammer(api: AcrCloudClient) -> None:
         while time.monotonic() < stop:
             try:
-                client.list_page(1)
+                api.list_page(1)
                 status = 200
             except RetryLater as wait:
                 time.sleep(min(wait.countdown, 0.5))
@@ -46,7 +49,7 @@ def _hammer(client: AcrCloudClient, *, seconds: float, threads: int = 8) -> tupl
             with lock:
                 calls.append((time.monotonic(), status))
 
-    workers = [threading.Thread(target=hammer) for _ in range(threads)]
+    workers = [threading.Thread(target=hammer, args=(api,)) for api in clients for _ in range(threads)]
     for t in workers:
         t.start()
     for t in workers:
@@ -142,3 +145,29 @@ def test_a_limit_counted_over_a_long_window_is_not_taken_for_a_per_second_limit(
     # AIMD finds a long window by its 429s (each drains the budget for Retry-After): a few, not a storm.
     assert refused <= 0.12 * len(calls), f"{refused} of {len(calls)} calls refused"
     assert limit.budget().rate <= 11, "the budget took a 3-second window's limit for a per-second one"
+
+
+def test_with_no_setting_workers_use_the_whole_announced_limit_from_their_first_call_and_none_is_refused() -> None:
+    """Four workers (a limiter and a client each) of four threads against an API allowing 20 calls in any
+    second, answering after 50 ms (the benchmark's latency): from an empty budget, and again on what it learned.
+    Each run uses at least 0.95 of the limit from its first call to its end, and fewer than 0.5 % of its calls
+    are refused (the log counts each call from its answer, which comes after the API counted it)."""
+    token = "shared-token"
+    emu = Emulator(tokens={token}, rate_limit=20, buckets=[1]).start(host="127.0.0.1", port=0)
+    emu.faults.latency = 0.05
+    key = _limit("whole").key  # cleared
+    limits = [SharedRateLimit(redis.Redis.from_url(REDIS_URL), key=key) for _ in range(4)]
+    clients = [AcrCloudClient(emu.url, token, gate=li, observers=[li.observe], pool_maxsize=4) for li in limits]
+    try:
+        for run, seconds in (("from scratch", 8.0), ("learned", 6.0)):
+            started = time.monotonic()
+            _, calls = _hammer(clients, seconds=seconds, threads=4)
+            used = sum(s == 200 for _, s in calls) / (max(at for at, _ in calls) - started)
+            refused = sum(s == 429 for _, s in calls)
+            assert used >= 0.95 * 20, f"{run}: used {used:.1f}/s of 20/s"
+            assert refused <= 0.005 * len(calls), f"{run}: {refused} of {len(calls)} calls refused"
+        assert limits[0].budget().rate == 20  # the whole limit, over a window confirmed as one second
+    finally:
+        for c in clients:
+            c.close()
+        emu.stop()

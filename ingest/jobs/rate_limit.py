@@ -83,7 +83,8 @@ local answered = tonumber(ARGV[13])
 local PENDING, PROBE, MAX_PENDING = 1e10, 2e10, 120
 
 local s = redis.call('HMGET', key, 'tokens', 'at', 'rate', 'ceiling', 'calm', 'gen', 'seen', 'limit', 'cap',
-  'window', 'wsure', 'first', 'lat', 'raised')
+  'window', 'wsure', 'first', 'lat', 'raised', 'lmin')
+if not s[2] then redis.call('DEL', calls) end  -- no state (expired or deleted): nor a log
 local rate = tonumber(s[3]) or initial
 if fixed > 0 then rate = fixed end
 local burst = math.max(1, rate * burst_s)
@@ -100,6 +101,7 @@ local wsure = tonumber(s[11]) or 0
 local first = tonumber(s[12]) or 0
 local lat = tonumber(s[13]) or 0.1
 local raised = tonumber(s[14]) or 0
+local lmin = tonumber(s[15]) or -1
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 
 local function grow(n)                -- n answers without trouble, no usable headers
@@ -124,8 +126,11 @@ if fixed <= 0 then
       local sent = score - ((score >= PROBE) and PROBE or PENDING)
       local when = now - age
       if when > sent then lat = 0.9 * lat + 0.1 * math.min(when - sent, 10) end
+      if http == '1' and when >= sent and (lmin < 0 or when - sent < lmin) then lmin = when - sent end
       if score >= PROBE and http == '1' then wsure = 1 end  -- the API took a call the window's length let go
-      redis.call('ZADD', calls, when, cid)
+      -- Counted from the latest the API can have received it: its answer less the quickest answer seen (the
+      -- part of that time before the API counts a call is spent by the next call too, after its send).
+      redis.call('ZADD', calls, (lmin >= 0) and math.max(sent, when - lmin) or when, cid)
     end
     seen = 1
   end
@@ -150,7 +155,7 @@ redis.call('ZREMRANGEBYSCORE', calls, PENDING, PENDING + now - MAX_PENDING)  -- 
 redis.call('ZREMRANGEBYSCORE', calls, PROBE, PROBE + now - MAX_PENDING)
 
 local result = 0
-local margin = 0.02 + 0.005 * window
+local margin = 0.01 + 0.005 * window
 if verb == 'take' then
   if fixed <= 0 then redis.call('ZREM', calls, id) end  -- a slot reserved before a 429 is asked for again
   local count = (fixed <= 0) and redis.call('ZCARD', calls) or 0
@@ -221,7 +226,7 @@ elseif verb == 'refused' then
 end
 redis.call('HSET', key, 'tokens', tokens, 'at', now, 'rate', rate, 'ceiling', ceiling, 'calm', calm, 'gen', gen,
   'seen', seen, 'limit', limit, 'cap', cap, 'window', window, 'wsure', wsure, 'first', first, 'lat', lat,
-  'raised', raised)
+  'raised', raised, 'lmin', lmin)
 redis.call('EXPIRE', key, 86400)
 redis.call('EXPIRE', calls, 86400)
 if limit > 0 then
@@ -270,6 +275,7 @@ class SharedRateLimit:
         # among them and the latest success's rate-limit headers: sent with the next take.
         self._lock = threading.Lock()
         self._answered: list[tuple[str, float, bool]] = []
+        self._under_way = 0  # this process's calls between the gate and their answer
         self._successes = 0
         self._limit_header = -1.0
         self._remaining_header = -1.0
@@ -338,6 +344,8 @@ class SharedRateLimit:
         """Take a slot: at once, after a short wait in this thread for the slot reserved, or by deferring the job."""
         call = f"{self._process}.{next(self._ids)}"
         self._local.call = call
+        with self._lock:
+            self._under_way += 1
         deadline = time.monotonic() + self.max_inline_wait
         while True:
             asked = time.monotonic()
@@ -352,6 +360,9 @@ class SharedRateLimit:
                 continue
             wait = -wait  # nothing reserved: too far ahead for now
             if asked + wait > deadline:
+                self._local.call = ""
+                with self._lock:
+                    self._under_way -= 1
                 # A little spread, so deferred jobs do not all come back in the same instant.
                 raise RetryLater(wait + random.uniform(0, wait), f"shared rate limit: {operation} deferred {wait:.2f}s")
             time.sleep(min(wait, 0.25))  # ask again shortly: the slot depends on a call not answered yet
@@ -364,19 +375,27 @@ class SharedRateLimit:
             return
         call, self._local.call = getattr(self._local, "call", ""), ""
         if status == 429:
+            if call:
+                with self._lock:
+                    self._under_way -= 1
             retry_after = retry_after_seconds(headers.get("Retry-After")) or 1.0
             self._call("refused", call, retry_after, _number(headers.get("X-RateLimit-Limit")))
             return
         limit, remaining = _number(headers.get("X-RateLimit-Limit")), _number(headers.get("X-RateLimit-Remaining"))
+        now = time.monotonic()
         with self._lock:
             if call:
-                self._answered.append((call, time.monotonic(), status is not None))
+                self._answered.append((call, now, status is not None))
+                self._under_way -= 1
             if status is not None and status < 400:
                 self._successes += 1
                 self._limit_header, self._remaining_header = limit, remaining
-        if not self._told_once or (not self._windowed and limit > 0 and remaining >= 0):
-            # This process's first answer, and the first limit announced: told at once, as every worker waits
-            # for the first answer and counts the window from the limit it announces.
+            # Told with the next take, unless none may come soon: no other call of this process under way (it
+            # goes idle, or stops), or an answer waited long already (the other calls are slow uploads).
+            idle = bool(self._answered) and (self._under_way <= 0 or now - self._answered[0][1] > 0.25)
+        if idle or not self._told_once or (not self._windowed and limit > 0 and remaining >= 0):
+            # This process's first answer, and the first limit announced, are told at once too: every worker
+            # waits for the first answer, and counts the window from the limit it announces.
             self._told_once = True
             self._call("credit")
 
