@@ -62,7 +62,8 @@ log = logging.getLogger("ingest.jobs.rate_limit")
 # The hash: tokens, at, rate, ceiling (the bucket and its AIMD), calm (every call waits until), gen (429 episodes
 # so far: a slot reserved before one is void), seen (an answer was told), limit (announced; 0: the bucket
 # decides), cap (our share of it), window, wsure (1: the window is confirmed), first (the episode's first call),
-# lat (seconds from sending to the answer, averaged), raised (when cap last went up).
+# lat (seconds from sending to the answer, averaged), raised (when cap last went up), lmin and samples (the
+# quickest answer seen, of how many), next (the earliest the next call goes: calls are spaced).
 _SCRIPT = """
 local key, calls = KEYS[1], KEYS[2]
 local verb = ARGV[1]
@@ -83,7 +84,7 @@ local answered = tonumber(ARGV[13])
 local PENDING, PROBE, MAX_PENDING = 1e10, 2e10, 120
 
 local s = redis.call('HMGET', key, 'tokens', 'at', 'rate', 'ceiling', 'calm', 'gen', 'seen', 'limit', 'cap',
-  'window', 'wsure', 'first', 'lat', 'raised', 'lmin')
+  'window', 'wsure', 'first', 'lat', 'raised', 'lmin', 'samples', 'next')
 if not s[2] then redis.call('DEL', calls) end  -- no state (expired or deleted): nor a log
 local rate = tonumber(s[3]) or initial
 if fixed > 0 then rate = fixed end
@@ -102,6 +103,8 @@ local first = tonumber(s[12]) or 0
 local lat = tonumber(s[13]) or 0.1
 local raised = tonumber(s[14]) or 0
 local lmin = tonumber(s[15]) or -1
+local samples = tonumber(s[16]) or 0
+local nxt = tonumber(s[17]) or 0
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 
 local function grow(n)                -- n answers without trouble, no usable headers
@@ -126,11 +129,16 @@ if fixed <= 0 then
       local sent = score - ((score >= PROBE) and PROBE or PENDING)
       local when = now - age
       if when > sent then lat = 0.9 * lat + 0.1 * math.min(when - sent, 10) end
-      if http == '1' and when >= sent and (lmin < 0 or when - sent < lmin) then lmin = when - sent end
+      if http == '1' and when >= sent then
+        if lmin < 0 or when - sent < lmin then lmin = when - sent end
+        samples = math.min(samples + 1, 1000)
+      end
       if score >= PROBE and http == '1' then wsure = 1 end  -- the API took a call the window's length let go
       -- Counted from the latest the API can have received it: its answer less the quickest answer seen (the
-      -- part of that time before the API counts a call is spent by the next call too, after its send).
-      redis.call('ZADD', calls, (lmin >= 0) and math.max(sent, when - lmin) or when, cid)
+      -- part of that time before the API counts a call is spent by the next call too, after its send); from
+      -- the answer itself until enough were seen for the quickest to be near the true one (a measured time
+      -- includes our own delays, and too long a one would count calls from too early).
+      redis.call('ZADD', calls, (samples >= 50) and math.max(sent, when - lmin) or when, cid)
     end
     seen = 1
   end
@@ -155,7 +163,7 @@ redis.call('ZREMRANGEBYSCORE', calls, PENDING, PENDING + now - MAX_PENDING)  -- 
 redis.call('ZREMRANGEBYSCORE', calls, PROBE, PROBE + now - MAX_PENDING)
 
 local result = 0
-local margin = 0.01 + 0.005 * window
+local margin = 0.02 + 0.005 * window
 if verb == 'take' then
   if fixed <= 0 then redis.call('ZREM', calls, id) end  -- a slot reserved before a 429 is asked for again
   local count = (fixed <= 0) and redis.call('ZCARD', calls) or 0
@@ -168,23 +176,31 @@ if verb == 'take' then
     local horizon = now - window - margin
     local inside = redis.call('ZCOUNT', calls, '(' .. horizon, '+inf')
     local mark = (wsure == 0 and count >= allowed) and PROBE or PENDING
-    if inside < allowed then
-      redis.call('ZADD', calls, mark + now, id)
-    else
-      -- The slot frees when the call (inside - allowed) from the oldest leaves the window.
+    -- When the log lets a call go, at the earliest: now, or when the call (inside - allowed) from the oldest
+    -- leaves the window; -1: that call is not answered yet (or not told).
+    local free = now
+    if inside >= allowed then
       local e = redis.call('ZRANGEBYSCORE', calls, '(' .. horizon, '+inf', 'WITHSCORES', 'LIMIT', inside - allowed, 1)
       local score = tonumber(e[2])
       if score < PENDING then
-        local wait = score + window + margin - now
-        if wait <= inline then
-          redis.call('ZADD', calls, (wsure == 0 and PROBE or PENDING) + now + wait, id)
-          result = wait
-        else
-          result = -wait
-        end
-      else                                -- not answered yet (or not told): ask again when it should be
+        free = score + window + margin
+        mark = (wsure == 0) and PROBE or PENDING
+      else
         local sent = score - ((score >= PROBE) and PROBE or PENDING)
-        result = -math.max(0.02, sent + lat + window + margin - now)
+        result = -math.max(0.02, sent + lat + window + margin - now)  -- ask again when it should be answered
+        free = -1
+      end
+    end
+    if free >= 0 then
+      -- Calls go at most twice the limit's pace: a window's worth at once would leave a worker's threads
+      -- short at every turn of the window (each slot then waits for a thread, and the next window with it).
+      local go = math.max(free, nxt)
+      if go - now <= inline then
+        nxt = go + window / (2 * allowed)
+        redis.call('ZADD', calls, mark + go, id)
+        result = go - now
+      else
+        result = -(go - now)
       end
     end
   elseif fixed <= 0 and seen == 0 and redis.call('ZCOUNT', calls, PENDING + now - 5, '+inf') > 0 then
@@ -226,7 +242,7 @@ elseif verb == 'refused' then
 end
 redis.call('HSET', key, 'tokens', tokens, 'at', now, 'rate', rate, 'ceiling', ceiling, 'calm', calm, 'gen', gen,
   'seen', seen, 'limit', limit, 'cap', cap, 'window', window, 'wsure', wsure, 'first', first, 'lat', lat,
-  'raised', raised, 'lmin', lmin)
+  'raised', raised, 'lmin', lmin, 'samples', samples, 'next', nxt)
 redis.call('EXPIRE', key, 86400)
 redis.call('EXPIRE', calls, 86400)
 if limit > 0 then
