@@ -152,7 +152,7 @@ if fixed <= 0 then
     end
   elseif ok > 0 and limit > 0 then        -- a success without headers: the API stopped announcing a limit
     rate = math.min(max_rate, math.max(0.05, cap / window))
-    ceiling, limit, tokens = rate, 0, math.max(tokens, 0)
+    ceiling, limit, tokens = 0, 0, math.max(tokens, 0)  -- slow start from there: it may have none now
   end
   if limit == 0 then grow(ok) end
 end
