@@ -6,8 +6,9 @@ the budget keeps a log of our calls (a sorted set beside the state) and lets a c
 announced limit are in the last *window* seconds, counted from when each call was **answered**. The API counts a
 call when it receives it, which is before we have its answer, so two calls counted as apart by their answers are
 at least that far apart at the API whatever the network's and the threads' jitter: near-exact use of the limit
-(a window's calls at once, then each as the oldest leaves the window), and no 429 from our own calls. A call
-not yet answered counts as in the window.
+(a window's calls at twice the limit's pace, then each as the oldest leaves the window), and no 429 from our own
+calls. A call not yet answered counts as in the window. Each is counted from its answer less the quickest answer
+seen (once 50 were): the part of that time before the API counts a call is spent by the next one too.
 
 - **The window's length** is not on the vendor's page (Laravel's default is a minute). It is taken to be one
   second, the shortest there is, until a call that only that assumption let through is answered (then it is
