@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     rate_limit_mode: Literal["auto", "fixed", "off"] | None = None
     rate_limit: float | None = Field(default=None, gt=0, description="API requests per second, all workers.")
     rate_limit_burst: int | None = Field(default=None, ge=1)
-    rate_limit_initial: float = Field(default=5.0, gt=0)  # auto: where learning starts
+    rate_limit_initial: float = Field(default=5.0, gt=0)  # auto, no limit announced: where AIMD starts
     rate_limit_max: float = Field(default=1000.0, gt=0)  # auto: never above this (a ceiling, not a target)
     # A thread waits this long for a token at most; a longer wait defers the job (one broker round trip).
     rate_limit_max_inline_wait: float = Field(default=3.0, ge=0)
