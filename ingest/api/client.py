@@ -400,8 +400,9 @@ class AcrCloudClient:
         prep = requests.PreparedRequest()
         prep.prepare(method=method, url=url, headers=headers, data=data, params=params, json=json)
         session = self.session
+        verify = True if session.verify is None else session.verify
         resp = session.get_adapter(prep.url or url).send(
-            prep, stream=False, timeout=self.timeout, verify=session.verify, cert=session.cert, proxies=session.proxies
+            prep, stream=False, timeout=self.timeout, verify=verify, cert=session.cert, proxies=session.proxies
         )
         resp.content  # noqa: B018  (read whole here, as Session.request does: the connection goes back to the pool)
         return resp
