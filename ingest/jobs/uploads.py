@@ -20,7 +20,7 @@ from ingest.api.client import AcrCloudClient
 from ingest.api.errors import ApiError, TransientError
 from ingest.api.schemas import BucketFile
 from ingest.fingerprints import Fingerprint, NotDecodable, extract_in_pool, unavailable_reason
-from ingest.jobs.context import JobContext
+from ingest.jobs.context import JobContext, continues_start, first_transaction
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.identity import REF_KEY, same_meta, tagged
 from ingest.jobs.inputs import resolve_media_path
@@ -248,13 +248,15 @@ _ROW_OF_OPERATION = (
 )
 
 
+@continues_start
 def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
-    with session_scope() as s:
-        # The common case: the producer planned the row and nobody holds it. One statement takes it.
+    with first_transaction(ctx) as s:
+        # The common case: the producer planned the row and nobody holds it. One statement takes it, in the
+        # transaction that marked the operation running; the mark before the POST commits both.
         if claim_file_of_operation(s, op_id, ctx.owner, ctx.settings.lease_seconds):
             row = s.exec(_ROW_OF_OPERATION, params={"b_op_id": op_id}).one()
             return _upload_claimed(s, row, ctx)
-        s.rollback()
+        s.commit()  # the start kept (the claim took nothing)
 
     file_id, planned = _own_row(job, op_id)
     if file_id is None:  # same ref already here: nothing to post, maybe metadata to update
