@@ -352,22 +352,24 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
         return summary(op)
 
 
+# Built once: the poll asks it every cycle.
+_STALE = (
+    select(Operation)
+    .where(
+        col(Operation.status).in_(OpStatus.unfinished()),
+        col(Operation.updated_at) < bindparam("b_cutoff"),
+        col(Operation.task_id).is_not(None),
+    )
+    .order_by(col(Operation.id))
+    .limit(bindparam("b_limit"))
+)
+
+
 def claim_stale(session: Session, older_than: float, limit: int = 500) -> list[Operation]:
     """Unfinished operations nobody has touched for ``older_than`` seconds: their message was lost.
     Marks them touched (so the next cycle does not send them again) and returns them to resend."""
     cutoff = utcnow() - timedelta(seconds=older_than)
-    ops = list(
-        session.exec(
-            select(Operation)
-            .where(
-                col(Operation.status).in_(OpStatus.unfinished()),
-                Operation.updated_at < cutoff,
-                col(Operation.task_id).is_not(None),
-            )
-            .order_by(col(Operation.id))
-            .limit(limit)
-        ).all()
-    )
+    ops = list(session.exec(_STALE, params={"b_cutoff": cutoff, "b_limit": limit}).all())
     for op in ops:
         op.updated_at = utcnow()
         session.add(op)
