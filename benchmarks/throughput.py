@@ -89,6 +89,8 @@ class Timing:
     # Seconds until half and 90 % had a remote id: shows a long tail (retries waiting out their backoff).
     half_s: float | None = None
     p90_s: float | None = None
+    # Backlog runs: the workers' CPU from the resume to the last remote id (last no-op run), the drain alone.
+    drain_cpu: dict[str, float | None] | None = None
 
     def drain_rate(self, n: int) -> float | None:
         """(n - 1) / (last - first): the steady rate, without the time a resumed worker takes to start."""
@@ -305,12 +307,16 @@ def noop_tasks(n: int, workers: int, kids: list[ChildProcess], timeout: float, *
     for _ in range(n):
         app.send_task(NOOP_TASK)
     timing = Timing(time.perf_counter() - started)
+    meter = CpuMeter(kids)
     if backlog:
         started = time.perf_counter()
+        meter.start()
         resume(app, workers)
     # A fine tick: these runs last well under a second.
     first = wait_until(lambda: int(r.get(COUNTER_KEY) or 0) >= 1, kids, timeout, tick=0.005)
     done = wait_until(lambda: int(r.get(COUNTER_KEY) or 0) >= n, kids, timeout, tick=0.005)
+    if backlog:
+        timing.drain_cpu = meter.stop(n)
     timing.first_s = None if first is None else first - started
     timing.remote_s = None if done is None else done - started
     return timing
@@ -387,8 +393,10 @@ def ingest_uploads(
                 _url(tag, i), title=f"{tag} {i}", bucket_id=bucket, ref=f"{tag}-{i:05d}", user_defined=USER_DEFINED
             )
     timing = Timing(time.perf_counter() - started)
+    meter = CpuMeter(kids)
     if backlog:
         started = time.perf_counter()
+        meter.start()
         resume(producer.app, workers)
     deadline = started + timeout
     while time.perf_counter() < deadline:
@@ -402,6 +410,8 @@ def ingest_uploads(
             timing.p90_s = now
         if timing.remote_s is None and p.remote >= n:
             timing.remote_s, timing.stats_at_remote = now, emu.stats()
+            if backlog:
+                timing.drain_cpu = meter.stop(n)
         if p.ready >= n:
             timing.ready_s = now
             break
@@ -599,7 +609,11 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             report.details["noop_pipelined"] = {"publish_s": round(noop_pipe.enqueue_s, 3), **cpu.stop(n)}
             cpu.start()
             noop_back = noop_tasks(n, w, kids, args.timeout, backlog=True)
-            report.details["noop_backlog"] = {"resume_to_first_s": noop_back.first_s, **cpu.stop(n)}
+            report.details["noop_backlog"] = {
+                "resume_to_first_s": noop_back.first_s,
+                **cpu.stop(n),
+                "drain_workers_cpu_ms_per_job": (noop_back.drain_cpu or {}).get("workers_cpu_ms_per_job"),
+            }
         report.checks["no-op: every task ran"] = None not in (noop_pipe.remote_s, noop_back.remote_s)
         redis.Redis.from_url(BROKER).flushdb()
 
@@ -650,6 +664,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                     **used,
                     "api": stats_delta(emu.stats(), before),
                     **info,
+                    "drain_workers_cpu_ms_per_job": (t.drain_cpu or {}).get("workers_cpu_ms_per_job"),
                 }
                 if backlog and by_name:
                     named_back = t
@@ -927,6 +942,20 @@ def notes(report: Report) -> str:
         f"{versus('ingest_pipelined', 'noop_pipelined')}; sent by name {versus('ingest_by_name', 'noop_pipelined')}; "
         f"backlog {versus('ingest_backlog', 'noop_backlog')}; sent by name, backlog "
         f"{versus('ingest_by_name_backlog', 'noop_backlog')}"
+    )
+
+    def drained(key: str) -> float | None:
+        return d[key].get("drain_workers_cpu_ms_per_job")
+
+    def drain_versus(key: str) -> str:
+        noop = drained("noop_backlog")
+        return f"{drained(key)} / {noop} = {_ratio(drained(key), noop) or 0:.1f}x"
+
+    # The figures above count from before the enqueue to the last file ready: for a backlog that includes the
+    # seconds the producer takes to queue it, in which the paused workers still poll every --poll-interval.
+    out.append(
+        "worker CPU ms per job during the drain alone (resume -> last remote id) x the no-op's drain: producer jobs "
+        f"{drain_versus('ingest_backlog')}; sent by name {drain_versus('ingest_by_name_backlog')}"
     )
     return "\n".join(out)
 
