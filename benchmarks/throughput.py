@@ -161,12 +161,12 @@ def workers(
 
 
 @contextmanager
-def profiled(out: Path | None, kids: list[ChildProcess]) -> Iterator[list[Path]]:
+def profiled(out: Path | None, kids: list[ChildProcess], *, gil: bool = False) -> Iterator[list[Path]]:
     """py-spy on the workers while the body runs (``--profile``); nothing without it."""
     if out is None:
         yield []
         return
-    with recording({k.name: k.proc.pid for k in kids if not k.name.startswith("beat")}, out) as files:
+    with recording({k.name: k.proc.pid for k in kids if not k.name.startswith("beat")}, out, gil=gil) as files:
         yield files
 
 
@@ -635,7 +635,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             ):
                 before, cpu = emu.stats(), CpuMeter(kids).start()
                 spy = args.profile if (backlog and (not by_name or args.profile_by_name)) else None
-                with profiled(spy and spy / label, kids) as spied:
+                with profiled(spy and spy / label, kids, gil=args.profile_gil) as spied:
                     t = ingest_uploads(
                         producer,
                         emu,
@@ -992,6 +992,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--profile-by-name", action="store_true", help="with --profile: also py-spy the backlog of jobs sent by name"
+    )
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (where Python spends CPU; no waits)",
     )
     p.add_argument("--processing-delay", type=float, default=0.2, help="emulator processing time, s")
     p.add_argument("--poll-interval", type=float, default=0.5, help="ACR_INGEST_POLL_INTERVAL, s")
