@@ -41,6 +41,7 @@ from ingest.settings import Settings
 from ingest.store.db import session_scope
 from ingest.store.leases import claim_file, claim_file_of_operation, kept_alive, release_file
 from ingest.store.models import FileStatus, Operation, TrackFile, utcnow
+from ingest.store.row_writes import write_changes
 
 log = logging.getLogger("ingest.jobs.uploads")
 
@@ -181,6 +182,7 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
     row.status = FileStatus.UPLOADING
     row.updated_at = utcnow()
     s.add(row)
+    write_changes(s, row)  # one UPDATE, without a flush's unit of work
     s.commit()  # committed before the POST: a later attempt knows to look first
     try:
         with verify_if_ambiguous(s, row, ctx.settings):
@@ -233,6 +235,7 @@ def _upload_claimed(s: Session, row: TrackFile, ctx: JobContext) -> dict[str, An
         raise
     row.lease_owner, row.lease_until = None, None
     s.add(row)
+    write_changes(s, row)  # the adopt and the lease's end: one UPDATE, without a flush's unit of work
     if ctx.record_outcome is not None:  # the operation's outcome in the same commit
         ctx.record_outcome(s, result)
     s.commit()
