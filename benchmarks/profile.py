@@ -33,8 +33,9 @@ class FrameShare:
 
 
 @contextmanager
-def recording(pids: dict[str, int], out: Path, rate: int = 200) -> Iterator[list[Path]]:
-    """py-spy records each process (name -> pid) while the body runs; yields the raw files being written."""
+def recording(pids: dict[str, int], out: Path, rate: int = 200, *, gil: bool = False) -> Iterator[list[Path]]:
+    """py-spy records each process (name -> pid) while the body runs; yields the raw files being written.
+    ``gil``: only the thread holding the GIL is sampled, so waits in C (a socket, SQLite's lock) drop out."""
     exe = shutil.which("py-spy")
     if exe is None:
         raise RuntimeError("--profile needs py-spy on PATH (pip install py-spy)")
@@ -43,6 +44,8 @@ def recording(pids: dict[str, int], out: Path, rate: int = 200) -> Iterator[list
     for name, pid in pids.items():
         path = out / f"{name}.txt"
         cmd = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(path)]
+        if gil:
+            cmd.append("--gil")
         spies.append(subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         files.append(path)
     time.sleep(0.5)  # attaching takes a moment; the scenario starts right after

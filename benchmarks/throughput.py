@@ -90,6 +90,8 @@ class Timing:
     # Seconds until half and 90 % had a remote id: shows a long tail (retries waiting out their backoff).
     half_s: float | None = None
     p90_s: float | None = None
+    # Backlog runs: the workers' CPU from the resume to the last remote id (last no-op run), the drain alone.
+    drain_cpu: dict[str, float | None] | None = None
 
     def drain_rate(self, n: int) -> float | None:
         """(n - 1) / (last - first): the steady rate, without the time a resumed worker takes to start."""
@@ -160,12 +162,12 @@ def workers(
 
 
 @contextmanager
-def profiled(out: Path | None, kids: list[ChildProcess]) -> Iterator[list[Path]]:
+def profiled(out: Path | None, kids: list[ChildProcess], *, gil: bool = False) -> Iterator[list[Path]]:
     """py-spy on the workers while the body runs (``--profile``); nothing without it."""
     if out is None:
         yield []
         return
-    with recording({k.name: k.proc.pid for k in kids if not k.name.startswith("beat")}, out) as files:
+    with recording({k.name: k.proc.pid for k in kids if not k.name.startswith("beat")}, out, gil=gil) as files:
         yield files
 
 
@@ -306,12 +308,16 @@ def noop_tasks(n: int, workers: int, kids: list[ChildProcess], timeout: float, *
     for _ in range(n):
         app.send_task(NOOP_TASK)
     timing = Timing(time.perf_counter() - started)
+    meter = CpuMeter(kids)
     if backlog:
         started = time.perf_counter()
+        meter.start()
         resume(app, workers)
     # A fine tick: these runs last well under a second.
     first = wait_until(lambda: int(r.get(COUNTER_KEY) or 0) >= 1, kids, timeout, tick=0.005)
     done = wait_until(lambda: int(r.get(COUNTER_KEY) or 0) >= n, kids, timeout, tick=0.005)
+    if backlog:
+        timing.drain_cpu = meter.stop(n)
     timing.first_s = None if first is None else first - started
     timing.remote_s = None if done is None else done - started
     return timing
@@ -388,8 +394,10 @@ def ingest_uploads(
                 _url(tag, i), title=f"{tag} {i}", bucket_id=bucket, ref=f"{tag}-{i:05d}", user_defined=USER_DEFINED
             )
     timing = Timing(time.perf_counter() - started)
+    meter = CpuMeter(kids)
     if backlog:
         started = time.perf_counter()
+        meter.start()
         resume(producer.app, workers)
     deadline = started + timeout
     while time.perf_counter() < deadline:
@@ -403,6 +411,8 @@ def ingest_uploads(
             timing.p90_s = now
         if timing.remote_s is None and p.remote >= n:
             timing.remote_s, timing.stats_at_remote = now, emu.stats()
+            if backlog:
+                timing.drain_cpu = meter.stop(n)
         if p.ready >= n:
             timing.ready_s = now
             break
@@ -610,7 +620,11 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             report.details["noop_pipelined"] = {"publish_s": round(noop_pipe.enqueue_s, 3), **cpu.stop(n)}
             cpu.start()
             noop_back = noop_tasks(n, w, kids, args.timeout, backlog=True)
-            report.details["noop_backlog"] = {"resume_to_first_s": noop_back.first_s, **cpu.stop(n)}
+            report.details["noop_backlog"] = {
+                "resume_to_first_s": noop_back.first_s,
+                **cpu.stop(n),
+                "drain_workers_cpu_ms_per_job": (noop_back.drain_cpu or {}).get("workers_cpu_ms_per_job"),
+            }
         report.checks["no-op: every task ran"] = None not in (noop_pipe.remote_s, noop_back.remote_s)
         redis.Redis.from_url(BROKER).flushdb()
 
@@ -632,7 +646,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             ):
                 before, cpu = emu.stats(), CpuMeter(kids).start()
                 spy = args.profile if (backlog and (not by_name or args.profile_by_name)) else None
-                with profiled(spy and spy / label, kids) as spied:
+                with profiled(spy and spy / label, kids, gil=args.profile_gil) as spied:
                     t = ingest_uploads(
                         producer,
                         emu,
@@ -661,6 +675,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
                     **used,
                     "api": stats_delta(emu.stats(), before),
                     **info,
+                    "drain_workers_cpu_ms_per_job": (t.drain_cpu or {}).get("workers_cpu_ms_per_job"),
                 }
                 if backlog and by_name:
                     named_back = t
@@ -961,6 +976,20 @@ def notes(report: Report) -> str:
         f"backlog {versus('ingest_backlog', 'noop_backlog')}; sent by name, backlog "
         f"{versus('ingest_by_name_backlog', 'noop_backlog')}"
     )
+
+    def drained(key: str) -> float | None:
+        return d[key].get("drain_workers_cpu_ms_per_job")
+
+    def drain_versus(key: str) -> str:
+        noop = drained("noop_backlog")
+        return f"{drained(key)} / {noop} = {_ratio(drained(key), noop) or 0:.1f}x"
+
+    # The figures above count from before the enqueue to the last file ready: for a backlog that includes the
+    # seconds the producer takes to queue it, in which the paused workers still poll every --poll-interval.
+    out.append(
+        "worker CPU ms per job during the drain alone (resume -> last remote id) x the no-op's drain: producer jobs "
+        f"{drain_versus('ingest_backlog')}; sent by name {drain_versus('ingest_by_name_backlog')}"
+    )
     return "\n".join(out)
 
 
@@ -996,6 +1025,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--profile-by-name", action="store_true", help="with --profile: also py-spy the backlog of jobs sent by name"
+    )
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (where Python spends CPU; no waits)",
     )
     p.add_argument("--processing-delay", type=float, default=0.2, help="emulator processing time, s")
     p.add_argument("--poll-interval", type=float, default=0.5, help="ACR_INGEST_POLL_INTERVAL, s")

@@ -10,7 +10,6 @@ re-run of the same batch (or the poll's resend of lost messages) sends them with
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,10 +21,12 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from ingest.jobs.errors import InputError
-from ingest.jobs.managed_files import (
+from ingest.jobs.managed_files import (  # (new_row_values, op_values: the producer imports them from here too)
     UploadJob,
     UploadPlan,
     data_type_of,
+    new_row_values,
+    op_values,
     plan_upload,
     prepare_upload_row,
     send_as_of,
@@ -154,42 +155,6 @@ def _unsent_uploads(session: Session, file_ids: list[int], settings: Settings) -
 def _aware(when: datetime) -> datetime:
     # SQLite hands datetimes back without a zone; they were written in UTC.
     return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-def op_values(kind: OpKind, args: dict[str, Any], file_id: int | None, now: Any) -> dict[str, Any]:
-    return {
-        "kind": kind.value,
-        "args": args,
-        "task_id": str(uuid.uuid4()),
-        "file_id": file_id,
-        "bucket_id": args.get("bucket_id"),
-        "status": OpStatus.QUEUED.value,
-        "attempts": 0,
-        "throttled": 0,
-        "applied": False,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def new_row_values(job: UploadJob, now: Any) -> dict[str, Any]:
-    return {
-        "ref": job.ref,
-        "bucket_id": job.bucket_id,
-        "data_type": data_type_of(job),
-        "send_as": send_as_of(job),
-        "title": job.title,
-        "user_defined": dict(job.user_defined),
-        "source": source_of(job),
-        "status": FileStatus.QUEUED.value,
-        "attempts": 0,
-        "meta_version": 1,
-        "synced_meta_version": 0,
-        "title_seq": 0,
-        "user_defined_seq": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
 
 
 def plan_batch(session: Session, batch: Sequence[tuple[int, Item]], settings: Settings, *, dry_run: bool) -> BatchPlan:

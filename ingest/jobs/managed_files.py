@@ -3,13 +3,14 @@ syncing desired metadata to the bucket. Shared by the producer and the worker's 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -22,8 +23,9 @@ from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.identity import carries_ref, tagged
 from ingest.jobs.inputs import UploadFileJob, UploadUrlJob, job_args
 from ingest.settings import Settings
+from ingest.store.bulk import insert_one
 from ingest.store.leases import claim_file, kept_alive, release_file
-from ingest.store.models import FileStatus, Operation, OpStatus, TrackFile, utcnow
+from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.values import storable_json
 
 UploadJob = UploadUrlJob | UploadFileJob
@@ -64,6 +66,42 @@ def send_as_of(job: UploadJob) -> str:
 
 def source_of(job: UploadJob) -> str:
     return job.path if isinstance(job, UploadFileJob) else job.url
+
+
+def op_values(kind: OpKind, args: dict[str, Any], file_id: int | None, now: Any) -> dict[str, Any]:
+    return {
+        "kind": kind.value,
+        "args": args,
+        "task_id": str(uuid.uuid4()),
+        "file_id": file_id,
+        "bucket_id": args.get("bucket_id"),
+        "status": OpStatus.QUEUED.value,
+        "attempts": 0,
+        "throttled": 0,
+        "applied": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def new_row_values(job: UploadJob, now: Any) -> dict[str, Any]:
+    return {
+        "ref": job.ref,
+        "bucket_id": job.bucket_id,
+        "data_type": data_type_of(job),
+        "send_as": send_as_of(job),
+        "title": job.title,
+        "user_defined": dict(job.user_defined),
+        "source": source_of(job),
+        "status": FileStatus.QUEUED.value,
+        "attempts": 0,
+        "meta_version": 1,
+        "synced_meta_version": 0,
+        "title_seq": 0,
+        "user_defined_seq": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def by_ref(session: Session, bucket_id: int, ref: str) -> TrackFile | None:
@@ -129,12 +167,35 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     return row
 
 
+# Built once: a job sent by name asks it first.
+_ID_BY_REF = select(TrackFile.id).where(
+    col(TrackFile.bucket_id) == bindparam("b_bucket_id"), col(TrackFile.ref) == bindparam("b_ref")
+)
+
+
 def record_sent_by_name(session: Session, kind: str, job: UploadJob, task_id: str) -> int | None:
     """For an upload another system sent by name (no row of our producer): the file row and the running
     operation our producer would have written, in one commit, so the job then runs as one of the producer's
     does. Returns the operation's id, or None to leave the message to the general path (which creates the
     operation first and plans after): anything but a new upload or a re-upload (the same ref already here, a
     ref taken for another source), or a twin (this task id or this ref written meanwhile), rolled back."""
+    conn = session.connection()
+    if conn.execute(_ID_BY_REF, {"b_bucket_id": job.bucket_id, "b_ref": job.ref}).first() is None:
+        # A new ref (the common case): the rows by Core statements, as the producer writes them (no ORM flush).
+        now = utcnow()
+        operation = {
+            **op_values(OpKind(kind), storable_json(job_args(job)), None, now),
+            "task_id": task_id,
+            "status": OpStatus.RUNNING.value,
+        }
+        try:
+            operation["file_id"] = insert_one(conn, TrackFile, new_row_values(job, now))
+            op_id = insert_one(conn, Operation, operation)
+            session.commit()
+        except IntegrityError:  # a twin: this task id or this ref written meanwhile
+            session.rollback()
+            return None
+        return op_id
     existing = by_ref(session, job.bucket_id, job.ref)
     try:
         plan = plan_upload(existing, job)

@@ -76,10 +76,16 @@ def park(session: Session, op: Operation, bucket_id: int, refs: list[str], setti
     }
 
 
+# Built once: the poll asks it every cycle.
+_ANY_PARKED = select(ParkedFollowup.operation_id).limit(1)
+
+
 def wake_due(session: Session, limit: int = 500) -> list[Operation]:
     """Parked operations to run again now: a parked ref has landed, or the horizon has passed. Their
     parked rows are removed (a run that still finds refs missing parks them again) and the operations
     marked touched; the caller sends them under their task id. Rows of finished operations are dropped."""
+    if session.execute(_ANY_PARKED).first() is None:  # the usual cycle: nothing parked, one cheap read
+        return []
     now = utcnow()
     finished = (
         select(ParkedFollowup.operation_id)

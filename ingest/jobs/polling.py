@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from ingest.api.errors import ApiError, AuthError, NotFoundError, RateLimitedError, TransientError
@@ -38,6 +38,25 @@ VERIFY_BATCH = 50  # files checked per cycle (a few calls each); the rest wait f
 POLL_LEASE_SECONDS = 120
 
 
+# The poll's reads, built once (a cycle runs every few seconds, most of them with nothing to do); a bucket's
+# poll adds its filter.
+_PROCESSING = (
+    select(TrackFile.id, TrackFile.bucket_id, TrackFile.remote_id)
+    .where(TrackFile.status == FileStatus.PROCESSING, col(TrackFile.remote_id).is_not(None))
+    .order_by(col(TrackFile.id))
+)
+_VERIFY_DUE = (
+    select(TrackFile)
+    .where(
+        col(TrackFile.verify_after) <= bindparam("b_now"),
+        col(TrackFile.remote_id).is_not(None),
+        col(TrackFile.status).in_(FileStatus.verifiable()),
+    )
+    .order_by(col(TrackFile.id))
+    .limit(VERIFY_BATCH)
+)
+
+
 def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]:
     """One cycle over every processing file (or one bucket's); returns counts, including API calls."""
     settings = ctx.settings
@@ -57,13 +76,10 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
         try:
             if not auth_hold.may_call(s, settings.current_token(), settings.auth_hold_recheck):
                 return {"skipped": "held: the API rejects the access token"}
-            query = select(TrackFile.id, TrackFile.bucket_id, TrackFile.remote_id).where(
-                TrackFile.status == FileStatus.PROCESSING,
-                col(TrackFile.remote_id).is_not(None),
-            )
+            query = _PROCESSING
             if bucket_id is not None:
                 query = query.where(TrackFile.bucket_id == bucket_id)
-            rows = s.exec(query.order_by(col(TrackFile.id))).all()
+            rows = s.exec(query).all()
             by_bucket: dict[int, list[tuple[int, int]]] = defaultdict(list)
             for file_id, bucket, remote_id in rows:
                 # A stored row has an id, and the query excludes a missing remote_id.
@@ -82,7 +98,8 @@ def poll_states(ctx: JobContext, bucket_id: int | None = None) -> dict[str, Any]
                     _record_states(s, bucket, [(f, found.get(r)) for f, r in chunk], counts, settings)
                     s.commit()
             _verify_due(s, ctx, counts, bucket_id)
-            auth_hold.lift(s)
+            if counts["calls"] or counts["verified"]:  # a cycle that called nothing proved nothing of the token
+                auth_hold.lift(s)
         except AuthError as exc:
             auth_hold.hold(s, settings.current_token(), str(exc))
             counts["held"] = 1
@@ -222,14 +239,11 @@ def _aware(moment: datetime) -> datetime:
 def _verify_due(s: Session, ctx: JobContext, counts: dict[str, Any], bucket_id: int | None) -> None:
     """Files where a request may have landed after we gave up on it: remove a late duplicate upload,
     and send the metadata again if a late update put an older version back."""
-    query = select(TrackFile).where(
-        col(TrackFile.verify_after) <= utcnow(),
-        col(TrackFile.remote_id).is_not(None),
-        col(TrackFile.status).in_(FileStatus.verifiable()),
-    )
+    query = _VERIFY_DUE
     if bucket_id is not None:
         query = query.where(TrackFile.bucket_id == bucket_id)
-    for row in s.exec(query.order_by(col(TrackFile.id)).limit(VERIFY_BATCH)).all():
+    rows = s.exec(query, params={"b_now": utcnow()}).all()
+    for row in rows:
         try:
             _verify_one(s, row, ctx, counts)
         except TransientError as exc:  # this file is checked again next cycle

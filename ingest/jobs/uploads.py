@@ -20,7 +20,7 @@ from ingest.api.client import AcrCloudClient
 from ingest.api.errors import ApiError, TransientError
 from ingest.api.schemas import BucketFile
 from ingest.fingerprints import Fingerprint, NotDecodable, extract_in_pool, unavailable_reason
-from ingest.jobs.context import JobContext
+from ingest.jobs.context import JobContext, continues_start, first_transaction
 from ingest.jobs.errors import InputError, RetryLater
 from ingest.jobs.identity import REF_KEY, same_meta, tagged
 from ingest.jobs.inputs import resolve_media_path
@@ -41,6 +41,7 @@ from ingest.settings import Settings
 from ingest.store.db import session_scope
 from ingest.store.leases import claim_file, claim_file_of_operation, kept_alive, release_file
 from ingest.store.models import FileStatus, Operation, TrackFile, utcnow
+from ingest.store.row_writes import write_changes
 
 log = logging.getLogger("ingest.jobs.uploads")
 
@@ -181,6 +182,7 @@ def _post_once(s: Session, row: TrackFile, ctx: JobContext) -> None:
     row.status = FileStatus.UPLOADING
     row.updated_at = utcnow()
     s.add(row)
+    write_changes(s, row)  # one UPDATE, without a flush's unit of work
     s.commit()  # committed before the POST: a later attempt knows to look first
     try:
         with verify_if_ambiguous(s, row, ctx.settings):
@@ -233,6 +235,7 @@ def _upload_claimed(s: Session, row: TrackFile, ctx: JobContext) -> dict[str, An
         raise
     row.lease_owner, row.lease_until = None, None
     s.add(row)
+    write_changes(s, row)  # the adopt and the lease's end: one UPDATE, without a flush's unit of work
     if ctx.record_outcome is not None:  # the operation's outcome in the same commit
         ctx.record_outcome(s, result)
     s.commit()
@@ -248,13 +251,15 @@ _ROW_OF_OPERATION = (
 )
 
 
+@continues_start
 def handle_upload(job: UploadJob, op_id: int, ctx: JobContext) -> dict[str, Any]:
-    with session_scope() as s:
-        # The common case: the producer planned the row and nobody holds it. One statement takes it.
+    with first_transaction(ctx) as s:
+        # The common case: the producer planned the row and nobody holds it. One statement takes it, in the
+        # transaction that marked the operation running; the mark before the POST commits both.
         if claim_file_of_operation(s, op_id, ctx.owner, ctx.settings.lease_seconds):
             row = s.exec(_ROW_OF_OPERATION, params={"b_op_id": op_id}).one()
             return _upload_claimed(s, row, ctx)
-        s.rollback()
+        s.commit()  # the start kept (the claim took nothing)
 
     file_id, planned = _own_row(job, op_id)
     if file_id is None:  # same ref already here: nothing to post, maybe metadata to update

@@ -244,10 +244,31 @@ def release_file(session: Session, file_id: int, owner: str) -> None:
     session.commit()
 
 
+# Built once (the poll takes and releases its lease every cycle): the common case in one statement each.
+_TAKE_FREE = (
+    update(Lease)
+    .where(
+        col(Lease.name) == bindparam("b_name"),
+        or_(col(Lease.until) <= bindparam("b_now"), col(Lease.owner) == bindparam("b_owner")),
+    )
+    .values(owner=bindparam("b_owner"), until=bindparam("b_until"))
+)
+_RELEASE = (
+    update(Lease)
+    .where(col(Lease.name) == bindparam("b_name"), col(Lease.owner) == bindparam("b_owner"))
+    .values(until=datetime(1970, 1, 1, tzinfo=UTC))
+)
+
+
 def acquire(session: Session, name: str, owner: str, seconds: float) -> bool:
     """A named lease (e.g. ``poll_states``); True when this owner holds it now."""
     now = utcnow()
     until = now + timedelta(seconds=seconds)
+    # The usual case: the row exists and is free (or ours). Otherwise: no row yet, or a holder that may be dead.
+    params = {"b_name": name, "b_now": now, "b_owner": owner, "b_until": until}
+    if session.connection().execute(_TAKE_FREE, params).rowcount == 1:
+        session.commit()
+        return True
     lease = session.get(Lease, name)
     if lease is None:
         session.add(Lease(name=name, owner=owner, until=until))
@@ -270,9 +291,5 @@ def acquire(session: Session, name: str, owner: str, seconds: float) -> bool:
 
 
 def release(session: Session, name: str, owner: str) -> None:
-    session.execute(
-        update(Lease)
-        .where(and_(col(Lease.name) == name, col(Lease.owner) == owner))
-        .values(until=datetime(1970, 1, 1, tzinfo=UTC))
-    )
+    session.connection().execute(_RELEASE, {"b_name": name, "b_owner": owner})
     session.commit()
