@@ -63,6 +63,9 @@ def test_metrics_move_while_jobs_run_through_a_prefork_worker(env, emulator, buc
         wait_for(lambda: _try_scrape(port) is not None, what="the worker's metrics port")
         before = scrape(port)
         assert value(before, "acr_ingest_jobs_total") == 0
+        # Every queue's series is there at 0 before the first task: "nothing taken", which the alert can tell.
+        queue_tasks = {lab["queue"]: v for n, lab, v in before if n == "acr_ingest_queue_tasks_total"}
+        assert queue_tasks == {"ingest": 0, "ingest.poll": 0, "ingest.fingerprint": 0, "other": 0}
 
         emulator.set_faults(burst_429=2, retry_after=1)  # the next two API requests answer 429
         producer = producer_for(BROKER)
@@ -86,6 +89,16 @@ def test_metrics_move_while_jobs_run_through_a_prefork_worker(env, emulator, buc
         assert value(done, "acr_ingest_limiter_waits_total") >= 1
         assert value(done, "acr_ingest_limiter_wait_seconds_total") > 0
         assert value(done, "acr_ingest_jobs_total", outcome="failed") == 0
+        # Each run counted by the queue its message came from, its retries too (they come back to that queue);
+        # counted once the task returned, just after its outcome: wait for the last one.
+        runs = value(done, "acr_ingest_jobs_total", kind="upload_url")
+        assert runs >= n + 2
+        taken = wait_for(
+            lambda: (s := scrape(port)) and value(s, "acr_ingest_queue_tasks_total", queue="ingest") == runs and s,
+            timeout=30,
+            what=lambda: f"{runs} runs taken from ingest: {_ours(scrape(port))}",
+        )
+        assert value(taken, "acr_ingest_queue_tasks_total") == runs
         # Counted in the pool's processes (the main process runs no task), summed by the worker's exporter.
         writers = {p.name for p in (tmp_path / "counters").glob("counter_*.db")}
         assert writers - {f"counter_{worker.pid}.db"}
@@ -112,6 +125,8 @@ def test_metrics_move_while_jobs_run_through_a_prefork_worker(env, emulator, buc
             assert value(state, "acr_ingest_state_up", source="broker") == 1
             # The exporter also sums the worker's counters from the same directory.
             assert value(state, "acr_ingest_jobs_total", kind="upload_url", outcome="succeeded") == n
+            # The beat's polls came from their own queue (no job counter sees them; this one does).
+            assert value(scrape(port), "acr_ingest_queue_tasks_total", queue="ingest.poll") >= 1
 
             _queue_depth_follows_the_broker(exporter_port)
             _hold_and_oldest_processing_show(exporter_port, bucket)
