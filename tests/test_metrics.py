@@ -202,3 +202,68 @@ def _try_scrape(port: int, process: ChildProcess | None = None) -> Samples | Non
 
 def _ours(samples: Samples) -> list[tuple[str, dict[str, str], float]]:
     return [s for s in samples if s[0].startswith("acr_ingest_")]
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_each_task_run_is_counted_by_the_queue_its_message_came_from(
+    broker: str, request: pytest.FixtureRequest, emulator, bucket, tmp_path
+) -> None:
+    """What the queue-not-consumed alert reads, on both brokers: URL uploads from ingest, a fingerprint upload
+    from ingest.fingerprint, the beat's polls from ingest.poll (the message's routing key names its queue)."""
+    from kombu import Connection, Queue
+
+    from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE
+    from tests.conftest import MEDIA
+    from tests.fingerprint_audio import write_wav
+
+    if broker == "redis":
+        url = BROKER
+        redis.Redis.from_url(url).flushdb()
+    else:
+        url = request.getfixturevalue("rabbitmq_url")
+        with Connection(url) as conn:  # what an earlier test left queued must not be counted here
+            for name in (QUEUE, POLL_QUEUE, FINGERPRINT_QUEUE):
+                queue = Queue(name, routing_key=name, durable=True)(conn.default_channel)
+                queue.declare()
+                queue.purge()
+    port = free_port()
+    env = {
+        **os.environ,
+        "ACR_INGEST_BROKER_URL": url,
+        "ACR_INGEST_METRICS_PORT": str(port),
+        "ACR_INGEST_METRICS_DIR": str(tmp_path / "counters"),
+    }
+    write_wav(MEDIA / f"qc-{bucket}.wav", 1.0, rate=8000, channels=1)
+    worker = WorkerProcess(f"qcount-{broker}", env, concurrency=2)
+    try:
+        worker.wait_ready()
+        producer = producer_for(url)
+        for i in range(2):
+            producer.upload_url(f"https://cdn.example.com/qc{i}.mp3", title=f"Q{i}", bucket_id=bucket, ref=f"qc{i}")
+        producer.upload_file(f"qc-{bucket}.wav", title="QF", bucket_id=bucket, ref="qcf", send_as="fingerprint")
+        with beat_process(env):
+
+            def counted() -> Samples | None:
+                s = _try_scrape(port)
+                if not s or value(s, "acr_ingest_queue_tasks_total", queue=POLL_QUEUE) < 1:
+                    return None
+                uploads = value(s, "acr_ingest_jobs_total", kind="upload_url", outcome="succeeded")
+                fingerprints = value(s, "acr_ingest_jobs_total", kind="upload_file", outcome="succeeded")
+                return s if (uploads, fingerprints) == (2, 1) else None
+
+            wait_for(counted, timeout=60, what=lambda: f"uploads and a poll ran: {_ours(_try_scrape(port) or [])}")
+        done = wait_for(
+            lambda: (
+                (s := scrape(port))
+                and value(s, "acr_ingest_queue_tasks_total", queue=QUEUE)
+                == value(s, "acr_ingest_jobs_total", kind="upload_url")
+                and value(s, "acr_ingest_queue_tasks_total", queue=FINGERPRINT_QUEUE) == 1
+                and s
+            ),
+            timeout=30,
+            what=lambda: f"the runs counted by queue: {_ours(scrape(port))}",
+        )
+        assert value(done, "acr_ingest_queue_tasks_total", queue=QUEUE) >= 2
+        assert value(done, "acr_ingest_queue_tasks_total", queue="other") == 0
+    finally:
+        worker.stop()
