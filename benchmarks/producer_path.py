@@ -60,9 +60,43 @@ def _purge(app: Any) -> None:
         conn.default_channel.queue_purge(QUEUE)
 
 
+def _commit_floor(engine: Any, n: int) -> dict[str, float]:
+    """A bare driver loop of one single-row INSERT committed per iteration (no SQLAlchemy, no broker): what
+    this disk and database allow for a call that is durable when it returns. SQLite with the project's
+    pragmas (WAL, synchronous=NORMAL), PostgreSQL in autocommit (one round trip and one WAL flush each)."""
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        cur = driver.cursor()
+        cur.execute("DROP TABLE IF EXISTS bench_floor")
+        sqlite = engine.url.get_backend_name() == "sqlite"
+        key = "INTEGER PRIMARY KEY" if sqlite else "BIGSERIAL PRIMARY KEY"
+        cur.execute(f"CREATE TABLE bench_floor (id {key}, ref TEXT UNIQUE, payload TEXT, created_at TEXT)")
+        driver.commit()
+        if not sqlite:
+            driver.autocommit = True
+        mark = "?" if sqlite else "%s"
+        statement = f"INSERT INTO bench_floor (ref, payload, created_at) VALUES ({mark}, {mark}, {mark})"
+        payload = json.dumps({"url": "https://cdn.example.com/p/1.mp3", "title": "Track", "ref": "P-000001"})
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(n):
+            cur.execute(statement, (f"F-{i}", payload, "2026-12-03T14:00:00"))
+            if sqlite:
+                driver.commit()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if not sqlite:
+            driver.autocommit = False
+        cur.execute("DROP TABLE bench_floor")
+        driver.commit()
+    finally:
+        raw.close()
+    return {"jobs_per_s": round(n / wall, 1), "cpu_ms_per_job": round(cpu * 1000 / n, 3)}
+
+
 def child(opts: argparse.Namespace) -> dict[str, Any]:
     os.environ.update(ACR_INGEST_BROKER_URL=opts.broker_url, ACR_INGEST_DATABASE_URL=opts.database_url)
     os.environ.pop("ACR_INGEST_DEFAULT_BUCKET", None)
+    os.environ.pop("ACR_INGEST_PRODUCER_PUBLISH", None)
     from sqlalchemy import func
     from sqlmodel import SQLModel, col, select
 
@@ -74,7 +108,8 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
     engine = get_engine()
     SQLModel.metadata.drop_all(engine)
     SQLModel.metadata.create_all(engine)
-    producer = Producer()
+    producer = Producer(publish="sync")
+    background = Producer(producer.app, producer.settings, publish="background")
     app = producer.app
     n = opts.jobs
     out: dict[str, Any] = {"database": engine.url.get_backend_name(), "broker": app.conf.broker_url.split(":")[0]}
@@ -86,25 +121,34 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
         return {"jobs_per_s": round(n / wall, 1), "cpu_ms_per_job": round(cpu * 1000 / n, 3)}
 
     kwargs = {"url": "https://cdn.example.com/x.mp3", "bucket_id": BUCKET, "title": "t", "ref": "r"}
-    # Warm up both paths (connections, declares, imports), then start from an empty queue.
+    # Warm up every path (connections, declares, imports, the publisher's thread), then start from an empty queue.
     app.send_task(TASK, kwargs=kwargs, task_id=str(uuid.uuid4()))
     producer.upload_url("https://cdn.example.com/warm.mp3", title="warm", bucket_id=BUCKET + 1, ref="warm")
+    background.upload_url("https://cdn.example.com/warm2.mp3", title="warm", bucket_id=BUCKET + 1, ref="warm2")
+    background.flush()
     _purge(app)
 
+    out["commit_floor"] = _commit_floor(engine, n)
     out["send_task"] = timed(
         lambda: [app.send_task(TASK, kwargs={**kwargs, "ref": f"S-{i}"}, task_id=str(uuid.uuid4())) for i in range(n)]
     )
     sent_by_send_task = _queued(app)
     _purge(app)
 
-    def uploads() -> None:
-        for i in range(n):
-            producer.upload_url(
-                f"https://cdn.example.com/p/{i}.mp3", title=f"Track {i}", bucket_id=BUCKET, ref=f"P-{i:06d}",
-                user_defined={"artist": f"Artist {i % 97}", "isrc": f"ISRC{i:08d}"},
-            )  # fmt: skip
+    def uploads(p: Any, prefix: str) -> Any:
+        def loop() -> None:
+            for i in range(n):
+                p.upload_url(
+                    f"https://cdn.example.com/p/{i}.mp3", title=f"Track {i}", bucket_id=BUCKET, ref=f"{prefix}-{i:06d}",
+                    user_defined={"artist": f"Artist {i % 97}", "isrc": f"ISRC{i:08d}"},
+                )  # fmt: skip
+            p.flush()  # background: until the last message is published and marked (nothing in sync mode)
 
-    if opts.profile:
+        return loop
+
+    def profiled(name: str, loop: Any) -> dict[str, float]:
+        if not opts.profile:
+            return timed(loop)
         spy = subprocess.Popen(
             [
                 shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
@@ -114,7 +158,7 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
                 "--rate",
                 "250",
                 "-o",
-                opts.profile,
+                f"{opts.profile}-{name}.txt",
                 "--pid",
                 str(os.getpid()),
             ],
@@ -122,12 +166,20 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
             stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)  # py-spy attaches before the loop starts
-    try:
-        out["upload_url"] = timed(uploads)
-    finally:
-        if opts.profile:
+        try:
+            return timed(loop)
+        finally:
             spy.send_signal(2)
             spy.wait(timeout=60)
+
+    out["upload_url"] = profiled("sync", uploads(producer, "P"))
+    queued_sync = _queued(app)
+    _purge(app)
+    out["upload_url_background"] = profiled("background", uploads(background, "B"))
+    publisher = background._background
+    assert publisher is not None
+    out["background_mean_batch"] = round(publisher.published / max(publisher.batches, 1), 1)
+    background.close()
 
     with session_scope() as s:
         rows = s.exec(select(func.count()).select_from(TrackFile).where(TrackFile.bucket_id == BUCKET)).one()
@@ -138,10 +190,11 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
     _purge(app)
     out["checks"] = {
         "send_task: one message per job": sent_by_send_task == n,
-        "one file row per job": rows == n,
-        "one operation per job": ops == n,
-        "every outbox entry sent": unsent == 0 and entries == n + 1,  # + the warm-up's
-        "one message per job": queued == n,
+        "one file row per job": rows == 2 * n,
+        "one operation per job": ops == 2 * n,
+        "every outbox entry sent": unsent == 0 and entries == 2 * n + 2,  # + the warm-ups'
+        "sync: one message per job": queued_sync == n,
+        "background: one message per job": queued == n,
     }
     out["queue"] = QUEUE
     return out
@@ -266,19 +319,25 @@ def main(argv: list[str] | None = None) -> int:
                 profile = None
                 if opts.profile:
                     Path(opts.profile).mkdir(parents=True, exist_ok=True)
-                    profile = Path(opts.profile) / f"{database.split(':')[0]}-{broker.split(':')[0]}.txt"
+                    profile = Path(opts.profile) / f"{database.split(':')[0]}-{broker.split(':')[0]}"
                     cmd += ["--profile", str(profile)]
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
                 if done.returncode != 0:
                     print(done.stderr, file=sys.stderr)
                     return 1
                 run = json.loads(done.stdout.strip().splitlines()[-1])
-                up, bare = run["upload_url"], run["send_task"]
-                run["upload_url_x_send_task"] = round(up["jobs_per_s"] / bare["jobs_per_s"], 3)
-                run["upload_url_cpu_x_send_task"] = round(up["cpu_ms_per_job"] / bare["cpu_ms_per_job"], 2)
-                run["upload_url_x_naive"] = round(up["jobs_per_s"] / naive, 1)
-                if profile is not None and profile.exists():
-                    run["top_frames"] = top_frames(profile)
+                bare, floor = run["send_task"], run["commit_floor"]
+                for mode in ("upload_url", "upload_url_background"):
+                    up = run[mode]
+                    up["x_send_task"] = round(up["jobs_per_s"] / bare["jobs_per_s"], 3)
+                    up["x_commit_floor"] = round(up["jobs_per_s"] / floor["jobs_per_s"], 3)
+                    up["x_naive"] = round(up["jobs_per_s"] / naive, 1)
+                if profile is not None:
+                    run["top_frames"] = {
+                        mode: top_frames(Path(f"{profile}-{mode}.txt"))
+                        for mode in ("sync", "background")
+                        if Path(f"{profile}-{mode}.txt").exists()
+                    }
                 runs.append(run)
         result = {
             "jobs": opts.jobs,
@@ -290,13 +349,18 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
         }
         print(json.dumps(result, indent=2))
-        print(f"\n{'database':<12}{'broker':<8}{'send_task/s':>12}{'ms CPU':>8}{'upload_url/s':>14}{'ms CPU':>8}"
-              f"{'x send_task':>12}{'x naive':>9}")  # fmt: skip
+        print(
+            f"\n{'database':<12}{'broker':<8}{'floor/s':>9}{'send_task/s':>12}{'sync/s':>8}{'ms CPU':>7}"
+            f"{'background/s':>13}{'ms CPU':>7}{'batch':>6}{'bg x sync':>10}{'bg x floor':>11}{'bg x send_task':>15}"
+        )
         for r in runs:
+            sync, bg = r["upload_url"], r["upload_url_background"]
             print(
-                f"{r['database']:<12}{r['broker']:<8}{r['send_task']['jobs_per_s']:>12}"
-                f"{r['send_task']['cpu_ms_per_job']:>8}{r['upload_url']['jobs_per_s']:>14}"
-                f"{r['upload_url']['cpu_ms_per_job']:>8}{r['upload_url_x_send_task']:>12}{r['upload_url_x_naive']:>9}"
+                f"{r['database']:<12}{r['broker']:<8}{r['commit_floor']['jobs_per_s']:>9}"
+                f"{r['send_task']['jobs_per_s']:>12}{sync['jobs_per_s']:>8}{sync['cpu_ms_per_job']:>7}"
+                f"{bg['jobs_per_s']:>13}{bg['cpu_ms_per_job']:>7}{r['background_mean_batch']:>6}"
+                f"{round(bg['jobs_per_s'] / sync['jobs_per_s'], 2):>10}{bg['x_commit_floor']:>11}"
+                f"{bg['x_send_task']:>15}"
             )
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "producer_path.json").write_text(json.dumps(result, indent=2))

@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 from celery import Celery
 from sqlalchemy.engine import Connection
@@ -53,6 +54,9 @@ from ingest.store.reports import failed_operations
 from ingest.store.values import BIGINT_MAX, db_id_or_none
 from ingest.worker.bulk_publish import publish_tasks
 from ingest.worker.outbox import PublishError, Written, publish, publish_written
+from ingest.worker.outbox_publisher import BackgroundPublisher, PublisherClosed
+
+PUBLISH_MODES = ("sync", "background")
 
 log = logging.getLogger("ingest.producer")
 
@@ -91,14 +95,79 @@ def _check_filters(*, kind: Any, bucket_id: Any, since: Any, limit: Any, reason:
 
 
 class Producer:
-    def __init__(self, app: Celery | None = None, settings: Settings | None = None) -> None:
+    """``publish`` (default ACR_INGEST_PRODUCER_PUBLISH): ``sync``, a call returns once its message is published
+    (the CLI's one-job commands: their exit status says so); ``background``, once the job is committed, its
+    message published by a thread of this process in batches. Either way the job is durable when the call
+    returns. In background mode ``flush`` waits for what was handed over and raises ``EnqueueError`` for what
+    the broker did not take (kept: the poll's sweeper sends it); ``close`` (or leaving a ``with`` block, or the
+    process exiting) flushes and stops the thread."""
+
+    def __init__(
+        self,
+        app: Celery | None = None,
+        settings: Settings | None = None,
+        *,
+        publish: Literal["sync", "background"] | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
+        mode = publish or self.settings.producer_publish
+        if mode not in PUBLISH_MODES:
+            raise InputError({"publish": f"must be one of {', '.join(PUBLISH_MODES)}, got {mode!r}"})
+        self.publish_mode = mode
         if app is None:
             from ingest.worker.app import create_app
 
             app = create_app(self.settings)
         self.app = app
         self._held = threading.local()
+        self._background: BackgroundPublisher | None = None
+        self._background_lock = threading.Lock()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:  # the block's own error is the one to see
+            self.close()
+        except EnqueueError as unsent:
+            log.warning("%s", unsent)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Background mode: wait until every job handed over so far is published; ``EnqueueError`` if the broker
+        did not take some since the last flush (they are kept, due: the poll's sweeper sends them), and
+        ``TimeoutError`` if ``timeout`` passes first. Nothing to do in sync mode."""
+        publisher = self._background
+        if publisher is not None and publisher.pid == os.getpid():
+            _raise_unpublished(publisher.flush(timeout))
+
+    def close(self, timeout: float | None = None) -> None:
+        """``flush``, then stop the background publisher (a later call starts another)."""
+        publisher, self._background = self._background, None
+        if publisher is not None and publisher.pid == os.getpid():
+            _raise_unpublished(publisher.close(timeout))
+
+    def _submit(self, written: Written) -> None:
+        try:
+            self._publisher().submit(written)
+        except PublisherClosed:  # another thread closed this producer a moment ago: a new publisher takes it
+            self._publisher().submit(written)
+
+    def _publisher(self) -> BackgroundPublisher:
+        """This process's background publisher, made on first use (a forked child makes its own)."""
+        publisher = self._background
+        if publisher is None or publisher.pid != os.getpid():
+            if publisher is not None:  # a forked child: the parent's lock may have been held at the fork
+                self._background_lock = threading.Lock()
+            with self._background_lock:
+                publisher = self._background
+                if publisher is None or publisher.pid != os.getpid():
+                    publisher = self._background = BackgroundPublisher(self.app)
+        return publisher
 
     def _kombu_producer(self) -> Any:
         """This thread's kombu producer for the one-job path, on a broker connection of its own (held,
@@ -181,26 +250,27 @@ class Producer:
                 result = Enqueued(kind, "resent", None, unsent[-1].message_id, existing.id, job.ref)
             elif plan is UploadPlan.UPDATE:
                 upd = {"bucket_id": job.bucket_id, "ref": job.ref, "title": job.title, "user_defined": job.user_defined}
-                op, entry_id = self._record(
+                op, written = self._record(
                     s,
                     OpKind.UPDATE_META,
                     upd,
                     file_id=existing.id if existing else None,
                     file_generation=existing.generation if existing else None,
                 )
-                entry_ids = [entry_id]
                 result = Enqueued(kind, plan, op.id, op.task_id, op.file_id, job.ref)
             else:
                 try:
                     row = prepare_upload_row(s, existing, job)
-                    op, entry_id = self._record(s, kind, args, file_id=row.id)
+                    op, written = self._record(s, kind, args, file_id=row.id)
                 except IntegrityError:  # another producer wrote this ref a moment ago
                     s.rollback()
                     return self._upload(kind, job, source)
-                entry_ids = [entry_id]
                 result = Enqueued(kind, plan, op.id, op.task_id, op.file_id, job.ref)
-        for entry_id in entry_ids:
-            self._send(entry_id, result.operation_id, rerun_hint=True)
+        if plan is UploadPlan.NOOP:  # claimed entries: published now, whatever the mode
+            for entry_id in entry_ids:
+                self._send(entry_id, result.operation_id, rerun_hint=True)
+        else:
+            self._dispatch(written, result.operation_id, rerun_hint=True)
         return result
 
     def _upload_new(self, kind: OpKind, job: UploadJob) -> Enqueued | None:
@@ -225,7 +295,11 @@ class Producer:
             if ids is None:  # the ref has a row (maybe another producer's, a moment ago)
                 return None
             file_id, op_id, entry_id = ids
-            self._send_written(conn, Written(entry_id, outbox.TASK, kind.task_name, task_id, args), op_id)
+            written = Written(entry_id, outbox.TASK, kind.task_name, task_id, args)
+            if self.publish_mode == "sync":
+                self._send_written(conn, written, op_id)
+        if self.publish_mode == "background":
+            self._submit(written)
         return Enqueued(kind, UploadPlan.NEW, op_id, task_id, file_id, job.ref)
 
     def upload_many(
@@ -359,9 +433,9 @@ class Producer:
 
     def _simple(self, kind: OpKind, args: dict[str, Any], file_generation: int | None = None) -> Enqueued:
         with session_scope() as s:
-            op, entry_id = self._record(s, kind, args, file_generation=file_generation)
+            op, written = self._record(s, kind, args, file_generation=file_generation)
             result = Enqueued(kind, "sent", op.id, op.task_id, None, args.get("ref"))
-        self._send(entry_id, result.operation_id)
+        self._dispatch(written, result.operation_id)
         return result
 
     # --- failures --------------------------------------------------------------------------------
@@ -421,7 +495,7 @@ class Producer:
         args: dict[str, Any],
         file_id: int | None = None,
         file_generation: int | None = None,
-    ) -> tuple[Operation, int]:
+    ) -> tuple[Operation, Written]:
         """The operation and its message in the outbox, committed together (with the caller's file row)."""
         task_id = str(uuid.uuid4())
         op = Operation(
@@ -436,7 +510,7 @@ class Producer:
         entry = self._outbox(s, kind, args, task_id)
         s.commit()
         assert entry.id is not None
-        return op, entry.id
+        return op, Written(entry.id, outbox.TASK, kind.task_name, task_id, args)
 
     def _outbox(self, s: Session, kind: OpKind, args: dict[str, Any], task_id: str) -> Any:
         return outbox.add(
@@ -447,6 +521,13 @@ class Producer:
             payload=args,
             grace=self.settings.outbox_grace,
         )
+
+    def _dispatch(self, written: Written, op_id: int | None, *, rerun_hint: bool = False) -> None:
+        """A committed entry: published now (sync), or handed to this process's background publisher."""
+        if self.publish_mode == "background":
+            self._submit(written)
+        else:
+            self._send(written.id, op_id, rerun_hint=rerun_hint)
 
     def _send(self, entry_id: int, op_id: int | None, *, rerun_hint: bool = False) -> None:
         """Publish a committed outbox entry. If the broker does not take it the job is kept: the poll's
@@ -462,6 +543,14 @@ class Producer:
             publish_written(self.app, entry, conn, self._kombu_producer())
         except PublishError as exc:
             raise _kept(exc, op_id, rerun_hint=True) from exc
+
+
+def _raise_unpublished(unpublished: Any) -> None:
+    if unpublished:
+        raise EnqueueError(
+            f"could not enqueue {unpublished.count} job(s) ({unpublished.reason}); they are kept and are sent when "
+            "the broker is back (by the state poll; or run the same commands again to send them now)"
+        )
 
 
 def _kept(exc: PublishError, op_id: int | None, *, rerun_hint: bool) -> EnqueueError:

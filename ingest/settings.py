@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # A job's message is published right after its rows commit; one still unsent this long after (the
     # broker was away, the producer died) is published by the poll's outbox sweeper.
     outbox_grace: float = Field(default=60.0, ge=0)
+    # How Producer publishes a job it wrote: sync (published when the call returns; a broker that does not
+    # take it is an EnqueueError, the job kept) or background (the call returns once the job is committed; a
+    # thread of the process publishes in batches, Producer.flush/close report what the broker did not take).
+    producer_publish: Literal["sync", "background"] = "sync"
     # RabbitMQ only: the broker's consumer_timeout in seconds (rabbitmq.conf, default 30 min). A delivery
     # unacknowledged longer (a long task, or a retry waiting for its countdown) is taken back; countdowns
     # are kept under half of it.

@@ -6,6 +6,11 @@ does). On PostgreSQL one statement (``INSERT ... ON CONFLICT DO NOTHING`` feedin
 in CTEs) run in autocommit: a single statement is atomic, and it is one round trip instead of six
 (BEGIN, SELECT, three INSERTs, COMMIT). Elsewhere (SQLite, in-process) a transaction of a lookup and three
 INSERTs. The caller's connection is left in autocommit on PostgreSQL, ready for the entry's mark.
+
+On SQLite and PostgreSQL (psycopg) the statements run on the driver's own cursor, compiled once with their
+columns' bind processors; each value is converted once per call (the shared ``now`` and arguments: the
+operation's ``args`` and the entry's ``payload`` are one dict). SQLAlchemy's execution around a statement cost
+more than the statement (on PostgreSQL 1.5 ms of CPU a job against 0.3 ms for the driver's INSERT).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ingest.store.bulk import column_defaults, insert_one, table_of
+from ingest.store.bulk import insert_one, table_of
 from ingest.store.db import autocommit
 from ingest.store.models import Operation, OutboxEntry, TrackFile
 
@@ -34,14 +39,16 @@ def insert_new_upload(
     here. Their ids (file, operation, entry), or None when the ref has a row (the caller plans that case)."""
     # Neither the statements in a CTE nor the driver's own cursor get SQLAlchemy's Python-side column
     # defaults: given here.
-    file = {**column_defaults(_FILES, list(file)), **file}
-    operation = {**column_defaults(_OPS, [*operation, "file_id"]), **operation}
-    entry = {**column_defaults(_OUTBOX, list(entry)), **entry}
+    file = _with_defaults(_FILES, file)
+    operation = _with_defaults(_OPS, operation, "file_id")
+    entry = _with_defaults(_OUTBOX, entry)
     if conn.dialect.name == "postgresql":
+        autocommit(conn)
+        if conn.dialect.driver == "psycopg":
+            return _psycopg(conn, file, operation, entry)
         params = {f"f_{k}": v for k, v in file.items()}
         params.update({f"o_{k}": v for k, v in operation.items()})
         params.update({f"e_{k}": v for k, v in entry.items()})
-        autocommit(conn)
         # ON CONFLICT DO NOTHING: a ref another producer wrote a moment ago is a row found, not an error.
         row = conn.execute(_pg_statement(tuple(file), tuple(operation), tuple(entry)), params).first()
         conn.commit()  # SQLAlchemy's own transaction ends (nothing is sent: the statement committed itself)
@@ -58,6 +65,83 @@ def insert_new_upload(
     except IntegrityError:  # another producer wrote this ref between the lookup and the INSERT
         return None
     return file_id, op_id, entry_id
+
+
+def _with_defaults(table: Any, values: dict[str, Any], *also: str) -> dict[str, Any]:
+    """``values`` and the Python-side defaults of the columns it (and ``also``) leaves out."""
+    scalars, callables = _defaults_of(table, (*values, *also))
+    if not scalars and not callables:
+        return values
+    return {**scalars, **{name: make(None) for name, make in callables}, **values}
+
+
+@functools.cache
+def _defaults_of(table: Any, given: tuple[str, ...]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    """The scalar defaults and the default callables of ``table``'s columns not in ``given`` (once per shape:
+    walking the columns per call cost a tenth of the write)."""
+    scalars: dict[str, Any] = {}
+    callables: list[tuple[str, Any]] = []
+    for column in table.columns:
+        default = column.default
+        if column.name in given or default is None:
+            continue
+        if default.is_scalar:
+            scalars[column.name] = default.arg
+        elif default.is_callable:
+            callables.append((column.name, default.arg))
+    return scalars, tuple(callables)
+
+
+class _Converted:
+    """Each value's bind form, worked out once per call (the same ``now`` and argument dict appear in several
+    columns); by identity, for the call's own objects only."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Any, Any]] = {}
+
+    def __call__(self, process: Any, value: Any) -> Any:
+        if process is None or value is None:
+            return value if process is None else process(value)
+        seen = self._seen.get(id(value))
+        if seen is not None and seen[0] is value:
+            return seen[1]
+        out = process(value)
+        self._seen[id(value)] = (value, out)
+        return out
+
+
+def _psycopg(
+    conn: Connection, file: dict[str, Any], operation: dict[str, Any], entry: dict[str, Any]
+) -> tuple[int, int, int] | None:
+    """The one statement on psycopg's own cursor, in autocommit; psycopg's errors raised as SQLAlchemy's."""
+    dialect = conn.dialect
+    statement, slots = _pg_compiled(dialect, tuple(file), tuple(operation), tuple(entry))
+    tables = {"f": file, "o": operation, "e": entry}
+    convert = _Converted()
+    params = {name: convert(process, tables[table][column]) for name, table, column, process in slots}
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    try:
+        with raw.cursor() as cur:
+            cur.execute(statement, params)
+            row = cur.fetchone()
+    except dialect.loaded_dbapi.Error as err:
+        raise DBAPIError.instance(statement, params, err, dialect.loaded_dbapi.Error) from err
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+
+@functools.cache
+def _pg_compiled(
+    dialect: Any, file_cols: tuple[str, ...], op_cols: tuple[str, ...], entry_cols: tuple[str, ...]
+) -> tuple[str, list[tuple[str, str, str, Any]]]:
+    """``_pg_statement`` as psycopg runs it (SQLAlchemy's rendering: its casts and parameter names), and per
+    parameter (name, which dict, which column, its bind processor)."""
+    compiled = _pg_statement(file_cols, op_cols, entry_cols).compile(dialect=dialect)
+    slots = []
+    for name, bind in compiled.binds.items():
+        table, column = name.split("_", 1)
+        slots.append((name, table, column, bind.type.dialect_impl(dialect).bind_processor(dialect)))
+    return compiled.string, slots
 
 
 def _sqlite(
@@ -78,10 +162,11 @@ def _sqlite(
                 cur.execute(_sqlite_lookup(dialect), (file["bucket_id"], file["ref"]))
                 if cur.fetchone() is not None:
                     return None
-                file_id = _sqlite_insert(cur, dialect, _FILES, file)
+                convert = _Converted()
+                file_id = _sqlite_insert(cur, dialect, _FILES, file, convert)
                 operation["file_id"] = file_id
-                op_id = _sqlite_insert(cur, dialect, _OPS, operation)
-                entry_id = _sqlite_insert(cur, dialect, _OUTBOX, entry)
+                op_id = _sqlite_insert(cur, dialect, _OPS, operation, convert)
+                entry_id = _sqlite_insert(cur, dialect, _OUTBOX, entry, convert)
             except dialect.loaded_dbapi.Error as err:
                 raise DBAPIError.instance(None, None, err, dialect.loaded_dbapi.Error) from err
             finally:
@@ -96,9 +181,9 @@ def _sqlite_lookup(dialect: Any) -> str:
     return str(_FILE_BY_REF.compile(dialect=dialect))
 
 
-def _sqlite_insert(cur: Any, dialect: Any, table: Any, values: dict[str, Any]) -> int:
+def _sqlite_insert(cur: Any, dialect: Any, table: Any, values: dict[str, Any], convert: _Converted) -> int:
     statement, order, processors = _compiled_insert(dialect, table, tuple(values))
-    params = [values[name] if p is None else p(values[name]) for name, p in zip(order, processors, strict=True)]
+    params = [convert(p, values[name]) for name, p in zip(order, processors, strict=True)]
     cur.execute(statement, params)
     return int(cur.lastrowid)
 

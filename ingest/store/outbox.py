@@ -21,6 +21,11 @@ CLAIM_SECONDS = 120.0
 _ENTRIES = table_of(OutboxEntry)
 # Built once (the one-job path marks an entry per job): SQLAlchemy's compiled cache finds it by a cheap key.
 _MARK_SENT = update(_ENTRIES).where(_ENTRIES.c.id == bindparam("entry_id")).values(sent_at=bindparam("sent_at"))
+_MARK_SENT_IDS = (
+    update(_ENTRIES)
+    .where(_ENTRIES.c.id.in_(bindparam("entry_ids", expanding=True)))
+    .values(sent_at=func.coalesce(_ENTRIES.c.sent_at, bindparam("sent_at")))
+)
 
 
 class Outgoing(Protocol):
@@ -130,6 +135,25 @@ def mark_sent(session: Session | Connection, entry_id: int) -> None:
     """The broker took the entry's message; committed."""
     session.execute(_MARK_SENT, {"entry_id": entry_id, "sent_at": utcnow()})
     session.commit()
+
+
+def mark_sent_ids(conn: Connection, entry_ids: list[int]) -> None:
+    """The broker took these entries' messages (a batch of the background publisher); one statement, committed.
+    By primary key; an entry already marked (the sweeper sent it too) keeps its time."""
+    if entry_ids:
+        conn.execute(_MARK_SENT_IDS, {"entry_ids": entry_ids, "sent_at": utcnow()})
+        conn.commit()
+
+
+def give_back_many(conn: Connection, entry_ids: list[int], error: str) -> None:
+    """``give_back`` for a batch the broker did not take: one statement, committed."""
+    if entry_ids:
+        conn.execute(
+            update(OutboxEntry)
+            .where(col(OutboxEntry.id).in_(entry_ids))
+            .values(due_at=utcnow(), attempts=OutboxEntry.attempts + 1, last_error=error[:1000])
+        )
+        conn.commit()
 
 
 def give_back(session: Session | Connection, entry_id: int, error: str) -> None:

@@ -106,8 +106,9 @@ def short_kwargsrepr(kwargs: dict[str, Any]) -> str:
     return f"{{'ref': {kwargs.get('ref')!r}, 'bucket_id': {kwargs.get('bucket_id')!r}}}"
 
 
-def publish_tasks(app: Celery, messages: Sequence[Message]) -> None:
-    """Publish ``messages`` (task name, keyword arguments, task id), in order, over one producer.
+def publish_tasks(app: Celery, messages: Sequence[Message], producer: Any = None) -> None:
+    """Publish ``messages`` (task name, keyword arguments, task id), in order, over one producer: ``producer``
+    (a kombu producer its caller holds, as the background publisher does) or one from the app's pool.
 
     Raises whatever the broker raised. Then part of the batch may have been delivered (a pipeline that
     failed midway, or the confirms received before the failure): the caller treats all of it as unsent.
@@ -122,7 +123,7 @@ def publish_tasks(app: Celery, messages: Sequence[Message]) -> None:
     reply_to = app.thread_oid
     origin = anon_nodename()  # as_task_v2 works it out again for every message otherwise
     routes: dict[tuple[str, str | None], _Route] = {}  # by task name and the queue its arguments pick
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire(producer) as producer:
         if retry:
             producer.connection.ensure_connection(**policy)
         # Redis: one pipeline for the whole batch (every message is one LPUSH); other transports publish
