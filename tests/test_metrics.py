@@ -63,6 +63,9 @@ def test_metrics_move_while_jobs_run_through_a_prefork_worker(env, emulator, buc
         wait_for(lambda: _try_scrape(port) is not None, what="the worker's metrics port")
         before = scrape(port)
         assert value(before, "acr_ingest_jobs_total") == 0
+        # Every queue's series is there at 0 before the first task: "nothing taken", which the alert can tell.
+        queue_tasks = {lab["queue"]: v for n, lab, v in before if n == "acr_ingest_queue_tasks_total"}
+        assert queue_tasks == {"ingest": 0, "ingest.poll": 0, "ingest.fingerprint": 0, "other": 0}
 
         emulator.set_faults(burst_429=2, retry_after=1)  # the next two API requests answer 429
         producer = producer_for(BROKER)
@@ -86,6 +89,16 @@ def test_metrics_move_while_jobs_run_through_a_prefork_worker(env, emulator, buc
         assert value(done, "acr_ingest_limiter_waits_total") >= 1
         assert value(done, "acr_ingest_limiter_wait_seconds_total") > 0
         assert value(done, "acr_ingest_jobs_total", outcome="failed") == 0
+        # Each run counted by the queue its message came from, its retries too (they come back to that queue);
+        # counted once the task returned, just after its outcome: wait for the last one.
+        runs = value(done, "acr_ingest_jobs_total", kind="upload_url")
+        assert runs >= n + 2
+        taken = wait_for(
+            lambda: (s := scrape(port)) and value(s, "acr_ingest_queue_tasks_total", queue="ingest") == runs and s,
+            timeout=30,
+            what=lambda: f"{runs} runs taken from ingest: {_ours(scrape(port))}",
+        )
+        assert value(taken, "acr_ingest_queue_tasks_total") == runs
         # Counted in the pool's processes (the main process runs no task), summed by the worker's exporter.
         writers = {p.name for p in (tmp_path / "counters").glob("counter_*.db")}
         assert writers - {f"counter_{worker.pid}.db"}
@@ -112,6 +125,8 @@ def test_metrics_move_while_jobs_run_through_a_prefork_worker(env, emulator, buc
             assert value(state, "acr_ingest_state_up", source="broker") == 1
             # The exporter also sums the worker's counters from the same directory.
             assert value(state, "acr_ingest_jobs_total", kind="upload_url", outcome="succeeded") == n
+            # The beat's polls came from their own queue (no job counter sees them; this one does).
+            assert value(scrape(port), "acr_ingest_queue_tasks_total", queue="ingest.poll") >= 1
 
             _queue_depth_follows_the_broker(exporter_port)
             _hold_and_oldest_processing_show(exporter_port, bucket)
@@ -187,3 +202,68 @@ def _try_scrape(port: int, process: ChildProcess | None = None) -> Samples | Non
 
 def _ours(samples: Samples) -> list[tuple[str, dict[str, str], float]]:
     return [s for s in samples if s[0].startswith("acr_ingest_")]
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_each_task_run_is_counted_by_the_queue_its_message_came_from(
+    broker: str, request: pytest.FixtureRequest, emulator, bucket, tmp_path
+) -> None:
+    """What the queue-not-consumed alert reads, on both brokers: URL uploads from ingest, a fingerprint upload
+    from ingest.fingerprint, the beat's polls from ingest.poll (the message's routing key names its queue)."""
+    from kombu import Connection, Queue
+
+    from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE
+    from tests.conftest import MEDIA
+    from tests.fingerprint_audio import write_wav
+
+    if broker == "redis":
+        url = BROKER
+        redis.Redis.from_url(url).flushdb()
+    else:
+        url = request.getfixturevalue("rabbitmq_url")
+        with Connection(url) as conn:  # what an earlier test left queued must not be counted here
+            for name in (QUEUE, POLL_QUEUE, FINGERPRINT_QUEUE):
+                queue = Queue(name, routing_key=name, durable=True)(conn.default_channel)
+                queue.declare()
+                queue.purge()
+    port = free_port()
+    env = {
+        **os.environ,
+        "ACR_INGEST_BROKER_URL": url,
+        "ACR_INGEST_METRICS_PORT": str(port),
+        "ACR_INGEST_METRICS_DIR": str(tmp_path / "counters"),
+    }
+    write_wav(MEDIA / f"qc-{bucket}.wav", 1.0, rate=8000, channels=1)
+    worker = WorkerProcess(f"qcount-{broker}", env, concurrency=2)
+    try:
+        worker.wait_ready()
+        producer = producer_for(url)
+        for i in range(2):
+            producer.upload_url(f"https://cdn.example.com/qc{i}.mp3", title=f"Q{i}", bucket_id=bucket, ref=f"qc{i}")
+        producer.upload_file(f"qc-{bucket}.wav", title="QF", bucket_id=bucket, ref="qcf", send_as="fingerprint")
+        with beat_process(env):
+
+            def counted() -> Samples | None:
+                s = _try_scrape(port)
+                if not s or value(s, "acr_ingest_queue_tasks_total", queue=POLL_QUEUE) < 1:
+                    return None
+                uploads = value(s, "acr_ingest_jobs_total", kind="upload_url", outcome="succeeded")
+                fingerprints = value(s, "acr_ingest_jobs_total", kind="upload_file", outcome="succeeded")
+                return s if (uploads, fingerprints) == (2, 1) else None
+
+            wait_for(counted, timeout=60, what=lambda: f"uploads and a poll ran: {_ours(_try_scrape(port) or [])}")
+        done = wait_for(
+            lambda: (
+                (s := scrape(port))
+                and value(s, "acr_ingest_queue_tasks_total", queue=QUEUE)
+                == value(s, "acr_ingest_jobs_total", kind="upload_url")
+                and value(s, "acr_ingest_queue_tasks_total", queue=FINGERPRINT_QUEUE) == 1
+                and s
+            ),
+            timeout=30,
+            what=lambda: f"the runs counted by queue: {_ours(scrape(port))}",
+        )
+        assert value(done, "acr_ingest_queue_tasks_total", queue=QUEUE) >= 2
+        assert value(done, "acr_ingest_queue_tasks_total", queue="other") == 0
+    finally:
+        worker.stop()

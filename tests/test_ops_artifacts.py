@@ -4,7 +4,9 @@
    which has a test in which each alert fires. Each alert links a runbook section of docs/OPERATIONS.md.
 2. A real Prometheus (Debian's ``prometheus`` package, the same as promtool's) on loopback scrapes a real
    prefork worker's port and ``acr-ingest metrics`` while jobs run against the emulator; through its HTTP API
-   the series are there, and a 401 auth hold makes the token-rejected alert fire and then clear.
+   the series are there, a 401 auth hold makes the token-rejected alert fire and then clear, and fingerprint
+   uploads with no worker consuming their queue make the queue-not-consumed alert fire for that queue alone, and
+   clear once a fingerprint worker runs.
 3. Every metric that an alert or a dashboard panel names is one that live scrape shows (and docs/METRICS.md
    documents), and every dashboard expression is valid PromQL to that Prometheus.
 """
@@ -30,8 +32,9 @@ import yaml
 
 from ingest.devtools.processes import ChildProcess, free_port
 from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE
-from tests.conftest import REDIS_URL, TOKEN, WORKDIR
+from tests.conftest import MEDIA, REDIS_URL, TOKEN, WORKDIR
 from tests.faults.conftest import WorkerProcess, beat_process, producer_for
+from tests.fingerprint_audio import write_wav
 from tests.helpers import app_queues, wait_for, worker_queues
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,13 +214,14 @@ class Prometheus:
 
 
 def _fast_rules(folder: Path) -> Path:
-    """alerts.yml with every `for:` at 1s: the production durations (minutes) would make this test wait
-    minutes for what it checks, the alert's firing and clearing on the real gauges. The expressions are the
-    file's own, unchanged."""
+    """alerts.yml with every `for:` at 1s and every range of minutes made as many seconds ([10m] -> [10s]): the
+    production durations would make this test wait minutes for what it checks, the alerts' firing and clearing
+    on the real gauges. The expressions are otherwise the file's own."""
     doc = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
     for group in doc["groups"]:
         for rule in group["rules"]:
             rule["for"] = "1s"
+            rule["expr"] = re.sub(r"\[(\d+)m\]", r"[\1s]", rule["expr"])
     path = folder / "alerts.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
@@ -228,6 +232,7 @@ class Stack:
     prometheus: Prometheus
     worker_port: int
     exporter_port: int
+    fingerprint_worker_port: int  # a target of the worker job from the start, down until a test starts that worker
     env: dict[str, str]
     jobs: int
 
@@ -238,7 +243,7 @@ def stack(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     two every second; a few uploads (two answered 429, so the shared limit defers calls) already counted."""
     folder = tmp_path_factory.mktemp("ops")
     redis.Redis.from_url(BROKER).flushdb()
-    worker_port, exporter_port, prometheus_port = free_port(), free_port(), free_port()
+    worker_port, exporter_port, prometheus_port, fingerprint_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "ACR_INGEST_BROKER_URL": BROKER,
@@ -250,14 +255,18 @@ def stack(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": [str(_fast_rules(folder))],
         "scrape_configs": [
-            {"job_name": "acr-ingest-worker", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
+            {
+                "job_name": "acr-ingest-worker",
+                "static_configs": [{"targets": [f"127.0.0.1:{worker_port}", f"127.0.0.1:{fingerprint_port}"]}],
+            },
             {"job_name": "acr-ingest-state", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
         ],
     }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
     prometheus_bin = _tool("prometheus")
     with beat_process(env):
-        worker = WorkerProcess("ops", env, concurrency=2)
+        # The deployments' main worker: its queues, not ingest.fingerprint (the fingerprint-worker's: a test starts it).
+        worker = WorkerProcess("ops", env, concurrency=2, queues=f"{QUEUE},{POLL_QUEUE}")
         exporter = ChildProcess(
             "metrics-exporter",
             [ACR_INGEST, "metrics", "--host", "127.0.0.1", "--port", str(exporter_port)],
@@ -304,7 +313,7 @@ def stack(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 what=lambda: f"{n} uploads and a limiter wait seen by Prometheus: {_ours(prom)}",
             )
             emulator.faults.reset()
-            yield Stack(prom, worker_port, exporter_port, env, n)
+            yield Stack(prom, worker_port, exporter_port, fingerprint_port, env, n)
         finally:
             for proc in (prom.process, exporter):
                 proc.stop()
@@ -384,6 +393,85 @@ def test_prometheus_scrapes_the_series_and_the_auth_hold_alert_fires_and_clears(
         what="the held uploads ran after the hold",
     )
     assert not [a for a in prom.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == "AcrIngestTokenRejected"]
+
+
+def _alerts(prom: Prometheus, name: str) -> list[dict[str, Any]]:
+    return [a for a in prom.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == name]
+
+
+def test_a_queue_no_worker_consumes_alerts_for_that_queue_and_clears_once_a_worker_takes_it(stack: Stack) -> None:
+    """Fingerprint uploads while no fingerprint-worker runs: the main worker keeps taking its own queues, yet
+    AcrIngestQueueNotConsumed fires for ingest.fingerprint (and for no other queue); a worker of that queue
+    starts, takes the jobs, and the alert clears."""
+    prom = stack.prometheus
+    name = "AcrIngestQueueNotConsumed"
+    wait_for(lambda: prom.rule_state(name) == "inactive", timeout=30, what=lambda: f"{name} quiet: {_ours(prom)}")
+    # The main worker's series for the queue it does not consume is there at 0: "nothing taken", not "no data".
+    assert prom.scalar(f'sum(acr_ingest_queue_tasks_total{{queue="{FINGERPRINT_QUEUE}"}})') == 0
+    n = 3
+    producer = producer_for(BROKER)
+    for i in range(n):
+        write_wav(MEDIA / f"ops-fp{i}.wav", 1.0, rate=8000, channels=1, seed=i)
+        producer.upload_file(f"ops-fp{i}.wav", title=f"FP{i}", bucket_id=7_700_002, ref=f"fp{i}", send_as="fingerprint")
+    wait_for(
+        lambda: prom.scalar(f'acr_ingest_queue_depth{{queue="{FINGERPRINT_QUEUE}"}}') == n,
+        timeout=30,
+        what=lambda: f"{n} messages waiting in {FINGERPRINT_QUEUE}: {_ours(prom)}",
+    )
+    wait_for(
+        lambda: [a["state"] for a in _alerts(prom, name)] == ["firing"],
+        timeout=60,
+        what=lambda: f"{name} firing: {prom.get('/api/v1/alerts')}",
+    )
+    [firing] = _alerts(prom, name)
+    assert firing["labels"]["queue"] == FINGERPRINT_QUEUE and firing["labels"]["severity"] == "critical"
+    assert firing["annotations"]["summary"] == f"Messages wait in queue {FINGERPRINT_QUEUE} and no worker takes them"
+    assert firing["annotations"]["runbook_url"] == "docs/OPERATIONS.md#acringestqueuenotconsumed"
+    # Meanwhile the main worker takes its queues (the beat's polls): a busy worker does not hide the idle queue.
+    polls = prom.scalar(f'sum(acr_ingest_queue_tasks_total{{queue="{POLL_QUEUE}"}})') or 0
+    wait_for(
+        lambda: (prom.scalar(f'sum(acr_ingest_queue_tasks_total{{queue="{POLL_QUEUE}"}})') or 0) > polls,
+        timeout=30,
+        what="the main worker taking polls",
+    )
+
+    # The fingerprint-worker starts (as the deployments run it): it takes the jobs, and the alert clears.
+    fingerprint_worker = WorkerProcess(
+        "ops-fp",
+        {
+            **stack.env,
+            "ACR_INGEST_METRICS_PORT": str(stack.fingerprint_worker_port),
+            "ACR_INGEST_METRICS_DIR": str(WORKDIR / f"ops-fp-counters-{stack.fingerprint_worker_port}"),
+        },
+        concurrency=2,
+        queues=FINGERPRINT_QUEUE,
+    )
+    try:
+        fingerprint_worker.wait_ready(timeout=60)
+        wait_for(
+            lambda: prom.rule_state(name) == "inactive" and not _alerts(prom, name),
+            timeout=60,
+            what=lambda: f"{name} cleared: {_ours(prom)}",
+        )
+        wait_for(
+            lambda: (
+                prom.scalar(
+                    f'sum(acr_ingest_queue_tasks_total{{queue="{FINGERPRINT_QUEUE}", '
+                    f'instance="127.0.0.1:{stack.fingerprint_worker_port}"}})'
+                )
+                == n
+            ),
+            timeout=30,
+            what=lambda: f"the fingerprint worker's {n} tasks counted: {_ours(prom)}",
+        )
+        # The alert may clear on the count before the exporter's next scrape shows the queue empty.
+        wait_for(
+            lambda: prom.scalar(f'acr_ingest_queue_depth{{queue="{FINGERPRINT_QUEUE}"}}') == 0,
+            timeout=30,
+            what=lambda: f"{FINGERPRINT_QUEUE} drained: {_ours(prom)}",
+        )
+    finally:
+        fingerprint_worker.stop()
 
 
 _STATE_GAUGES = {

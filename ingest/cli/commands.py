@@ -300,14 +300,21 @@ def _filters(f: Any) -> Any:
 @_filters
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=0))
 @click.option("--all", "show_all", is_flag=True, help="Every matching operation (no limit).")
+@json_option
 def failures_cmd(
-    kind: str | None, bucket_id: int | None, since: str | None, reason: str | None, limit: int, show_all: bool
+    kind: str | None,
+    bucket_id: int | None,
+    since: str | None,
+    reason: str | None,
+    limit: int,
+    show_all: bool,
+    as_json: bool,
 ) -> None:
     """Operations that failed for good, and batches that were partly done, with their reasons."""
-    from ingest.cli.render import cut_note, table
+    from ingest.cli.render import cut_note, echo_json, table
     from ingest.store.db import session_scope
     from ingest.store.history import arg_ref
-    from ingest.store.reports import failures, failures_query, total
+    from ingest.store.reports import failure_record, failures, failures_query, total
 
     query = failures_query(kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason)
     with session_scope() as s:
@@ -315,6 +322,9 @@ def failures_cmd(
             s, kind=kind, bucket_id=bucket_id, since=_since(since), reason=reason, limit=None if show_all else limit
         )
         shown_total = total(s, query) if len(ops) == limit and not show_all else len(ops)
+        if as_json:  # `total` and `shown` say what the text's "showing N of M" says
+            echo_json({"failures": [failure_record(op) for op in ops], "shown": len(ops), "total": shown_total})
+            return
         click.echo(
             table(
                 ("op", "kind", "status", "bucket", "ref", "attempts", "when", "error"),

@@ -1,5 +1,5 @@
 """What operators ask: counts by state, recent failures with reasons, whether work is held, the managed files and
-one file's history (the records behind `status`, `files` and `show`, as text or --json)."""
+one file's history (the records behind `status`, `files`, `failures` and `show`, as text or --json)."""
 
 from __future__ import annotations
 
@@ -87,6 +87,21 @@ def failures(
     return list(session.exec(query.order_by(col(Operation.updated_at).desc()).limit(limit)).all())
 
 
+def failure_record(op: Operation) -> dict[str, Any]:
+    """One failed or partial operation as `failures --json` and `status --json` give it: the text's columns
+    under stable keys (``error`` the reason, ``at`` when it last changed)."""
+    return {
+        "operation_id": op.id,
+        "kind": op.kind,
+        "status": op.status,
+        "bucket_id": op.bucket_id,
+        "ref": arg_ref(op.args),
+        "attempts": op.attempts,
+        "at": op.updated_at.isoformat(),
+        "error": op.error,
+    }
+
+
 def parked_followups(session: Session) -> dict[str, Any] | None:
     """Follow-ups waiting for the upload of a ref not seen yet (see ``ingest.jobs.parked_followups``)."""
     refs, operations, oldest, until = session.exec(
@@ -125,18 +140,7 @@ def status_report(session: Session, *, failure_limit: int = 10) -> dict[str, Any
             "since": hold.since.isoformat(),
             "held_tasks": hold.held_tasks,
         },
-        "recent_failures": [
-            {
-                "operation_id": op.id,
-                "kind": op.kind,
-                "bucket_id": op.bucket_id,
-                "error": op.error,
-                "attempts": op.attempts,
-                "at": op.updated_at.isoformat(),
-                "ref": arg_ref(op.args),
-            }
-            for op in failures(session, limit=failure_limit)
-        ],
+        "recent_failures": [failure_record(op) for op in failures(session, limit=failure_limit)],
         "failures_total": total(session, failures_query()),
         "rejected_messages": {
             "count": rejected_messages.count(session),

@@ -10,8 +10,9 @@ from kombu import Queue
 
 from ingest.settings import Settings, get_settings
 
-# Imported for their Celery signal receivers: the log format and job fields, and a worker's metrics port.
-from ingest.worker import logs, metrics_server  # noqa: F401
+# Imported for their Celery signal receivers: the log format and job fields, a worker's metrics port, and
+# every task run counted by its queue.
+from ingest.worker import logs, metrics_server, observe  # noqa: F401
 from ingest.worker.broker import broker_config
 from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE, route_task
 

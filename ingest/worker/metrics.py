@@ -24,11 +24,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ingest.api.client import Gate
 from ingest.jobs.errors import RetryLater
 from ingest.settings import Settings, get_settings
+from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
@@ -49,6 +50,7 @@ class Instruments:
     limiter_waits: Counter
     limiter_wait_seconds: Counter
     last_poll: Gauge
+    queue_tasks: Counter
 
 
 def multiprocess_dir() -> Path | None:
@@ -120,6 +122,9 @@ def _instruments() -> Instruments:
             "Unix time at which this worker last ran the periodic state poll (any outcome).",
             multiprocess_mode="max",
         ),
+        queue_tasks=Counter(
+            "acr_ingest_queue_tasks", "Task runs that ended, by the queue their message came from.", ["queue"]
+        ),
     )
 
 
@@ -175,3 +180,32 @@ def count_job(kind: str, outcome: str, *, retry: RetryLater | None = None) -> No
     m.jobs.labels(kind, outcome).inc()
     if retry is not None:
         m.retries.labels(kind, retry_why(retry)).inc()
+
+
+# The queues the app declares (worker/app.py); a routing key outside them is counted as "other", so a foreign
+# publisher cannot add series.
+QUEUES = (QUEUE, POLL_QUEUE, FINGERPRINT_QUEUE)
+OTHER_QUEUE = "other"
+_queue_counters: dict[str, Any] = {}
+
+
+def queue_counters() -> dict[str, Any]:
+    """The counter's child per queue, made once (a dict lookup per task, not prometheus_client's labels() with
+    its lock); made at a worker's start, so each series is scraped at 0 before its first task and a rate sees
+    the first one."""
+    if not _queue_counters:
+        with _instruments_lock:
+            if not _queue_counters:
+                counter = _instruments().queue_tasks
+                _queue_counters.update({name: counter.labels(name) for name in (*QUEUES, OTHER_QUEUE)})
+    return _queue_counters
+
+
+def count_queue_task(routing_key: str | None) -> None:
+    """A task run ended (any outcome, retries included): its message came from the queue ``routing_key``
+    (every queue is bound under its own name), so that queue is consumed. None: no message (a task called
+    in-process), nothing counted."""
+    if routing_key is None:
+        return
+    counters = _queue_counters or queue_counters()
+    (counters.get(routing_key) or counters[OTHER_QUEUE]).inc()

@@ -15,7 +15,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_shutdown
 
 from ingest.settings import Settings, get_settings
-from ingest.worker.metrics import instruments, multiprocess_dir, prepare_multiprocess_dir
+from ingest.worker.metrics import instruments, multiprocess_dir, prepare_multiprocess_dir, queue_counters
 
 log = logging.getLogger("ingest.metrics")
 
@@ -54,6 +54,7 @@ def start_worker_exporter(settings: Settings) -> None:
     folder = prepare_multiprocess_dir(settings, empty=True)
     _private_dir = folder if private else None
     instruments()  # created here, so every pool child inherits them and writes files of its own
+    queue_counters()  # each queue's series at 0 from the first scrape: a rate then sees the first task
     serve(build_registry(counters_dir=folder, app=None), settings.metrics_host, settings.metrics_port)
 
 

@@ -1,5 +1,6 @@
 """Around each job run: its fields on every log line, one closing line with the outcome, and the
-outcome counted (``acr_ingest_jobs_total``, ``acr_ingest_retries_total``)."""
+outcome counted (``acr_ingest_jobs_total``, ``acr_ingest_retries_total``); every task run (the poll and
+webhooks too) counted by the queue it came from (``acr_ingest_queue_tasks_total``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from celery.signals import task_postrun
+
 from ingest.jobs.errors import RetryLater
 from ingest.worker.logs import job_fields, job_log_context
-from ingest.worker.metrics import count_job
+from ingest.worker.metrics import count_job, count_queue_task
 
 log = logging.getLogger("ingest.jobs")
 
@@ -46,3 +49,11 @@ def observe_job(
         else:
             log.log(level, "job %s: %s", kind, outcome, extra={"job": fields})
         return summary
+
+
+@task_postrun.connect
+def _count_by_queue(task: Any = None, **_: Any) -> None:
+    # Celery's signal, sent after every task run whatever its end: the one place that sees the poll and
+    # webhooks as well as jobs, and the message's delivery (which queue) without touching the task path.
+    delivery = getattr(getattr(task, "request", None), "delivery_info", None)
+    count_queue_task(delivery.get("routing_key") if delivery else None)

@@ -34,7 +34,14 @@ class WorkerProcess(ChildProcess):
     """A real ``celery worker`` in its own process group: SIGKILL takes the main process and its pool children."""
 
     def __init__(
-        self, name: str, env: dict[str, str], *, pool: str = "prefork", concurrency: int = 2, loglevel: str = "INFO"
+        self,
+        name: str,
+        env: dict[str, str],
+        *,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        loglevel: str = "INFO",
+        queues: str | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -46,6 +53,7 @@ class WorkerProcess(ChildProcess):
                 f"--hostname={name}@%h",
                 "--without-gossip",
                 "--without-mingle",
+                *([f"--queues={queues}"] if queues else []),  # None: every queue the app declares
             ),
             log=WORKDIR / f"worker-{name}-{time.monotonic_ns()}.log",
             env=env,

@@ -1,6 +1,6 @@
 """`acr-ingest show`, `files` and `failures` over the rows the handlers write: one ref's whole history in order,
 the bucket column and filter, partial batches among the failures, text that cannot break a line or drive
-the terminal, and `show`/`files --json` giving the same data (a cut listing's total included)."""
+the terminal, and `show`/`files`/`failures --json` giving the same data (a cut listing's total included)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,15 @@ def test_show_tells_one_refs_whole_history(make_ctx, emulator, bucket) -> None:
     assert any(
         line.split()[:3] == [str(delete_op.id), "delete_batch", "partial"] for line in failures.output.splitlines()
     )
+    # --json: the partial batch, its reason and its counts, as the text shows them.
+    [partial] = json.loads(_cli("failures", "--bucket", str(bucket), "--json").output)["failures"]
+    assert (partial["operation_id"], partial["kind"], partial["status"], partial["bucket_id"]) == (
+        delete_op.id,
+        "delete_batch",
+        "partial",
+        bucket,
+    )
+    assert partial["attempts"] == 1 and partial["error"] and partial["error"][:40] in failures.output
 
 
 def test_files_shows_the_bucket_honours_it_and_refuses_an_unknown_status(make_ctx, emulator, bucket) -> None:
@@ -156,6 +165,24 @@ def test_a_listing_cut_at_its_limit_says_so(make_ctx, emulator, bucket) -> None:
     failed = _cli("failures", "--bucket", str(bucket), "--limit", "2")
     assert failed.output.splitlines()[-1] == "showing 2 of 3 failures; --limit N or --all for more", failed.output
     assert "showing" not in _cli("failures", "--bucket", str(bucket), "--all").output
+    # failures --json: the text's rows (newest first) under stable keys, and what "showing 2 of 3" says.
+    failed_json = json.loads(_cli("failures", "--bucket", str(bucket), "--limit", "2", "--json").output)
+    assert (failed_json["shown"], failed_json["total"], len(failed_json["failures"])) == (2, 3, 2)
+    text_rows = [line.split()[:6] for line in failed.output.splitlines()[2:-1]]
+    assert [
+        [str(f["operation_id"]), f["kind"], f["status"], str(f["bucket_id"]), str(f["attempts"])]
+        for f in failed_json["failures"]
+    ] == [[r[0], r[1], r[2], r[3], r[4]] for r in text_rows]
+    for f in failed_json["failures"]:
+        assert f.keys() == {"operation_id", "kind", "status", "bucket_id", "ref", "attempts", "at", "error"}
+        assert f["ref"] is None and f["error"].startswith("bad input: ") and "bad-cut-" in f["error"]
+    whole_failed = json.loads(_cli("failures", "--bucket", str(bucket), "--all", "--json").output)
+    assert (whole_failed["shown"], whole_failed["total"]) == (3, 3)
+    assert [f["operation_id"] for f in whole_failed["failures"]][:2] == [
+        f["operation_id"] for f in failed_json["failures"]
+    ]
+    none = json.loads(_cli("failures", "--bucket", str(bucket), "--reason", "no such reason", "--json").output)
+    assert none == {"failures": [], "shown": 0, "total": 0}
 
     report = json.loads(_cli("status", "--json").output)
     status = _cli("status").output
