@@ -122,6 +122,24 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         NESTED.start()
 
 
+# What a test reports for the CI log even when it passes (record_property("ci_line", ...): the storms' and the
+# kills' one line). Printed at the end by the process that writes the terminal: under xdist a worker's own
+# output is not shown, its reports' properties reach the controller.
+_CI_LINES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _CI_LINES.extend(str(value) for key, value in report.user_properties if key == "ci_line")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _CI_LINES:
+        terminalreporter.section("fault runs")
+        for line in _CI_LINES:
+            terminalreporter.write_line(line)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     from tests.nested_run import NESTED
 
