@@ -267,12 +267,17 @@ def worker(celery_app: object, emulator: object, beat: object) -> Iterator[objec
         yield w
 
 
-_buckets = itertools.count(1000 + (os.getpid() % 1000) * 1000)
+# Ten apart: tests name ``bucket + 1`` ... ``bucket + 4`` for more buckets of their own (the fingerprint queue
+# test's jobs stay queued there, then marked failed). One apart, those were the next tests' buckets, and a test
+# that counts its bucket's operations found them whenever it came next (xdist's order, not the file's).
+BUCKET_STEP = 10
+_buckets = itertools.count(1000 + (os.getpid() % 1000) * 1000 * BUCKET_STEP, BUCKET_STEP)
 
 
 @pytest.fixture
 def bucket() -> int:
-    """A bucket id of this test's own, so tests sharing the emulator and database never collide."""
+    """A bucket id of this test's own, and the next nine, so tests sharing the emulator and database never
+    collide."""
     return next(_buckets)
 
 
