@@ -61,22 +61,83 @@ for _k, _v in TEST_ENV.items():
 os.environ.pop("ACR_INGEST_ACCESS_TOKEN_FILE", None)
 
 
+# Under pytest-xdist (pyproject's addopts) each worker process imports this module: its own WORKDIR,
+# redis-server, emulator port and SQLite database. A Redis or database given from outside is one for all.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# The minute-long tests: started first, so that no process is still running one when the rest is done.
+LONGEST = ("tests/faults/test_storm.py", "tests/faults/test_by_name_kills.py", "tests/faults/test_outbox.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One process when the tests are pointed at a Redis or a database of your own: the worker processes would
+    share it (each flushes it and drops the tables at its start)."""
+    shared = [k for k in ("ACR_INGEST_TEST_REDIS_URL", "ACR_INGEST_TEST_DATABASE_URL") if os.environ.get(k)]
+    if shared and getattr(config.option, "tx", None):
+        config.option.dist, config.option.tx = "no", []  # read by xdist's own pytest_configure, which runs last
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups marked here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The inner ring first. The outer ring's session worker and beat (fixtures ``worker``, ``beat``) live until
     the session ends and poll the same database: run after them, a unit test's parked or waiting operation
     was woken by the real poll and run by the session worker under the global settings (an intermittent
     failure of the parked follow-ups' horizon test). Run first, the handlers see no worker at all, as the
-    inner ring promises; and it fails fast."""
+    inner ring promises; and it fails fast. Under xdist the inner ring is one group (one process runs it, first),
+    then come the nested PostgreSQL run and the longest tests, each taken by the next free process; tests of a
+    module that share a module-scoped fixture are a group too, so it is set up once."""
     unit = Path(__file__).resolve().parent / "unit"
-    items.sort(key=lambda item: not item.path.is_relative_to(unit))  # stable: each ring keeps its order
+    if XDIST_WORKER is None:
+        items.sort(key=lambda item: not item.path.is_relative_to(unit))  # stable: each ring keeps its order
+        return
+    from tests.nested_run import TEST_ID
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.is_relative_to(unit):
+            return 0
+        if item.nodeid == TEST_ID:
+            return 1
+        longest = [n for n, module in enumerate(LONGEST, 2) if item.nodeid.startswith(module)]
+        return longest[0] if longest else len(LONGEST) + 2 + (not item.get_closest_marker("faults"))
+
+    items.sort(key=rank)
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if item.path.is_relative_to(unit):
+            item.add_marker(pytest.mark.xdist_group("unit"))
+        elif any(
+            d.scope in ("module", "class") and d.baseid.startswith(module)
+            for defs in getattr(item, "_fixtureinfo").name2fixturedefs.values()  # noqa: B009 (pytest's, no public API)
+            for d in defs
+        ):
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """The nested PostgreSQL run (a minute of its own) starts now and runs beside the rest of the suite."""
+    """The nested PostgreSQL run (a minute of its own) starts now and runs beside the rest of the suite. Under
+    xdist each process collects every test: the one that runs the test starts it (it is sorted first)."""
     from tests.nested_run import NESTED, TEST_ID
 
-    if os.environ.get("ACR_INGEST_NESTED_RUN") != "1" and any(item.nodeid == TEST_ID for item in session.items):
+    nested = os.environ.get("ACR_INGEST_NESTED_RUN") == "1"
+    if not nested and XDIST_WORKER is None and any(item.nodeid == TEST_ID for item in session.items):
         NESTED.start()
+
+
+# What a test reports for the CI log even when it passes (record_property("ci_line", ...): the storms' and the
+# kills' one line). Printed at the end by the process that writes the terminal: under xdist a worker's own
+# output is not shown, its reports' properties reach the controller.
+_CI_LINES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _CI_LINES.extend(str(value) for key, value in report.user_properties if key == "ci_line")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _CI_LINES:
+        terminalreporter.section("fault runs")
+        for line in _CI_LINES:
+            terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -206,12 +267,17 @@ def worker(celery_app: object, emulator: object, beat: object) -> Iterator[objec
         yield w
 
 
-_buckets = itertools.count(1000 + (os.getpid() % 1000) * 1000)
+# Ten apart: tests name ``bucket + 1`` ... ``bucket + 4`` for more buckets of their own (the fingerprint queue
+# test's jobs stay queued there, then marked failed). One apart, those were the next tests' buckets, and a test
+# that counts its bucket's operations found them whenever it came next (xdist's order, not the file's).
+BUCKET_STEP = 10
+_buckets = itertools.count(1000 + (os.getpid() % 1000) * 1000 * BUCKET_STEP, BUCKET_STEP)
 
 
 @pytest.fixture
 def bucket() -> int:
-    """A bucket id of this test's own, so tests sharing the emulator and database never collide."""
+    """A bucket id of this test's own, and the next nine, so tests sharing the emulator and database never
+    collide."""
     return next(_buckets)
 
 

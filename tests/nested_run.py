@@ -1,6 +1,7 @@
-"""The end-to-end suite again on PostgreSQL, as a pytest of its own, started as soon as collection ends, so its
-minute runs beside the rest of the suite instead of after it (it has its own redis-server, emulator port and
-database: nothing is shared with the outer run)."""
+"""The end-to-end suite again on PostgreSQL, as a pytest of its own, started as soon as collection ends (under
+xdist: when the one process that runs its test takes it, first), so its minute runs beside the rest of the suite
+instead of after it (it has its own redis-server, emulator port and database: nothing is shared with the outer
+run)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ TEST_ID = "tests/test_demo_and_backends.py::test_the_end_to_end_suite_passes_on_
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("ACR_INGEST_")}
+    """This environment without our settings, nor the marks of an xdist worker (the nested run is not one)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ACR_INGEST_", "PYTEST_XDIST_"))}
 
 
 class NestedRun:
@@ -44,7 +46,8 @@ class NestedRun:
         }
         self._out = tempfile.TemporaryFile()  # noqa: SIM115 (read and closed by result, after the run)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "tests/test_end_to_end.py", "-q", "-p", "no:cacheprovider"],
+            # One process (-n 0): its tests share the one PostgreSQL database made here.
+            [sys.executable, "-m", "pytest", "tests/test_end_to_end.py", "-q", "-p", "no:cacheprovider", "-n", "0"],
             cwd=ROOT,
             env=env,
             stdout=self._out,

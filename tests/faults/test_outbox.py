@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,8 +89,12 @@ def test_a_job_enqueued_while_the_broker_is_down_is_kept_and_sent_once(
     own_redis.stop()
 
     with _no_other_sweeper():
-        for ref in ("swept", "rerun"):
-            done = _upload(env, bucket, ref)
+        refs = ("swept", "rerun")
+        # Each command waits out the publish retries (task_publish_retry_policy, ~50 s) before it gives up: the two
+        # side by side, not one after the other.
+        with ThreadPoolExecutor(len(refs)) as pool:
+            failed = dict(zip(refs, pool.map(lambda ref: _upload(env, bucket, ref), refs), strict=True))
+        for ref, done in failed.items():
             assert done.returncode == 1, done
             assert "could not enqueue" in done.stderr and "is kept" in done.stderr, done.stderr
             row = file_row(bucket, ref)
