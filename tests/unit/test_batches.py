@@ -37,7 +37,8 @@ def test_delete_batch_records_an_outcome_per_name(make_ctx, emulator, bucket) ->
     assert _calls(emulator, DELETE_IDS) - deletes == 2  # four ids sent, two per call
 
     out, waits = run_to_end("delete_batch", args, delete)
-    assert waits and all("ref:nope" in w.reason for w in waits)
+    # Further waits only while its 0.3 s horizon lasts: a loaded machine may reach the next run past it.
+    assert all("ref:nope" in w.reason for w in waits)
     assert out["status"] == OpStatus.PARTIAL
     assert out["result"]["outcomes"] == {
         "ref:g0": "deleted",
