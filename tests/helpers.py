@@ -122,3 +122,16 @@ def app_queues() -> set[str]:
     from ingest.worker.app import create_app
 
     return {q.name for q in create_app(Settings()).conf.task_queues}
+
+
+def purged_rabbitmq(url: str) -> str:
+    """``url`` (a RabbitMQ vhost) with our queues emptied: what an earlier test left queued must not reach the
+    next test's workers."""
+    from kombu import Connection, Queue
+
+    with Connection(url) as conn:
+        for name in ("ingest", "ingest.poll", "ingest.fingerprint"):
+            queue = Queue(name, durable=True)(conn.default_channel)
+            queue.declare()
+            queue.purge()
+    return url

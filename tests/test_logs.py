@@ -19,7 +19,7 @@ import redis
 from ingest.devtools.processes import ChildProcess
 from tests.conftest import REDIS_URL, WORKDIR
 from tests.faults.conftest import WorkerProcess, producer_for
-from tests.helpers import file_row, op_done, wait_for
+from tests.helpers import file_row, op_done, purged_rabbitmq, wait_for
 
 ACR_INGEST = str(Path(sys.executable).with_name("acr-ingest"))  # the installed command, as operators run it
 BROKER = REDIS_URL.rsplit("/", 1)[0] + "/16"
@@ -116,15 +116,7 @@ def masking_broker(request: pytest.FixtureRequest, env: dict[str, str]) -> str:
     """The masking test's broker: what Celery logs and the events carry is the same text on both."""
     if request.param == "redis":
         return BROKER
-    url: str = request.getfixturevalue("rabbitmq_url")
-    from kombu import Connection, Queue
-
-    with Connection(url) as conn:  # what an earlier test left queued must not reach this worker
-        for name in ("ingest", "ingest.poll", "ingest.fingerprint"):
-            queue = Queue(name, durable=True)(conn.default_channel)
-            queue.declare()
-            queue.purge()
-    return url
+    return purged_rabbitmq(request.getfixturevalue("rabbitmq_url"))
 
 
 def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_events(

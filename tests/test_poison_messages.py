@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from kombu import Connection, Queue
+from kombu import Connection
 from sqlmodel import col, select
 
 from ingest.cli.commands import main
@@ -29,7 +29,7 @@ from ingest.store.db import session_scope
 from ingest.store.models import RejectedMessage
 from ingest.worker.app import create_app
 from tests.conftest import REDIS_URL, WORKDIR
-from tests.helpers import op_done, wait_for
+from tests.helpers import op_done, purged_rabbitmq, wait_for
 
 POISON_BROKER = REDIS_URL.rsplit("/", 1)[0] + "/21"  # no other test's worker consumes it
 ACR_INGEST = Path(sys.executable).with_name("acr-ingest")  # the installed command, as an operator runs it
@@ -47,13 +47,7 @@ def poison_broker(request: pytest.FixtureRequest) -> str:
     if request.param == "redis":
         redis.Redis.from_url(POISON_BROKER).flushdb()
         return POISON_BROKER
-    url: str = request.getfixturevalue("rabbitmq_url")
-    with Connection(url) as conn:  # what an earlier test left queued must not reach this worker
-        for name in ("ingest", "ingest.poll", "ingest.fingerprint"):
-            queue = Queue(name, durable=True)(conn.default_channel)
-            queue.declare()
-            queue.purge()
-    return url
+    return purged_rabbitmq(request.getfixturevalue("rabbitmq_url"))
 
 
 @pytest.fixture(scope="module")

@@ -203,12 +203,17 @@ def _run_recorded(kind: str, args: dict[str, Any], ctx: JobContext, handler: Han
         try:
             _check_gates(settings)
         except RetryLater as wait:
-            with session_scope() as s:
-                _set(s, op_id, status=OpStatus.HELD if wait.held else OpStatus.WAITING, error=wait.reason)
+            _record_wait(op_id, wait)
             raise
         except Exception as exc:
             return _handle_failure(kind, op_id, exc, ctx)
     return _run_handler(kind, op_id, job, ctx, handler, probed=probed)
+
+
+def _record_wait(op_id: int, wait: RetryLater) -> None:
+    """The operation waits for its retry (or is held while the API rejects the token)."""
+    with session_scope() as s:
+        _set(s, op_id, status=OpStatus.HELD if wait.held else OpStatus.WAITING, error=wait.reason)
 
 
 def _run_handler(
@@ -232,8 +237,7 @@ def _run_handler(
             if started is not None:  # closed by the handler once taken; left untaken, its start is rolled back
                 started.close()  # before anything below writes (on SQLite it would wait for this transaction)
     except RetryLater as wait:
-        with session_scope() as s:
-            _set(s, op_id, status=OpStatus.HELD if wait.held else OpStatus.WAITING, error=wait.reason)
+        _record_wait(op_id, wait)
         raise
     except Exception as exc:
         return _handle_failure(kind, op_id, exc, ctx)

@@ -13,11 +13,10 @@ from contextlib import contextmanager
 
 import pytest
 import redis
-from kombu import Connection, Queue
 
 from ingest.devtools.processes import ChildProcess, celery_command
 from tests.conftest import REDIS_URL, WORKDIR
-from tests.helpers import wait_for
+from tests.helpers import purged_rabbitmq, wait_for
 
 FAULT_BROKER = REDIS_URL.rsplit("/", 1)[0] + "/12"
 BROKERS = ("redis", "rabbitmq")
@@ -80,13 +79,7 @@ def fault_broker(request: pytest.FixtureRequest) -> str:
         redis.Redis.from_url(FAULT_BROKER).flushdb()
         return FAULT_BROKER
     assert kind == "rabbitmq", kind
-    url: str = request.getfixturevalue("rabbitmq_url")
-    with Connection(url) as conn:  # what an earlier test left queued must not reach this one's workers
-        for name in ("ingest", "ingest.poll"):
-            queue = Queue(name, durable=True)(conn.default_channel)
-            queue.declare()
-            queue.purge()
-    return url
+    return purged_rabbitmq(request.getfixturevalue("rabbitmq_url"))
 
 
 @pytest.fixture
