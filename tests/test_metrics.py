@@ -121,17 +121,17 @@ def test_metrics_move_while_jobs_run_through_a_prefork_worker(env, emulator, buc
                     timeout=60,
                     what=lambda: f"{n} files ready: {_ours(_try_scrape(exporter_port, exporter) or [])}",
                 )
+                # The beat's polls come from their own queue (no job counter sees them; this one does). Waited
+                # for while the beat runs: another test's beat on this database may have polled the files first.
+                wait_for(
+                    lambda: value(scrape(port), "acr_ingest_queue_tasks_total", queue="ingest.poll") >= 1,
+                    timeout=30,
+                    what="a poll counted under ingest.poll",
+                )
             assert value(state, "acr_ingest_state_up", source="database") == 1
             assert value(state, "acr_ingest_state_up", source="broker") == 1
             # The exporter also sums the worker's counters from the same directory.
             assert value(state, "acr_ingest_jobs_total", kind="upload_url", outcome="succeeded") == n
-            # The beat's polls came from their own queue (no job counter sees them; this one does). Waited for:
-            # another test's beat on the same database may have polled these files ready before this one's ran.
-            wait_for(
-                lambda: value(scrape(port), "acr_ingest_queue_tasks_total", queue="ingest.poll") >= 1,
-                timeout=30,
-                what="a poll counted under ingest.poll",
-            )
 
             _queue_depth_follows_the_broker(exporter_port)
             _hold_and_oldest_processing_show(exporter_port, bucket)
