@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,3 +136,21 @@ def purged_rabbitmq(url: str) -> str:
             queue.declare()
             queue.purge()
     return url
+
+
+@contextmanager
+def holding_the_poll_lease(name: str) -> Iterator[None]:
+    """Hold the state poll's lease: every beat on this database (a session beat an earlier test started, on
+    another broker and token) skips its poll, its outbox sweep and its auth-hold probe meanwhile."""
+    from ingest.jobs.polling import LEASE
+    from ingest.store import leases
+    from ingest.store.db import session_scope
+
+    owner = leases.owner_id(name)
+    with session_scope() as s:
+        wait_for(lambda: leases.acquire(s, LEASE, owner, 300), timeout=130, what="the state-poll lease")
+    try:
+        yield
+    finally:
+        with session_scope() as s:
+            leases.release(s, LEASE, owner)

@@ -21,7 +21,7 @@ from ingest.store.db import get_engine, session_scope
 from ingest.store.models import FileStatus
 from tests.conftest import TOKEN, WORKDIR
 from tests.faults.conftest import FAULT_BROKER
-from tests.helpers import files_in, wait_for
+from tests.helpers import files_in, holding_the_poll_lease, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("fault_beat")]
 
@@ -42,28 +42,31 @@ def test_rejected_token_holds_work_and_a_new_token_resumes_it(
         env={"ACR_INGEST_ACCESS_TOKEN_FILE": str(token_file), "ACR_INGEST_AUTH_HOLD_RECHECK": "0.5"},
         concurrency=2,
     ).wait_ready()
-    refs = [f"a{i}" for i in range(10)]
-    ops = [
-        fault_producer.upload_url(f"https://cdn.example.com/{r}.mp3", title=r, bucket_id=bucket, ref=r).operation_id
-        for r in refs
-    ]
+    # A session beat of an earlier test (same database, a valid token) would probe the API and lift the hold
+    # while this test holds its token: the hold would then be logged twice.
+    with holding_the_poll_lease("test-auth-hold"):
+        refs = [f"a{i}" for i in range(10)]
+        ops = [
+            fault_producer.upload_url(f"https://cdn.example.com/{r}.mp3", title=r, bucket_id=bucket, ref=r).operation_id
+            for r in refs
+        ]
 
-    hold = wait_for(_held, what="the hold")
-    held_at = time.monotonic()
+        hold = wait_for(_held, what="the hold")
+        held_at = time.monotonic()
 
-    def all_held() -> bool:
-        with session_scope() as s:
-            rows = s.execute(text(f"select status from operations where id in ({','.join(map(str, ops))})")).all()
-        return all(r[0] == "held" for r in rows)
+        def all_held() -> bool:
+            with session_scope() as s:
+                rows = s.execute(text(f"select status from operations where id in ({','.join(map(str, ops))})")).all()
+            return all(r[0] == "held" for r in rows)
 
-    wait_for(all_held, what="every job held")
-    # Nothing failed, and the API was not hammered: about one probe per recheck interval.
-    assert {r.status for r in files_in(bucket)} <= {FileStatus.QUEUED, FileStatus.UPLOADING}
-    rejected = emulator.stats()["by_status"].get("401", 0) - before_401
-    assert rejected <= len(refs) + (time.monotonic() - held_at) / 0.5 + 4
-    status = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)
-    assert status["held"] and "Unauthenticated" in status["held"]["reason"]
-    assert "Unauthenticated" in hold.reason  # type: ignore[attr-defined]
+        wait_for(all_held, what="every job held")
+        # Nothing failed, and the API was not hammered: about one probe per recheck interval.
+        assert {r.status for r in files_in(bucket)} <= {FileStatus.QUEUED, FileStatus.UPLOADING}
+        rejected = emulator.stats()["by_status"].get("401", 0) - before_401
+        assert rejected <= len(refs) + (time.monotonic() - held_at) / 0.5 + 4
+        status = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)
+        assert status["held"] and "Unauthenticated" in status["held"]["reason"]
+        assert "Unauthenticated" in hold.reason  # type: ignore[attr-defined]
 
     token_file.write_text(TOKEN)  # an operator puts a valid token in place; no restart
     wait_for(

@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,11 @@ import redis
 from sqlmodel import col, select
 
 from ingest.devtools.processes import RedisServer
-from ingest.jobs.polling import LEASE as POLL_LEASE
-from ingest.store import leases
 from ingest.store.db import session_scope
-from ingest.store.leases import owner_id
 from ingest.store.models import FileStatus, Operation, OutboxEntry
 from tests.conftest import WORKDIR
 from tests.faults.conftest import beat_process
-from tests.helpers import file_row, files_in, held_in_progress, wait_for
+from tests.helpers import file_row, files_in, held_in_progress, holding_the_poll_lease, wait_for
 
 pytestmark = pytest.mark.faults
 CLI = str(Path(sys.executable).parent / "acr-ingest")
@@ -67,20 +63,6 @@ def _entries(bucket: int, ref: str) -> list[OutboxEntry]:
         return list(s.exec(select(OutboxEntry).where(OutboxEntry.message_id.in_(ids))).all())  # type: ignore[attr-defined]
 
 
-@contextmanager
-def _no_other_sweeper() -> Iterator[None]:
-    """Hold the state poll's lease: a session beat an earlier test started (another broker, the same database)
-    then skips its poll and its outbox sweep, and cannot send this test's due entries before it looks."""
-    owner = owner_id("test-outbox")
-    with session_scope() as s:
-        wait_for(lambda: leases.acquire(s, POLL_LEASE, owner, 300), timeout=130, what="the state-poll lease")
-    try:
-        yield
-    finally:
-        with session_scope() as s:
-            leases.release(s, POLL_LEASE, owner)
-
-
 def test_a_job_enqueued_while_the_broker_is_down_is_kept_and_sent_once(
     own_redis: RedisServer, spawn_worker, fault_env, emulator, bucket
 ) -> None:
@@ -88,7 +70,7 @@ def test_a_job_enqueued_while_the_broker_is_down_is_kept_and_sent_once(
     spawn_worker("outbox", env=env).wait_ready()
     own_redis.stop()
 
-    with _no_other_sweeper():
+    with holding_the_poll_lease("test-outbox"):  # no session beat sweeps this test's entries
         refs = ("swept", "rerun")
         # Each command waits out the publish retries (task_publish_retry_policy, ~50 s) before it gives up: the two
         # side by side, not one after the other.
