@@ -145,8 +145,9 @@ def mark_sent_ids(conn: Connection, entry_ids: list[int]) -> None:
         conn.commit()
 
 
-def give_back_many(conn: Connection, entry_ids: list[int], error: str) -> None:
-    """``give_back`` for a batch the broker did not take: one statement, committed."""
+def give_back_many(conn: Session | Connection, entry_ids: list[int], error: str) -> None:
+    """The publish of these entries failed (one, or a batch the broker did not take): keep them, due at once
+    (for the next sweep or a re-run). One statement, committed."""
     if entry_ids:
         conn.execute(
             update(OutboxEntry)
@@ -158,16 +159,7 @@ def give_back_many(conn: Connection, entry_ids: list[int], error: str) -> None:
 
 def give_back(session: Session | Connection, entry_id: int, error: str) -> None:
     """The publish failed: keep the entry, due at once (for the next sweep or a re-run)."""
-    session.execute(
-        update(OutboxEntry)
-        .where(col(OutboxEntry.id) == entry_id)
-        .values(
-            due_at=utcnow(),
-            attempts=OutboxEntry.attempts + 1,
-            last_error=error[:1000],
-        )
-    )
-    session.commit()
+    give_back_many(session, [entry_id], error)
 
 
 def unsent_of_file(session: Session, file_id: int) -> list[OutboxEntry]:
