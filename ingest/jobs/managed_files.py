@@ -10,7 +10,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -24,6 +24,7 @@ from ingest.jobs.identity import carries_ref, tagged
 from ingest.jobs.inputs import UploadFileJob, UploadUrlJob, job_args
 from ingest.settings import Settings
 from ingest.store.bulk import insert_one
+from ingest.store.enqueue import FILE_ID_BY_REF
 from ingest.store.leases import claim_file, kept_alive, release_file
 from ingest.store.models import FileStatus, Operation, OpKind, OpStatus, TrackFile, utcnow
 from ingest.store.values import storable_json
@@ -167,12 +168,6 @@ def prepare_upload_row(session: Session, existing: TrackFile | None, job: Upload
     return row
 
 
-# Built once: a job sent by name asks it first.
-_ID_BY_REF = select(TrackFile.id).where(
-    col(TrackFile.bucket_id) == bindparam("b_bucket_id"), col(TrackFile.ref) == bindparam("b_ref")
-)
-
-
 def record_sent_by_name(session: Session, kind: str, job: UploadJob, task_id: str) -> int | None:
     """For an upload another system sent by name (no row of our producer): the file row and the running
     operation our producer would have written, in one commit, so the job then runs as one of the producer's
@@ -180,7 +175,7 @@ def record_sent_by_name(session: Session, kind: str, job: UploadJob, task_id: st
     operation first and plans after): anything but a new upload or a re-upload (the same ref already here, a
     ref taken for another source), or a twin (this task id or this ref written meanwhile), rolled back."""
     conn = session.connection()
-    if conn.execute(_ID_BY_REF, {"b_bucket_id": job.bucket_id, "b_ref": job.ref}).first() is None:
+    if conn.execute(FILE_ID_BY_REF, {"bucket_id": job.bucket_id, "ref": job.ref}).first() is None:
         # A new ref (the common case): the rows by Core statements, as the producer writes them (no ORM flush).
         now = utcnow()
         operation = {

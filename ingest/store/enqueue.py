@@ -28,8 +28,11 @@ from ingest.store.db import autocommit
 from ingest.store.models import Operation, OutboxEntry, TrackFile
 
 _FILES, _OPS, _OUTBOX = table_of(TrackFile), table_of(Operation), table_of(OutboxEntry)
-# Built once: SQLAlchemy's compiled cache then finds it by a cheap key.
-_FILE_BY_REF = select(_FILES.c.id).where(_FILES.c.bucket_id == bindparam("bucket_id"), _FILES.c.ref == bindparam("ref"))
+# Built once: SQLAlchemy's compiled cache then finds it by a cheap key. Also the by-name job's first read
+# (jobs/managed_files.record_sent_by_name).
+FILE_ID_BY_REF = select(_FILES.c.id).where(
+    _FILES.c.bucket_id == bindparam("bucket_id"), _FILES.c.ref == bindparam("ref")
+)
 
 
 def insert_new_upload(
@@ -57,7 +60,7 @@ def insert_new_upload(
         return _sqlite(conn, file, operation, entry)
     try:
         with conn.begin():
-            if conn.execute(_FILE_BY_REF, {"bucket_id": file["bucket_id"], "ref": file["ref"]}).first() is not None:
+            if conn.execute(FILE_ID_BY_REF, {"bucket_id": file["bucket_id"], "ref": file["ref"]}).first() is not None:
                 return None
             file_id = insert_one(conn, TrackFile, file)
             op_id = insert_one(conn, Operation, {**operation, "file_id": file_id})
@@ -178,7 +181,7 @@ def _sqlite(
 
 @functools.cache
 def _sqlite_lookup(dialect: Any) -> str:
-    return str(_FILE_BY_REF.compile(dialect=dialect))
+    return str(FILE_ID_BY_REF.compile(dialect=dialect))
 
 
 def _sqlite_insert(cur: Any, dialect: Any, table: Any, values: dict[str, Any], convert: _Converted) -> int:
