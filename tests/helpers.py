@@ -130,8 +130,10 @@ def purged_rabbitmq(url: str) -> str:
     next test's workers."""
     from kombu import Connection, Queue
 
+    from ingest.worker.routing import QUEUES
+
     with Connection(url) as conn:
-        for name in ("ingest", "ingest.poll", "ingest.fingerprint"):
+        for name in QUEUES:
             queue = Queue(name, durable=True)(conn.default_channel)
             queue.declare()
             queue.purge()

@@ -14,7 +14,7 @@ from ingest.settings import Settings, get_settings
 # every task run counted by its queue.
 from ingest.worker import logs, metrics_server, observe  # noqa: F401
 from ingest.worker.broker import broker_config
-from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE, route_task
+from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE, QUEUES, route_task
 
 __all__ = ["FINGERPRINT_QUEUE", "POLL_QUEUE", "QUEUE", "app", "create_app"]
 
@@ -30,11 +30,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": QUEUE,
         # Each queue bound under its own name: left unset, Celery binds both to the exchange "ingest" with the
         # key "ingest", and a message published there (as another system may) lands in both queues.
-        "task_queues": [
-            Queue(QUEUE, routing_key=QUEUE, durable=True),
-            Queue(POLL_QUEUE, routing_key=POLL_QUEUE, durable=True),
-            Queue(FINGERPRINT_QUEUE, routing_key=FINGERPRINT_QUEUE, durable=True),
-        ],
+        "task_queues": [Queue(name, routing_key=name, durable=True) for name in QUEUES],
         # The poll's queue, and fingerprint uploads' (worker/routing.py: by the message's arguments).
         "task_routes": (route_task,),
         # Delivery: acknowledge after the work, requeue when a worker process dies, one task at a time.

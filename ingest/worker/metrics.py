@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ingest.api.client import Gate
 from ingest.jobs.errors import RetryLater
 from ingest.settings import Settings, get_settings
-from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE
+from ingest.worker.routing import QUEUES
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
@@ -182,9 +182,8 @@ def count_job(kind: str, outcome: str, *, retry: RetryLater | None = None) -> No
         m.retries.labels(kind, retry_why(retry)).inc()
 
 
-# The queues the app declares (worker/app.py); a routing key outside them is counted as "other", so a foreign
+# A routing key outside the queues the app declares (routing.QUEUES) is counted as "other", so a foreign
 # publisher cannot add series.
-QUEUES = (QUEUE, POLL_QUEUE, FINGERPRINT_QUEUE)
 OTHER_QUEUE = "other"
 _queue_counters: dict[str, Any] = {}
 

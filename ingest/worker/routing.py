@@ -19,6 +19,8 @@ QUEUE = "ingest"
 POLL_QUEUE = "ingest.poll"
 # Uploads whose worker makes the fingerprint first (CPU-heavy): see above.
 FINGERPRINT_QUEUE = "ingest.fingerprint"
+# Every queue the app declares (worker/app.py), in that order.
+QUEUES = (QUEUE, POLL_QUEUE, FINGERPRINT_QUEUE)
 
 
 def queue_of(name: str, kwargs: Mapping[str, Any] | None) -> str | None:
