@@ -50,7 +50,9 @@ def test_tls_redis_broker_a_killed_workers_jobs_come_back_by_liveness(
 ) -> None:
     assert fault_broker.startswith("rediss://")
     first = spawn_worker("tls", concurrency=2, env=ENV).wait_ready()
-    emulator.faults.upload_delay = 4.0  # both POSTs are in the API's hands at the kill
+    # Both POSTs in the API's hands at the kill, however slowly a loaded machine gets there; answered (8 s)
+    # before the liveness timeout (10 s) gives the messages back, so the retries adopt the files, not post again.
+    emulator.faults.upload_delay = 8.0
     delayed = emulator.stats()["faults"].get("upload_delay", 0)
     fault_producer.upload_url("https://cdn.example.com/ours.mp3", title="ours", bucket_id=bucket, ref="ours")
     client = Celery("plain-client", broker=fault_broker)  # an outside producer: kombu's own TLS client
