@@ -64,7 +64,7 @@ def summary(op: Operation) -> dict[str, Any]:
     return {"operation_id": op.id, "status": op.status, "error": op.error, "result": op.result}
 
 
-def _set(session: Session, op_id: int, **values: Any) -> Operation:
+def _set(session: Session, op_id: int, *, commit: bool = True, **values: Any) -> Operation:
     op = session.get(Operation, op_id)
     assert op is not None
     previous = op.status
@@ -75,12 +75,15 @@ def _set(session: Session, op_id: int, **values: Any) -> Operation:
         op.finished_at = op.updated_at
         events.operation_ended(session, op, previous)  # committed with the status it reports
     session.add(op)
-    session.commit()
+    if commit:
+        session.commit()
     return op
 
 
 def fail_file(session: Session, op: Operation, reason: str) -> None:
-    """An upload that will not be retried: keep the row as failed with the reason."""
+    """An upload that will not be retried: keep the row as failed with the reason. Flushes, does not commit:
+    the caller commits it with the operation's failure, so no reader sees a failed job whose file is still
+    uploading (and no crash between two commits leaves it so)."""
     if op.file_id is None or op.kind not in OpKind.uploads():
         return
     file_id = op.file_id
@@ -92,7 +95,6 @@ def fail_file(session: Session, op: Operation, reason: str) -> None:
         row.updated_at = utcnow()
         session.add(row)
         events.file_changed(session, row, previous, operation=op)
-        session.commit()
 
 
 def run_job(kind: str, args: dict[str, Any], ctx: JobContext, handler: Handler) -> dict[str, Any]:
@@ -351,8 +353,10 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
             _set(s, op_id, status=OpStatus.WAITING, error=decision.reason, attempts=attempts, throttled=throttled)
             raise RetryLater(decision.countdown, decision.reason, counts=decision.counts) from None
         log.error("%s %s failed: %s", kind, ctx.task_id, decision.reason)
-        op = _set(s, op_id, status=OpStatus.FAILED, error=decision.reason, attempts=attempts, throttled=throttled)
+        failed = {"status": OpStatus.FAILED, "error": decision.reason, "attempts": attempts, "throttled": throttled}
+        op = _set(s, op_id, commit=False, **failed)
         fail_file(s, op, decision.reason)
+        s.commit()
         return summary(op)
 
 

@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import event
+from sqlalchemy import select as sa_select
+from sqlalchemy.orm import Session
 
 from ingest.jobs.errors import RetryLater
 from ingest.jobs.runner import run_job
 from ingest.store import auth_hold
-from ingest.store.db import session_scope
-from ingest.store.models import FileStatus, OpStatus
+from ingest.store.db import get_engine, session_scope
+from ingest.store.models import FileStatus, Operation, OpStatus, TrackFile
 from tests.helpers import file_row
 from tests.unit.support import op_of, run, run_to_end, url_args
 
@@ -46,6 +49,30 @@ def test_an_upload_that_runs_out_of_attempts_leaves_its_row_failed(make_ctx, emu
     row = file_row(bucket, "f")
     assert (row.status, row.reason, row.remote_id) == (FileStatus.FAILED, out["error"], None)
     assert emulator.files(bucket) == []
+
+
+def test_a_failed_upload_and_its_row_fail_in_one_commit(make_ctx, emulator, bucket) -> None:
+    """No reader (show, failures, a test) ever sees the job failed while its file still says uploading."""
+    ctx = make_ctx(max_attempts=1, connect_timeout=0.1, read_timeout=0.2)
+    emulator.faults.error_rate = 1.0
+    seen: list[tuple[str | None, str | None]] = []
+
+    def look(_session: Session) -> None:  # after every commit, from a connection of its own
+        with get_engine().connect() as conn:
+            op = conn.execute(sa_select(Operation.status).where(Operation.task_id == ctx.task_id)).scalar()
+            row = conn.execute(
+                sa_select(TrackFile.status).where(TrackFile.bucket_id == bucket, TrackFile.ref == "one")
+            ).scalar()
+        seen.append((op, row))
+
+    event.listen(Session, "after_commit", look)
+    try:
+        out, _ = run_to_end("upload_url", url_args(bucket, "one"), ctx)
+    finally:
+        event.remove(Session, "after_commit", look)
+    assert out["status"] == OpStatus.FAILED
+    assert (OpStatus.FAILED, FileStatus.FAILED) in seen
+    assert [pair for pair in seen if pair[0] == OpStatus.FAILED and pair[1] != FileStatus.FAILED] == []
 
 
 def test_a_429_is_retried_without_using_an_attempt(make_ctx, emulator, bucket) -> None:
