@@ -115,9 +115,11 @@ class Producer:
             raise InputError({"publish": f"must be one of {', '.join(PUBLISH_MODES)}, got {mode!r}"})
         self.publish_mode = mode
         if app is None:
-            from ingest.worker.app import create_app
+            from ingest.worker.app import create_app, publish_retry_policy
 
             app = create_app(self.settings)
+            # Its own app: a call gives up on an away broker soon, the job kept (a caller's app keeps its own).
+            app.conf.task_publish_retry_policy = publish_retry_policy(self.settings.producer_publish_wait)
         self.app = app
         self._held = threading.local()
         self._background: BackgroundPublisher | None = None

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # take it is an EnqueueError, the job kept) or background (the call returns once the job is committed; a
     # thread of the process publishes in batches, Producer.flush/close report what the broker did not take).
     producer_publish: Literal["sync", "background"] = "sync"
+    # How long one Producer call keeps trying a broker that is away before it returns (EnqueueError, the job
+    # kept in the outbox for the sweeper). Short: the job is durable already, and an upstream system calling
+    # once per track must not hang for the worker's ~50 s of publish retries (which ride out a restart).
+    producer_publish_wait: float = Field(default=5.0, ge=0)
     # RabbitMQ only: the broker's consumer_timeout in seconds (rabbitmq.conf, default 30 min). A delivery
     # unacknowledged longer (a long task, or a retry waiting for its countdown) is taken back; countdowns
     # are kept under half of it.

@@ -20,7 +20,7 @@ from ingest.settings import get_settings
 from ingest.store import outbox
 from ingest.store.db import session_scope
 from ingest.store.models import FileStatus, Operation, OpStatus, OutboxEntry, TrackFile, utcnow
-from ingest.worker.app import QUEUE, create_app
+from ingest.worker.app import QUEUE, create_app, publish_retry_policy
 from ingest.worker.outbox import publish
 from tests.conftest import IDLE_BROKER, WORKDIR
 
@@ -87,6 +87,29 @@ def test_a_new_ref_is_written_as_the_bulk_path_writes_it_and_sent_once(bucket: i
     again = producer.upload_url("https://cdn.example.com/one.mp3", title="One", bucket_id=bucket, ref="one",
                                 user_defined=user_defined)  # fmt: skip
     assert again.plan == "noop" and len(_messages(one.task_id)) == 1
+
+
+def test_a_producer_gives_up_on_an_away_broker_after_its_wait_not_the_workers(bucket: int) -> None:
+    """Its own app retries for ACR_INGEST_PRODUCER_PUBLISH_WAIT; the worker's app keeps its 51 s for a restart."""
+    worker_policy = create_app(get_settings()).conf.task_publish_retry_policy
+    assert worker_policy == publish_retry_policy(51.0) and worker_policy["max_retries"] == 20
+    for wait, retries in ((0.0, 0), (0.2, 1), (5.0, 4), (51.0, 20)):
+        policy = publish_retry_policy(wait)
+        waits = [
+            min(policy["interval_start"] + n * policy["interval_step"], policy["interval_max"]) for n in range(retries)
+        ]
+        assert policy["max_retries"] == retries and sum(waits) <= wait, (wait, policy)
+
+    settings = get_settings().model_copy(
+        update={"broker_url": f"redis+socket://{WORKDIR}/no-such-broker.sock", "producer_publish_wait": 1.0}
+    )
+    dead = Producer(settings=settings)
+    assert dead.app.conf.task_publish_retry_policy == publish_retry_policy(1.0)
+    with pytest.raises(EnqueueError, match="is kept"):
+        dead.upload_url("https://cdn.example.com/w.mp3", title="W", bucket_id=bucket, ref="w")
+    with session_scope() as s:
+        (op,) = s.exec(select(Operation).where(Operation.bucket_id == bucket)).all()
+    assert op.task_id is not None and _rows(op.task_id)[2].attempts == 1  # kept, unsent
 
 
 def test_a_publish_that_fails_keeps_the_job_unsent_and_due_and_it_is_sent_once(bucket: int) -> None:

@@ -16,7 +16,22 @@ from ingest.worker import logs, metrics_server, observe  # noqa: F401
 from ingest.worker.broker import broker_config
 from ingest.worker.routing import FINGERPRINT_QUEUE, POLL_QUEUE, QUEUE, QUEUES, route_task
 
-__all__ = ["FINGERPRINT_QUEUE", "POLL_QUEUE", "QUEUE", "app", "create_app"]
+__all__ = ["FINGERPRINT_QUEUE", "POLL_QUEUE", "QUEUE", "app", "create_app", "publish_retry_policy"]
+
+# A worker's own publishes (a retry's countdown, the poll's resends) keep trying this long: a broker restart.
+WORKER_PUBLISH_WAIT = 51.0
+_FIRST, _STEP, _MAX = 0.2, 0.5, 3.0
+
+
+def publish_retry_policy(seconds: float) -> dict[str, float]:
+    """kombu's publish retry (``task_publish_retry_policy``) that gives up after about ``seconds`` of waits:
+    0.2 s, then 0.5 s longer each time, at most 3 s (51 s: 20 retries)."""
+    retries, waited, interval = 0, 0.0, _FIRST
+    while waited + interval <= seconds + 1e-9:
+        waited += interval
+        retries += 1
+        interval = min(interval + _STEP, _MAX)
+    return {"max_retries": retries, "interval_start": _FIRST, "interval_step": _STEP, "interval_max": _MAX}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -42,12 +57,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         # Producers keep trying to publish while the broker is away instead of losing the job.
         "task_publish_retry": True,
-        "task_publish_retry_policy": {
-            "max_retries": 20,
-            "interval_start": 0.2,
-            "interval_step": 0.5,
-            "interval_max": 3,
-        },
+        "task_publish_retry_policy": publish_retry_policy(WORKER_PUBLISH_WAIT),
         # On a cold shutdown, requeue unfinished tasks after a grace period instead of leaving them to
         # the visibility timeout (SIGTERM is a warm shutdown: running tasks finish).
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
