@@ -49,8 +49,8 @@ def test_show_tells_one_refs_whole_history(make_ctx, emulator, bucket) -> None:
     assert f"id:{row.remote_id} deleted" in lines[2] and str(UNKNOWN_ID) not in lines[2].split("deleted")[0]
     assert "1 of 2 not done" in lines[2]
 
-    # The same history by the API's id, by acr_id and by the batch's operation id. Each test process has an
-    # emulator of its own, numbering ids from 1, and they share one database: an id alone may name other files.
+    # The same history by the API's id, by acr_id and by the batch's operation id. The inner ring's emulators
+    # (one per profile) each number ids from 1 into the one database: an id alone may name other tests' files.
     for how in (["--id", str(row.remote_id)], ["--acr-id", str(row.acr_id)], ["--op", str(delete_op.id)]):
         again = _cli("show", *how, "--bucket", str(bucket))
         assert again.exit_code == 0 and _ops_lines(again.output) == lines, (how, again.output)
