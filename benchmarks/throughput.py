@@ -562,7 +562,9 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
             fresh.faults.latency = args.latency
             return fresh.start(port=port)
 
-        emu = emulator()
+        # As the vendor's Laravel does, the API announces its limit on every answer (X-RateLimit-Limit), one the
+        # run never reaches; --announced-limit 0: an API that announces none (the budget's AIMD slow start).
+        emu = emulator(args.announced_limit or None)
         stack.callback(lambda: emu.stop())  # late binding: stops the restarted emulator too
         env = {
             "ACR_INGEST_API_BASE_URL": emu.url,
@@ -586,6 +588,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
         upgrade()  # the tables, once, before the workers (which refuse a schema not at head)
         forget_buckets()  # a database of the caller's (--database-url) may hold an earlier run's rows
         report.details["settings"] = {k: v for k, v in env.items() if k != "ACR_INGEST_ACCESS_TOKEN"}
+        report.details["announced_limit"] = args.announced_limit
 
         print(f"[1/4] naive loop: {n} sequential upload_url calls", flush=True)
         cpu = CpuMeter([]).start()
@@ -1019,6 +1022,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the rate-limit scenario on workers with ACR_INGEST_RATE_LIMIT=this (0: skip)",
     )
     p.add_argument("--latency", type=float, default=0.05, help="emulator latency of every request, s")
+    p.add_argument(
+        "--announced-limit",
+        type=float,
+        default=1000.0,
+        help="the limit the emulator announces (X-RateLimit-Limit) outside the rate-limit scenario, requests/s; "
+        "0: none (the default limiter then starts from RATE_LIMIT_INITIAL, 5/s, and doubles each second)",
+    )
     p.add_argument("--pool-threads", type=int, default=16, help="threads of the thread-pool baseline script")
     p.add_argument(
         "--profile", type=Path, default=None, help="py-spy the workers during the backlog drain into this folder"
