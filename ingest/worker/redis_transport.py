@@ -464,4 +464,5 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
     #: A blocking fetch waits on one queue key only (BLMOVE has one source; kombu's BRPOP waited on all), so a
     #: message for another queue or priority of this worker's waits for the block to time out: 0.1 s, not 1 s.
-    brpop_timeout = 0.1
+    #: (kombu's int annotation; Redis takes a float.)
+    brpop_timeout = 0.1  # type: ignore[assignment]
