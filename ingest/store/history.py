@@ -71,7 +71,10 @@ def find_files(
             names = [col(TrackFile.ref).in_(named(args, "refs"))]
             names.append(col(TrackFile.remote_id).in_(named(args, "ids")))
             names.append(col(TrackFile.acr_id).in_(named(args, "acr_ids")))
-            query = query.where(or_(*names))
+            # The batch's files are in its bucket (a move's: or now in its target), as ``history`` reads it.
+            buckets = [b for b in (op.bucket_id, _move_target(op)) if b is not None]
+            in_bucket = or_(col(TrackFile.bucket_id).in_(buckets), col(TrackFile.posted_bucket_id).in_(buckets))
+            query = query.where(or_(*names), in_bucket)
     else:
         raise ValueError("name the file by ref, remote_id, acr_id or op_id")
     if bucket_id is not None:
@@ -89,10 +92,19 @@ def _names(row: TrackFile) -> set[str]:
     return names
 
 
+def _move_target(op: Operation) -> int | None:
+    target = op.args.get("target_bucket_id") if isinstance(op.args, dict) and op.kind == OpKind.MOVE_BATCH else None
+    return target if type(target) is int else None
+
+
 def _batch_names_this_file(op: Operation, row: TrackFile, buckets: set[int]) -> set[str]:
     args = op.args
     found: set[str] = set()
-    # A ref means a file of the batch's own bucket; ids and acr_ids are the API's, unique across buckets.
+    # A batch acts on its own bucket (a move: from it into its target), so it touched this file only if that is
+    # a bucket the file was in: a ref means a file of the batch's own bucket, and an id or acr_id named by a batch
+    # of an unrelated bucket meant another file (another account's API, or the emulators of a test run).
+    if op.bucket_id not in buckets and _move_target(op) not in buckets:
+        return found
     if row.ref in named(args, "refs") and op.bucket_id in buckets:
         found.add(f"ref:{row.ref}")
     if row.remote_id is not None and row.remote_id in named(args, "ids"):

@@ -13,7 +13,7 @@ from ingest.cli.commands import main
 from ingest.store.db import session_scope
 from ingest.store.models import OpStatus, TrackFile
 from tests.helpers import file_row
-from tests.unit.support import op_of, run, run_to_end, url_args
+from tests.unit.support import op_of, record, run, run_to_end, url_args
 
 UNKNOWN_ID = 999_999_999
 RAW_ESCAPES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
@@ -37,6 +37,8 @@ def test_show_tells_one_refs_whole_history(make_ctx, emulator, bucket) -> None:
     out, _ = run_to_end("delete_batch", {"bucket_id": bucket, "ids": [row.remote_id, UNKNOWN_ID]}, delete)
     assert out["status"] == OpStatus.PARTIAL
     delete_op = op_of(delete)
+    # A batch of an unrelated bucket naming the same API id meant another file: not in this file's history.
+    record("delete_batch", {"bucket_id": bucket + 5, "ids": [row.remote_id]}, make_ctx())
 
     shown = _cli("show", ref)
     assert shown.exit_code == 0, shown.output
