@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, exists, func, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
@@ -26,6 +26,20 @@ _MARK_SENT_IDS = (
     .where(_ENTRIES.c.id.in_(bindparam("entry_ids", expanding=True)))
     .values(sent_at=func.coalesce(_ENTRIES.c.sent_at, bindparam("sent_at")))
 )
+# On PostgreSQL a mark commits without waiting for its WAL flush (``synchronous_commit`` off for that statement's
+# own transaction: set_config(..., true) in a CTE is still in force when the statement commits). A mark lost to a
+# server crash only has the sweeper send the message again after its grace, which the worker runs once (a task id
+# runs once); the rows and the entry themselves stay durable. The one-job path then waits for one flush per job,
+# not two: under a busy disk 95-103 -> 173-492 marks/s.
+_LAZY = select(func.set_config("synchronous_commit", "off", True).label("lazy")).cte("lazy_commit")
+_LAZILY = exists(select(_LAZY.c.lazy))
+_MARK_SENT_PG = _MARK_SENT.where(_LAZILY)
+_MARK_SENT_IDS_PG = _MARK_SENT_IDS.where(_LAZILY)
+
+
+def _on_postgresql(conn: Session | Connection) -> bool:
+    bind = conn if isinstance(conn, Connection) else conn.get_bind()
+    return bind.dialect.name == "postgresql"
 
 
 class Outgoing(Protocol):
@@ -133,7 +147,9 @@ def due(session: Session, limit: int) -> list[int]:
 
 def mark_sent(session: Session | Connection, entry_id: int) -> None:
     """The broker took the entry's message; committed."""
-    session.execute(_MARK_SENT, {"entry_id": entry_id, "sent_at": utcnow()})
+    session.execute(
+        _MARK_SENT_PG if _on_postgresql(session) else _MARK_SENT, {"entry_id": entry_id, "sent_at": utcnow()}
+    )
     session.commit()
 
 
@@ -141,7 +157,9 @@ def mark_sent_ids(conn: Connection, entry_ids: list[int]) -> None:
     """The broker took these entries' messages (a batch of the background publisher); one statement, committed.
     By primary key; an entry already marked (the sweeper sent it too) keeps its time."""
     if entry_ids:
-        conn.execute(_MARK_SENT_IDS, {"entry_ids": entry_ids, "sent_at": utcnow()})
+        conn.execute(
+            _MARK_SENT_IDS_PG if _on_postgresql(conn) else _MARK_SENT_IDS, {"entry_ids": entry_ids, "sent_at": utcnow()}
+        )
         conn.commit()
 
 
