@@ -33,6 +33,7 @@ from benchmarks.throughput import (
     git_state,
     ingest_uploads,
     noop_tasks,
+    profiled,
     wait_ready,
     workers,
 )
@@ -50,11 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--poll-interval", type=float, default=0.5)
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="drain this many tasks of each scenario's kind first, unmeasured (fresh workers' first jobs build "
+        "SQLAlchemy's statement cache, connections and lazy imports: a long-lived worker has them)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy (--gil: where the workers' Python time goes) each scenario's workers into DIR/<scenario>-<round>",
+    )
     args = p.parse_args(argv)
 
     from ingest.devtools.emulator import Emulator
 
     n, w = args.jobs, args.workers
+
+    def spy(scenario: str, r: int) -> Path | None:
+        return args.profile / f"{scenario}-{r + 1}" if args.profile else None
+
     token = secrets.token_urlsafe(24)
     emu = Emulator(tokens={token})
     emu.faults.latency = args.latency
@@ -89,25 +107,36 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 with workers("benchmarks.noop_app", "noop", w, args.concurrency, env, work, beat=False) as kids:
                     wait_ready(noop_app, kids, w)
-                    figures["noop"].append(_drained(noop_tasks(n, w, kids, args.timeout, backlog=True).drain_cpu))
+                    if args.warmup:
+                        noop_tasks(args.warmup, w, kids, args.timeout, backlog=True)
+                    with profiled(spy("noop", r), kids, gil=True):
+                        timing = noop_tasks(n, w, kids, args.timeout, backlog=True)
+                    figures["noop"].append(_drained(timing.drain_cpu))
                 # Each round its own buckets: the rows of earlier rounds stay.
                 with workers("ingest.worker.app", "ingest", w, args.concurrency, env, work, beat=True) as kids:
                     wait_ready(producer.app, kids, w)
+                    if args.warmup:  # a bucket of its own, both kinds of job
+                        for by_name in (False, True):
+                            ingest_uploads(
+                                producer, emu, BUCKET + 10 * r + 5 + by_name, args.warmup, f"W{r:03d}{by_name:d}",
+                                w, kids, args.timeout, backlog=True, bulk=0 if by_name else 50, by_name=by_name,
+                            )  # fmt: skip
                     for scenario, by_name in (("producer", False), ("by_name", True)):
                         bucket, tag = BUCKET + 10 * r + by_name, f"{'N' if by_name else 'P'}{r:03d}"
-                        t = ingest_uploads(
-                            producer,
-                            emu,
-                            bucket,
-                            n,
-                            tag,
-                            w,
-                            kids,
-                            args.timeout,
-                            backlog=True,
-                            bulk=0 if by_name else 50,
-                            by_name=by_name,
-                        )
+                        with profiled(spy(scenario, r), kids, gil=True):
+                            t = ingest_uploads(
+                                producer,
+                                emu,
+                                bucket,
+                                n,
+                                tag,
+                                w,
+                                kids,
+                                args.timeout,
+                                backlog=True,
+                                bulk=0 if by_name else 50,
+                                by_name=by_name,
+                            )
                         ok, info = bucket_check(emu, bucket, tag, n)
                         if not ok or t.remote_s is None:
                             raise SystemExit(f"round {r + 1} {scenario}: not every upload landed once: {info}")
