@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from pydantic import SecretStr
 
+from ingest.api.client import AcrCloudClient
+from ingest.devtools.emulator import Emulator
 from ingest.devtools.processes import free_port
+from ingest.jobs.rate_limit import SharedRateLimit
 from ingest.settings import Settings, get_settings
-from ingest.worker.health import Check, run_checks
-from tests.conftest import TOKEN
+from ingest.worker.health import Check, check_api, run_checks
+from tests.conftest import REDIS_URL, TOKEN
 
 
 def _checks(**overrides: Any) -> dict[str, Check]:
@@ -63,6 +67,35 @@ def test_token_rejected_or_missing(emulator: object) -> None:
     assert "not-the-token-77" not in str(rejected)
     missing = _checks(access_token=None)
     assert _failed(missing) == {"token"} and "ACR_INGEST_ACCESS_TOKEN" in missing["token"].detail
+
+
+def test_the_api_probe_waits_for_a_slot_of_the_workers_shared_budget() -> None:
+    """A readiness probe (one GET a minute per pod) is a call like the workers': counted in their budget, so it
+    waits for a free slot instead of being the call over the limit that gets a 429 and holds every worker."""
+    token = "health-budget-token"
+    emu = Emulator(tokens={token}, rate_limit=1, buckets=[1]).start(host="127.0.0.1", port=0)
+    budget = REDIS_URL.rsplit("/", 1)[0] + "/29"  # a budget of this test's own
+    redis.Redis.from_url(budget).flushdb()
+    settings = get_settings().model_copy(
+        update={
+            "api_base_url": emu.url,
+            "access_token": SecretStr(token),
+            "default_bucket": 1,
+            "rate_limit_mode": "auto",
+            "rate_limit_redis_url": budget,
+        }
+    )
+    try:
+        worker_budget = SharedRateLimit.from_settings(settings)
+        assert worker_budget is not None
+        worker = AcrCloudClient(emu.url, token, gate=worker_budget, observers=[worker_budget.observe])
+        worker.list_page(1, per_page=1)  # a worker's call: the second's only slot is taken
+        worker.close()
+        checks = {c.name: c for c in check_api(settings)}
+        assert checks["token"].ok and checks["token"].detail.startswith("accepted"), checks
+        assert emu.stats()["faults"].get("rate_limited", 0) == 0  # the API refused nothing
+    finally:
+        emu.stop()
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ingest.api.client import AcrCloudClient
 from ingest.api.errors import ApiError, AuthError, NotFoundError, RateLimitedError
+from ingest.jobs.errors import RetryLater
+from ingest.jobs.rate_limit import SharedRateLimit
 from ingest.redact import mask_url_credentials
 from ingest.settings import Settings
 from ingest.store.schema import SchemaError, require_current, safe_url
@@ -70,17 +72,29 @@ def check_api(settings: Settings) -> list[Check]:
         missing = "no token configured: set ACR_INGEST_ACCESS_TOKEN or ACR_INGEST_ACCESS_TOKEN_FILE"
         return [Check("api", True, f"{settings.base_url} (not called)"), Check("token", False, missing)]
     bucket = settings.default_bucket or PROBE_BUCKET
+    # Through the workers' shared budget, as any of their calls: a probe the budget did not count (one a minute
+    # per pod) would be the call over the limit that gets a 429, and a 429 holds every worker for Retry-After.
+    try:
+        limiter = SharedRateLimit.from_settings(settings)
+    except ValueError:  # a rate-limit setting the worker's start refuses, naming it; the probe still asks the API
+        limiter = None
     client = AcrCloudClient(
-        settings.base_url, settings.current_token, connect_timeout=TIMEOUT, read_timeout=TIMEOUT, pool_maxsize=1
+        settings.base_url,
+        settings.current_token,
+        connect_timeout=TIMEOUT,
+        read_timeout=TIMEOUT,
+        pool_maxsize=1,
+        gate=limiter,
+        observers=[limiter.observe] if limiter is not None else [],
     )
     try:
         client.list_page(bucket, per_page=1)
         accepted = f"accepted (listed bucket {bucket})"
     except NotFoundError:
         accepted = f"accepted (bucket {bucket} unknown to the API, which authenticates first)"
-    except RateLimitedError:
+    except (RateLimitedError, RetryLater):
         # Answering, and busy: not a reason to call the process unhealthy (that would restart busy workers).
-        accepted = "not checked (the API answered 429: rate limited)"
+        accepted = "not checked (the limit is in use: the shared budget or the API's 429 holds calls)"
     except AuthError as exc:
         return [Check("api", True, settings.base_url), Check("token", False, f"rejected: {exc}")]
     except ApiError as exc:  # timeouts, resets, 5xx: the API is not answering usefully (the token is untested)
