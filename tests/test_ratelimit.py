@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -13,7 +14,7 @@ from ingest.api.errors import RateLimitedError
 from ingest.devtools.emulator import Emulator
 from ingest.devtools.processes import free_port
 from ingest.jobs.errors import RetryLater
-from ingest.jobs.rate_limit import SharedRateLimit
+from ingest.jobs.rate_limit import REDIS_TIMEOUT, SharedRateLimit
 from ingest.settings import Settings
 from tests.conftest import REDIS_URL
 
@@ -125,6 +126,23 @@ def test_a_budget_whose_redis_is_away_lets_calls_through_instead_of_failing_jobs
     gone("upload")  # no exception: the API's own 429s are the backstop while the budget is away
     gone.observe("upload", 429, {"Retry-After": "1"})
     assert gone.budget().ceiling is None
+
+
+def test_a_budget_whose_redis_never_answers_lets_calls_through_after_its_timeout() -> None:
+    """A Redis that accepts connections and never answers (a partition): each call waits for the budget's
+    timeout, then goes as when Redis refuses, instead of hanging the worker's thread for good."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel completes the handshake; nobody reads
+        port = silent.getsockname()[1]
+        settings = Settings(_env_file=None, rate_limit_redis_url=f"redis://127.0.0.1:{port}/0")
+        limit = SharedRateLimit.from_settings(settings)
+        assert limit is not None
+        # Our own timeouts, not whatever the Redis client's version defaults to (redis-py 8: 5 s; earlier: none).
+        kwargs = limit.client.connection_pool.connection_kwargs
+        assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (REDIS_TIMEOUT, REDIS_TIMEOUT)
+        done = threading.Event()
+        caller = threading.Thread(target=lambda: (limit("upload"), done.set()), daemon=True)
+        caller.start()
+        assert done.wait(timeout=15 * REDIS_TIMEOUT), "the call hung on a Redis that never answers"
 
 
 def test_a_limit_counted_over_a_long_window_is_not_taken_for_a_per_second_limit() -> None:

@@ -52,6 +52,7 @@ from ingest.jobs.errors import RetryLater
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.jobs.rate_limit")
+REDIS_TIMEOUT = 2.0  # seconds for the budget's Redis to connect or answer
 
 # KEYS[1]: the state (a hash), KEYS[2]: the log of calls (a sorted set: an answered call scored by when it was
 # answered, one not yet answered by PENDING or PROBE + when it was sent or its reserved slot; PROBE: let through
@@ -286,6 +287,7 @@ class SharedRateLimit:
         self.burst_seconds = burst_seconds
         self.max_inline_wait = max_inline_wait
         self.key = key
+        self.client = client
         self._script = client.register_script(_SCRIPT)
         self._last_warning = 0.0
         # Answers not yet told to the budget, (call id, when answered, had an HTTP answer), the answers < 400
@@ -324,7 +326,9 @@ class SharedRateLimit:
         if mode == "fixed" and settings.rate_limit_burst:
             burst = settings.rate_limit_burst / (settings.rate_limit or 1.0)
         return cls(
-            redis.Redis.from_url(url),
+            # Timeouts: a Redis that accepts and never answers (a partition, a stopped VM) must not hang every
+            # API call of every worker; a timed-out call goes through as when Redis refuses.
+            redis.Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT),
             rate=settings.rate_limit if mode == "fixed" else None,
             initial=settings.rate_limit_initial,
             max_rate=settings.rate_limit_max,
