@@ -22,6 +22,7 @@ import secrets
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -115,28 +116,22 @@ def main(argv: list[str] | None = None) -> int:
                 # Each round its own buckets: the rows of earlier rounds stay.
                 with workers("ingest.worker.app", "ingest", w, args.concurrency, env, work, beat=True) as kids:
                     wait_ready(producer.app, kids, w)
+
+                    def drain(bucket: int, count: int, tag: str, by_name: bool) -> Any:
+                        # Producer jobs queued by upload_many (batches of 50), or sent by name; then drained.
+                        bulk = 0 if by_name else 50
+                        return ingest_uploads(
+                            producer, emu, bucket, count, tag, w, kids, args.timeout, backlog=True, bulk=bulk,
+                            by_name=by_name,
+                        )  # fmt: skip
+
                     if args.warmup:  # a bucket of its own, both kinds of job
                         for by_name in (False, True):
-                            ingest_uploads(
-                                producer, emu, BUCKET + 10 * r + 5 + by_name, args.warmup, f"W{r:03d}{by_name:d}",
-                                w, kids, args.timeout, backlog=True, bulk=0 if by_name else 50, by_name=by_name,
-                            )  # fmt: skip
+                            drain(BUCKET + 10 * r + 5 + by_name, args.warmup, f"W{r:03d}{by_name:d}", by_name)
                     for scenario, by_name in (("producer", False), ("by_name", True)):
                         bucket, tag = BUCKET + 10 * r + by_name, f"{'N' if by_name else 'P'}{r:03d}"
                         with profiled(spy(scenario, r), kids, gil=True):
-                            t = ingest_uploads(
-                                producer,
-                                emu,
-                                bucket,
-                                n,
-                                tag,
-                                w,
-                                kids,
-                                args.timeout,
-                                backlog=True,
-                                bulk=0 if by_name else 50,
-                                by_name=by_name,
-                            )
+                            t = drain(bucket, n, tag, by_name)
                         ok, info = bucket_check(emu, bucket, tag, n)
                         if not ok or t.remote_s is None:
                             raise SystemExit(f"round {r + 1} {scenario}: not every upload landed once: {info}")
