@@ -55,7 +55,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        # Producers keep trying to publish while the broker is away instead of losing the job.
+        # Publishes keep trying while the broker is away: a worker's for 51 s (a restart); a Producer's own app
+        # for ACR_INGEST_PRODUCER_PUBLISH_WAIT (its job is in the outbox already: producer.py).
         "task_publish_retry": True,
         "task_publish_retry_policy": publish_retry_policy(WORKER_PUBLISH_WAIT),
         # On a cold shutdown, requeue unfinished tasks after a grace period instead of leaving them to
