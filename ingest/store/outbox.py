@@ -146,7 +146,8 @@ def due(session: Session, limit: int) -> list[int]:
 
 
 def mark_sent(session: Session | Connection, entry_id: int) -> None:
-    """The broker took the entry's message; committed."""
+    """The broker took the entry's message; committed, on PostgreSQL without waiting for the flush (so the
+    caller's transaction must hold nothing else that has to be durable: it commits lazily with the mark)."""
     session.execute(
         _MARK_SENT_PG if _on_postgresql(session) else _MARK_SENT, {"entry_id": entry_id, "sent_at": utcnow()}
     )
@@ -154,8 +155,9 @@ def mark_sent(session: Session | Connection, entry_id: int) -> None:
 
 
 def mark_sent_ids(conn: Connection, entry_ids: list[int]) -> None:
-    """The broker took these entries' messages (a batch of the background publisher); one statement, committed.
-    By primary key; an entry already marked (the sweeper sent it too) keeps its time."""
+    """The broker took these entries' messages (a batch of the background publisher); one statement, committed
+    (lazily on PostgreSQL, as ``mark_sent``). By primary key; an entry already marked (the sweeper sent it too)
+    keeps its time."""
     if entry_ids:
         conn.execute(
             _MARK_SENT_IDS_PG if _on_postgresql(conn) else _MARK_SENT_IDS, {"entry_ids": entry_ids, "sent_at": utcnow()}
