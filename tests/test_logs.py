@@ -135,14 +135,18 @@ def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_eve
     secrets = {"celery": "s3cret-celery-pw", "raw": "s3cret-raw-pw"}
     app = producer_for(masking_broker).app  # type: ignore[attr-defined]
     events: list[dict] = []
-    stop = threading.Event()
+    listening = threading.Event()
+    receivers: list = []
 
     def listen() -> None:
+        # One consumer for the whole test: events are fanned out to whoever listens at that instant (Redis:
+        # PUBLISH), so a capture reopened in a loop missed the events sent between two captures.
         with app.connection_for_read() as conn:
             receiver = app.events.Receiver(conn, handlers={"*": events.append})
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError, OSError):
-                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
+            receiver.on_consume_ready = lambda *_a, **_k: listening.set()
+            receivers.append(receiver)
+            with contextlib.suppress(OSError):
+                receiver.capture(limit=None, timeout=None, wakeup=False)  # until should_stop
 
     worker = WorkerProcess(
         "masked-worker", {**env, "ACR_INGEST_BROKER_URL": masking_broker}, concurrency=1, loglevel="DEBUG"
@@ -152,6 +156,7 @@ def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_eve
     ids = {how: f"masked-{how}-{uuid.uuid4()}" for how in secrets}
     try:
         worker.wait_ready(timeout=60)
+        assert listening.wait(timeout=30), "the event receiver did not start consuming"
 
         def kwargs(how: str) -> dict:
             return {"url": f"https://user:{secrets[how]}@cdn.example.com/x.mp3", "title": "t", "bucket_id": bucket}
@@ -188,7 +193,8 @@ def test_a_url_password_sent_by_name_is_masked_in_the_debug_log_and_the_task_eve
         )
         wait_for(lambda: all(t in worker.text() for t in ids.values()), timeout=30, what="the worker's log lines")
     finally:
-        stop.set()
+        for receiver in receivers:
+            receiver.should_stop = True  # its consume loop looks every second
         worker.stop()
         listener.join(timeout=10)
 
