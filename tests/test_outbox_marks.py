@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, event, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from ingest.store import outbox, schema
@@ -52,8 +52,8 @@ def _sent(engine: Engine, ids: list[int]) -> list[bool]:
     return [found[i] is not None for i in ids]
 
 
-def _synchronous_commit(conn: object) -> str | None:
-    return conn.execute(text("SHOW synchronous_commit")).scalar()  # type: ignore[attr-defined]
+def _synchronous_commit(conn: Connection) -> str | None:
+    return conn.execute(text("SHOW synchronous_commit")).scalar()
 
 
 def test_marks_land_and_leave_the_connection_durable(engine: Engine) -> None:

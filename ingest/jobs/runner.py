@@ -353,8 +353,15 @@ def _handle_failure(kind: str, op_id: int, exc: Exception, ctx: JobContext) -> d
             _set(s, op_id, status=OpStatus.WAITING, error=decision.reason, attempts=attempts, throttled=throttled)
             raise RetryLater(decision.countdown, decision.reason, counts=decision.counts) from None
         log.error("%s %s failed: %s", kind, ctx.task_id, decision.reason)
-        failed = {"status": OpStatus.FAILED, "error": decision.reason, "attempts": attempts, "throttled": throttled}
-        op = _set(s, op_id, commit=False, **failed)
+        op = _set(
+            s,
+            op_id,
+            commit=False,
+            status=OpStatus.FAILED,
+            error=decision.reason,
+            attempts=attempts,
+            throttled=throttled,
+        )
         fail_file(s, op, decision.reason)
         s.commit()
         return summary(op)
